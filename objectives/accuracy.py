@@ -1,0 +1,44 @@
+"""Top-1 accuracy of a PyTorch model or an ONNX Runtime session on a labelled split."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._base import BaseObjective
+
+
+class Accuracy(BaseObjective):
+    """Fraction of ``images`` whose arg-max prediction equals ``labels`` (maximise)."""
+
+    name: ClassVar[str] = "accuracy"
+    direction = "maximize"
+    unit = "top-1"
+
+    def __init__(self, *, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"accuracy: {len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> float:
+        was_training = model.training
+        model.eval()
+        correct = 0
+        for start in range(0, len(self.images), self.batch_size):
+            logits = model(self.images[start : start + self.batch_size])
+            correct += int((logits.argmax(1) == self.labels[start : start + self.batch_size]).sum())
+        model.train(was_training)
+        return correct / len(self.images)
+
+    def onnx(self, session) -> float:
+        """The same figure for an ``onnxruntime.InferenceSession`` (how a bundle is verified)."""
+        name = session.get_inputs()[0].name
+        correct = 0
+        for start in range(0, len(self.images), self.batch_size):
+            x = self.images[start : start + self.batch_size].numpy()
+            pred = np.argmax(session.run(None, {name: x})[0], axis=1)
+            correct += int((pred == self.labels[start : start + self.batch_size].numpy()).sum())
+        return correct / len(self.images)

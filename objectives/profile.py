@@ -1,0 +1,38 @@
+"""Counts recorded beside the objectives: parameters and multiply-accumulates per sample."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, non-zero parameters) of a plain model."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p))
+    return total, nonzero
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of Conv2d and Linear layers for one sample (dense kernels)."""
+    macs = 0
+
+    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs += output[0].numel() * per_out
+        else:
+            macs += output[0].numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model.eval()(torch.zeros(1, *input_shape[1:]))
+    finally:
+        for h in handles:
+            h.remove()
+    return macs

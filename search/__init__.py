@@ -1,0 +1,1 @@
+"""Orchestration: the Hydra CLI, the Optuna study, recovery training, baselines and outputs."""

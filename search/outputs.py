@@ -1,0 +1,74 @@
+"""The files a study leaves in ``results/<study>/``: an interface scripts and notebooks read."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+FIRST_COLUMNS = ["number", "state", *OBJECTIVES, "baseline", "feasible", "on_front"]
+
+
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write via a temporary file in the same folder, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def pareto_mask(points: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of ``points``, every column minimised."""
+    keep = np.ones(len(points), dtype=bool)
+    for i, p in enumerate(points):
+        dominated = np.all(points <= p, axis=1) & np.any(points < p, axis=1)
+        keep[i] = not dominated.any()
+    return keep
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: objectives, baseline name, recorded attributes, then the parameters."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = t.values if t.values is not None else [np.nan] * len(OBJECTIVES)
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, **dict(zip(OBJECTIVES, values))}
+        row["baseline"] = t.user_attrs.get("baseline", "")
+        row["feasible"] = all(c <= 0 for c in t.constraints) if t.constraints else True
+        row.update({k: v for k, v in t.user_attrs.items() if k != "baseline"})
+        row.update({f"param:{k}": v for k, v in t.params.items()})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=FIRST_COLUMNS)
+    done = (df["state"] == "COMPLETE") & df["feasible"]
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in DIRECTIONS])
+    df["on_front"] = False
+    if done.any():
+        points = df.loc[done, list(OBJECTIVES)].to_numpy(float) * signs
+        df.loc[done, "on_front"] = pareto_mask(points)
+    params = sorted(c for c in df.columns if c.startswith("param:"))
+    others = [c for c in df.columns if c not in FIRST_COLUMNS and c not in params]
+    df = df[FIRST_COLUMNS + others + params]
+    return df.rename(columns={c: c.removeprefix("param:") for c in params})
+
+
+def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    front = df[df["on_front"]].sort_values("accuracy", ascending=False)
+    return {
+        "trials": atomic_write(out_dir / "trials.csv", df.to_csv(index=False)),
+        "pareto": atomic_write(out_dir / "pareto.csv", front.to_csv(index=False)),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    return atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")

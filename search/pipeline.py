@@ -1,0 +1,106 @@
+"""One trial as data flowing through: params -> model -> recovered model -> artifact -> values."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from objectives import Accuracy, ArtifactSize, BaseCostModel, Measurement, count_macs, count_params
+from spaces import Artifact, JointSpace, calibrate, materialize, to_plain
+
+from .data import Splits
+from .train import recover
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The short distillation fine-tune after ``apply`` (``steps`` batches; 0 turns it off)."""
+
+    steps: int = 200
+    batch_size: int = 128
+    lr: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"recovery: need steps >= 0, batch_size >= 1, lr > 0, got {self}")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise ValueError(f"recovery: need temperature > 0 and alpha in [0, 1], got {self}")
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    size_bytes: int
+    latency: Measurement
+    params: int
+    nonzero_params: int
+    macs: int
+    int8_layers: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        """What a trial records beside its three values."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("latency", "seconds")}
+        out["latency_spread_ms"] = self.latency.spread_ms
+        out.update({f"seconds_{k}": round(v, 3) for k, v in self.seconds.items()})
+        return out
+
+
+class Pipeline:
+    def __init__(
+        self, *, teacher: nn.Module, space: JointSpace, splits: Splits, teacher_logits: torch.Tensor,
+        recovery: Recovery, cost_model: BaseCostModel, calibration_samples: int = 256,
+    ) -> None:
+        self.teacher, self.space, self.splits = teacher, space, splits
+        self.teacher_logits, self.recovery, self.cost_model = teacher_logits, recovery, cost_model
+        self.calibration = splits.train_x[:calibration_samples]
+        self.accuracy = Accuracy(images=splits.val_x, labels=splits.val_y)
+        self.size = ArtifactSize()
+
+    def build(self, params: dict[str, Any]) -> nn.Module:
+        """The compressed, calibrated and recovered model of ``params``: the same every time."""
+        torch.manual_seed(self.recovery.seed)
+        model = self.space.apply(self.teacher, params)
+        calibrate(model, self.calibration.split(128))
+        if params != self.space.identity():  # the uncompressed model has nothing to recover
+            r = self.recovery
+            recover(
+                model, self.splits.train_x, self.splits.train_y, self.teacher_logits, steps=r.steps,
+                lr=r.lr, batch_size=r.batch_size, temperature=r.temperature, alpha=r.alpha, seed=r.seed,
+            )
+        return model.eval()
+
+    def materialize(self, model: nn.Module) -> Artifact:
+        return materialize(model, input_shape=self.splits.input_shape, calibration=self.calibration.numpy())
+
+    def evaluate(self, params: dict[str, Any]) -> Evaluation:
+        seconds: dict[str, float] = {}
+
+        @contextmanager
+        def stage(name: str):
+            start = time.perf_counter()
+            yield
+            seconds[name] = time.perf_counter() - start
+
+        with stage("build"):
+            model = self.build(params)
+        with stage("accuracy"):
+            accuracy = self.accuracy(model)
+        with stage("materialize"):
+            artifact = self.materialize(model)
+            plain = to_plain(model)
+        with stage("latency"):
+            latency = self.cost_model.latency_ms(artifact)
+        total, nonzero = count_params(plain)
+        return Evaluation(
+            accuracy=accuracy, size_bytes=int(self.size(artifact)), latency=latency, params=total,
+            nonzero_params=nonzero, macs=count_macs(plain, self.splits.input_shape),
+            int8_layers=len(artifact.int8_layers), seconds=seconds,
+        )

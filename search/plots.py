@@ -1,0 +1,281 @@
+"""Pareto-front figures for a finished search: three pairwise 2-D views plus one 3-D view.
+
+Computing (``plot_points``) is kept apart from drawing (``pareto_figure``) and from
+file output (``write_pareto_figures``). PNG export uses kaleido with a locally
+installed Chromium only; nothing here ever downloads a browser.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = ["find_chromium", "pareto_figure", "plot_points", "write_pareto_figures"]
+
+KB = 1024.0
+PNG_SIZE = (1400, 1050)  # layout pixels (width, height)
+PNG_INSTALL_HINT = "install a local Chromium to get PNGs (e.g. `apt-get install -y chromium`)"
+
+_OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
+_CHROME_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+_CHROME_PATHS = ("/usr/bin/chromium",)
+
+# (x column, x title, log x?, y column, y title, row, col) for the three 2-D panels.
+_PANELS = (
+    ("size_kb", "size (KB, log)", True, "acc_pct", "accuracy (%)", 1, 1),
+    ("latency_ms", "latency (ms)", False, "acc_pct", "accuracy (%)", 1, 2),
+    ("size_kb", "size (KB, log)", True, "latency_ms", "latency (ms)", 2, 1),
+)
+_UNCOMPRESSED = "uncompressed"
+_DOMINATED_STYLE = dict(color="rgba(150,150,150,0.55)", size=6)
+_FRONT_STYLE = dict(color="#1f6fd1", size=10, line=dict(color="white", width=1))
+_SOLID_3D = {"dominated trials": dict(color="#b4b4b4")}  # WebGL scene drops rgba alpha poorly
+# Scatter3d supports only a handful of symbols (no star), hence separate cycles.
+_SYMBOLS_2D = ("diamond", "square", "triangle-up", "pentagon", "hexagon", "cross", "x", "triangle-down")
+_SYMBOLS_3D = ("square", "cross", "x", "circle-open", "square-open", "diamond-open")
+_BASELINE_COLOURS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+_UNCOMPRESSED_COLOUR = "#d62728"
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def plot_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Drawable rows only (COMPLETE, finite objectives), with display columns added.
+
+    Adds ``size_kb``, ``acc_pct``, ``hover`` and ``role`` ("baseline" / "front" /
+    "dominated"; a baseline keeps its baseline role even when it is on the front).
+    """
+    d = df.copy()
+    d["baseline"] = d.get("baseline", pd.Series("", index=d.index)).fillna("").astype(str)
+    d["on_front"] = d.get("on_front", pd.Series(False, index=d.index)).fillna(False).astype(bool)
+    state = d["state"].astype(str).str.rsplit(".", n=1).str[-1].str.upper()  # "TrialState.COMPLETE" too
+    values = d[list(_OBJECTIVES)].apply(pd.to_numeric, errors="coerce")
+    keep = (state == "COMPLETE") & np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
+    d = d.loc[keep].copy()
+    d[list(_OBJECTIVES)] = values.loc[keep]
+    d["size_kb"] = d["size_bytes"] / KB
+    d["acc_pct"] = d["accuracy"] * 100.0
+    d["role"] = np.where(d["baseline"] != "", "baseline", np.where(d["on_front"], "front", "dominated"))
+    d["hover"] = [_hover_text(r) for r in d.itertuples(index=False)]
+    return d.reset_index(drop=True)
+
+
+def _hover_text(r) -> str:
+    head = f"baseline: <b>{r.baseline}</b>" if r.baseline else f"trial #{int(r.number)}"
+    if r.baseline and pd.notna(r.number):
+        head += f" (trial #{int(r.number)})"
+    if r.on_front:
+        head += " · on front"
+    return f"{head}<br>accuracy {r.acc_pct:.2f}%<br>size {r.size_kb:,.1f} KB<br>latency {r.latency_ms:.3f} ms"
+
+
+def log_ticks(values) -> tuple[list[float], list[str]]:
+    """1-2-5 tick positions (and short labels such as "500", "2k") covering ``values`` on a log axis."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return [], []
+    lo, hi = float(v.min()), float(v.max())
+    ticks = [m * 10.0**e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+             for m in (1, 2, 5)]
+    below = [t for t in ticks if t <= lo]
+    above = [t for t in ticks if t >= hi]
+    lo_t, hi_t = (below[-1] if below else ticks[0]), (above[0] if above else ticks[-1])
+    ticks = [t for t in ticks if lo_t <= t <= hi_t]
+    return ticks, [_short_number(t) for t in ticks]
+
+
+def _short_number(x: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:g}{suffix}"
+    return f"{x:g}"
+
+
+def baseline_styles(names) -> dict[str, dict]:
+    """Stable marker style per baseline name; "uncompressed" is a big red star."""
+    styles: dict[str, dict] = {}
+    others = sorted(n for n in set(names) if n and n != _UNCOMPRESSED)
+    for i, name in enumerate(others):
+        styles[name] = dict(
+            symbol=_SYMBOLS_2D[i % len(_SYMBOLS_2D)],
+            symbol3d=_SYMBOLS_3D[i % len(_SYMBOLS_3D)],
+            color=_BASELINE_COLOURS[i % len(_BASELINE_COLOURS)],
+            size=13,
+        )
+    if _UNCOMPRESSED in set(names):
+        styles[_UNCOMPRESSED] = dict(symbol="star", symbol3d="diamond", color=_UNCOMPRESSED_COLOUR, size=20)
+    return styles
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def pareto_figure(df: pd.DataFrame, *, title: str = "") -> go.Figure:
+    """2x2 figure: size/accuracy, latency/accuracy, size/latency and a 3-D scene of all three."""
+    pts = plot_points(df)
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        specs=[[{"type": "xy"}, {"type": "xy"}], [{"type": "xy"}, {"type": "scene"}]],
+        subplot_titles=("size vs accuracy", "latency vs accuracy", "size vs latency", "all three objectives"),
+        horizontal_spacing=0.09,
+        vertical_spacing=0.11,
+    )
+    styles = baseline_styles(pts["baseline"])
+    tickvals, ticktext = log_ticks(pts["size_kb"])
+    log_axis = dict(type="log", tickvals=tickvals, ticktext=ticktext)
+    for i, (x, xt, xlog, y, yt, row, col) in enumerate(_PANELS):
+        for trace in _panel_traces(pts, styles, x, y, first=i == 0):
+            fig.add_trace(trace, row=row, col=col)
+        fig.update_xaxes(title_text=xt, **(log_axis if xlog else {}), row=row, col=col)
+        fig.update_yaxes(title_text=yt, row=row, col=col)
+    for trace in _scene_traces(pts, styles):
+        fig.add_trace(trace, row=2, col=2)
+    _style_layout(fig, title, log_axis=log_axis, empty=pts.empty)
+    return fig
+
+
+def _groups(pts: pd.DataFrame, styles: dict[str, dict]):
+    """(legend name, rows, marker, is_baseline, 3-D marker) in drawing order."""
+    yield "dominated trials", pts[pts["role"] == "dominated"], _DOMINATED_STYLE, False, _DOMINATED_STYLE
+    yield "Pareto front", pts[pts["role"] == "front"], _FRONT_STYLE, False, _FRONT_STYLE
+    for name, st in styles.items():
+        rows = pts[pts["baseline"] == name]
+        m2 = dict(symbol=st["symbol"], color=st["color"], size=st["size"], line=dict(color="black", width=1))
+        m3 = dict(symbol=st["symbol3d"], color=st["color"], size=st["size"] * 0.5, line=dict(color="black", width=1))
+        yield f"baseline: {name}", rows, m2, True, m3
+
+
+def _panel_traces(pts, styles, x: str, y: str, *, first: bool) -> list[go.Scatter]:
+    traces = []
+    for name, rows, marker, is_base, _ in _groups(pts, styles):
+        if rows.empty:
+            continue
+        traces.append(
+            go.Scatter(
+                x=rows[x], y=rows[y], name=name, legendgroup=name, showlegend=first,
+                mode="markers+text" if is_base else "markers", marker=marker,
+                text=rows["baseline"] if is_base else None, textposition="top center",
+                textfont=dict(size=11, color=marker["color"]) if is_base else None,
+                hovertext=rows["hover"], hoverinfo="text", customdata=rows["number"],
+            )
+        )
+    return traces
+
+
+def _scene_traces(pts, styles) -> list[go.Scatter3d]:
+    traces = []
+    for name, rows, _, is_base, marker in _groups(pts, styles):
+        if rows.empty:
+            continue
+        traces.append(
+            go.Scatter3d(
+                x=rows["size_kb"], y=rows["latency_ms"], z=rows["acc_pct"], name=name,
+                legendgroup=name, showlegend=False, mode="markers+text" if is_base else "markers",
+                marker=marker if is_base else {**marker, "size": marker["size"] * 0.6, **_SOLID_3D.get(name, {})},
+                text=rows["baseline"] if is_base else None, textposition="top center",
+                textfont=dict(size=10, color=marker["color"]) if is_base else None,
+                hovertext=rows["hover"], hoverinfo="text", customdata=rows["number"],
+            )
+        )
+    return traces
+
+
+def _style_layout(fig: go.Figure, title: str, *, log_axis: dict, empty: bool) -> None:
+    objectives = "accuracy ↑ · size ↓ · latency ↓"
+    fig.update_layout(
+        title=dict(text=f"{title} ({objectives})" if title else f"Pareto front: {objectives}",
+                   x=0.5, xanchor="center", y=0.985, yref="container", yanchor="top"),
+        template="plotly_white",
+        width=PNG_SIZE[0],
+        height=PNG_SIZE[1],
+        margin=dict(l=70, r=30, t=110, b=60),
+        legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="center", x=0.5),
+        scene=dict(
+            xaxis=dict(title=dict(text="size (KB)"), **log_axis),
+            yaxis=dict(title=dict(text="latency (ms)")),
+            zaxis=dict(title=dict(text="accuracy (%)")),
+            camera=dict(eye=dict(x=1.5, y=-1.5, z=0.7), center=dict(x=0, y=0, z=-0.08)),
+        ),
+    )
+    if empty:
+        fig.add_annotation(text="no completed trials to plot", x=0.5, y=0.5, xref="paper", yref="paper",
+                           showarrow=False, font=dict(size=18, color="grey"))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def find_chromium() -> str | None:
+    """Path of a locally installed Chromium/Chrome, or None. Never downloads one."""
+    for name in _CHROME_NAMES[:1]:
+        if found := shutil.which(name):
+            return found
+    for path in _CHROME_PATHS:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    for name in _CHROME_NAMES[1:]:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png_bytes(fig: go.Figure, chromium: str) -> bytes:
+    """Render with kaleido against the given local browser; MathJax off (it would come from a CDN)."""
+    import kaleido
+
+    return kaleido.calc_fig_sync(
+        fig.to_dict(),
+        opts=dict(format="png", width=PNG_SIZE[0], height=PNG_SIZE[1], scale=1),
+        kopts=dict(path=chromium, mathjax=False, timeout=120),
+    )
+
+
+def write_pareto_figures(
+    df: pd.DataFrame, out_dir: Path, *, title: str = "", png: bool = True
+) -> dict[str, Path | str]:
+    """Write ``pareto.html`` (self-contained) and, if possible, ``pareto.png`` into ``out_dir``.
+
+    PNG export never raises: when it is impossible or fails, the reason is returned
+    under ``"png_skipped"`` instead of a ``"png"`` path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = pareto_figure(df, title=title)
+    html_path = out_dir / "pareto.html"
+    _atomic_write(html_path, fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8"))
+    result: dict[str, Path | str] = {"html": html_path}
+    if not png:
+        return result
+    chromium = find_chromium()
+    if chromium is None:
+        result["png_skipped"] = f"no Chromium/Chrome found on PATH or at /usr/bin/chromium; {PNG_INSTALL_HINT}"
+        return result
+    try:
+        png_path = out_dir / "pareto.png"
+        _atomic_write(png_path, _png_bytes(fig, chromium))
+        result["png"] = png_path
+    except Exception as exc:  # noqa: BLE001 - a missing PNG must never sink a run
+        result["png_skipped"] = f"PNG export with {chromium} failed ({type(exc).__name__}: {exc}); {PNG_INSTALL_HINT}"
+    return result

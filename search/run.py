@@ -1,0 +1,161 @@
+"""``run(cfg)``: everything ``python -m search`` does, as a plain function.
+
+All user input is checked before anything is written, so a bad config leaves no trace.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from objectives import Accuracy, BaseCostModel
+from spaces import BaseSpace, JointSpace, fold_batchnorm
+
+from . import data as data_module
+from .baselines import policies
+from .outputs import atomic_write, trials_frame, write_json, write_tables
+from .pipeline import Pipeline, Recovery
+from .study import Constraints, enqueue_baselines, fail_interrupted, make_objective, open_study, optimize
+from .teacher import build_model, cache_key, cached_logits, trained_teacher, weights_key
+
+log = logging.getLogger("search")
+
+
+@dataclass
+class Setup:
+    cfg: DictConfig
+    splits: data_module.Splits
+    net: nn.Module
+    space: JointSpace
+    sampler: optuna.samplers.BaseSampler
+    cost_model: BaseCostModel
+    recovery: Recovery
+    constraints: Constraints
+    out_dir: Path
+    cache_dir: Path
+    storage: str
+
+
+def build_space(space_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...]) -> JointSpace:
+    knobs = []
+    for name, knob_cfg in (space_cfg.get("knobs") or {}).items():
+        if knob_cfg is None:
+            continue
+        extra: dict[str, Any] = {"model": model}
+        target = knob_cfg.get("_target_")
+        try:
+            cls = instantiate({"_target_": "hydra.utils.get_class", "path": target})
+        except Exception as exc:
+            raise ValueError(f"space.knobs.{name}._target_: cannot import {target!r} ({exc})") from exc
+        if "input_shape" in inspect.signature(cls).parameters:
+            extra["input_shape"] = input_shape
+        try:
+            knob = instantiate(knob_cfg, **extra, _convert_="all")
+        except Exception as exc:  # Hydra wraps the constructor's ValueError; keep its one line
+            cause = exc.__cause__ or exc
+            raise ValueError(str(cause).splitlines()[0] if str(cause) else repr(cause)) from exc
+        if not isinstance(knob, BaseSpace):
+            raise ValueError(f"space.knobs.{name}: {target!r} is not a spaces.BaseSpace")
+        knobs.append(knob)
+    if not knobs:
+        raise ValueError(f"space.knobs: no knob configured in space {space_cfg.get('name')!r}")
+    return JointSpace(knobs)
+
+
+def _instantiate(cfg: DictConfig, key: str) -> Any:
+    try:
+        return instantiate(cfg, _convert_="all")
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise ValueError(f"{key}: {str(cause).splitlines()[0] if str(cause) else repr(cause)}") from exc
+
+
+def setup(cfg: DictConfig) -> Setup:
+    """Check and build everything from ``cfg``; writes nothing."""
+    name = str(cfg.study.name)
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"study.name must be a plain folder name, got {name!r}")
+    n_trials = cfg.study.n_trials
+    if not isinstance(n_trials, int) or n_trials < 0:
+        raise ValueError(f"study.n_trials must be an integer >= 0, got {n_trials!r}")
+    results = Path(cfg.results_dir)
+    splits = data_module.load(
+        root=cfg.data.root, download_dir=cfg.data.get("download_dir"), val_size=cfg.data.val_size, seed=cfg.data.seed
+    )
+    net = build_model(cfg.model, splits)
+    out_dir = results / name
+    storage = cfg.study.storage or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
+    return Setup(
+        cfg=cfg, splits=splits, net=net, space=build_space(cfg.space, net, splits.input_shape),
+        sampler=_instantiate(cfg.sampler, "sampler"), cost_model=_instantiate(cfg.hardware, "hardware"),
+        recovery=Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True)),
+        constraints=Constraints(**OmegaConf.to_container(cfg.study.constraints, resolve=True)),
+        out_dir=out_dir, cache_dir=results / "cache", storage=storage,
+    )
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch_pruning
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
+        "onnxruntime": onnxruntime.__version__, "torch_pruning": torch_pruning.__version__,
+    }
+
+
+def run(cfg: DictConfig) -> Path:
+    started = time.time()
+    torch.set_num_threads(int(cfg.threads))
+    s = setup(cfg)
+    data_key = cache_key(OmegaConf.to_container(cfg.data, resolve=True).get("name"), cfg.data.val_size, cfg.data.seed)
+    teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
+    folded = fold_batchnorm(teacher)
+    val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y)(folded)
+    test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y)(folded)
+    log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}, test {test_acc:.4f}")
+    logits = cached_logits(teacher, s.splits.train_x, cache_key(weights_key(teacher), data_key), s.cache_dir)
+
+    s.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(s.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    study = open_study(name=str(cfg.study.name), storage=s.storage, sampler=s.sampler)
+    study.set_user_attr("cost_model", s.cost_model.describe())
+    if (n := fail_interrupted(study)):
+        log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
+    if cfg.study.baselines:
+        enqueue_baselines(study, policies(s.space, teacher))
+    pipeline = Pipeline(
+        teacher=teacher, space=s.space, splits=s.splits, teacher_logits=logits, recovery=s.recovery,
+        cost_model=s.cost_model, calibration_samples=int(cfg.calibration_samples),
+    )
+    objective = make_objective(pipeline, s.space, s.constraints, val_acc)
+    optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=cfg.study.timeout_s, log=log.info)
+
+    df = trials_frame(study)
+    write_tables(df, s.out_dir)
+    from .plots import write_pareto_figures
+
+    figures = write_pareto_figures(df, s.out_dir, title=f"{study.study_name}: {cfg.model.name} on {cfg.data.name}", png=bool(cfg.png))
+    write_json(s.out_dir / "summary.json", {
+        "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": source,
+        "teacher_val_accuracy": val_acc, "teacher_test_accuracy": test_acc, "data": s.splits.source,
+        "cost_model": s.cost_model.describe(), "versions": versions(), "wall_s": round(time.time() - started, 1),
+        "trials": int(len(df)), "front": int(df["on_front"].sum()), "failed": int((df["state"] == "FAIL").sum()),
+    })
+    if "png_skipped" in figures:
+        log.info(f"pareto.png not written: {figures['png_skipped']}")
+    front = df[df["on_front"]].sort_values("accuracy", ascending=False)
+    log.info(f"{len(df)} trials, {len(front)} on the front; results in {s.out_dir}/")
+    cols = ["number", "baseline", "accuracy", "size_bytes", "latency_ms"]
+    log.info(front[cols].to_string(index=False))
+    return s.out_dir

@@ -1,0 +1,139 @@
+"""The Optuna study: three objectives, baselines enqueued first, failures recorded, resumable by name."""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from spaces import JointSpace
+
+from .outputs import DIRECTIONS, OBJECTIVES, pareto_mask
+from .pipeline import Pipeline
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Optional limits; a trial past one is stored as infeasible (``trial.set_constraint``, <= 0 is feasible)."""
+
+    max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 point) below the uncompressed model
+    max_latency_ms: float | None = None
+    max_size_bytes: float | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in vars(self).items():
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"study.constraints.{key} must be a number >= 0 or null, got {value!r}")
+
+    def violations(self, values: tuple[float, float, float], reference_accuracy: float) -> dict[str, float]:
+        accuracy, size, latency = values
+        out = {}
+        if self.max_accuracy_drop is not None:
+            out["accuracy_drop"] = (reference_accuracy - accuracy) - self.max_accuracy_drop
+        if self.max_latency_ms is not None:
+            out["latency_ms"] = latency - self.max_latency_ms
+        if self.max_size_bytes is not None:
+            out["size_bytes"] = size - self.max_size_bytes
+        return out
+
+
+def open_study(*, name: str, storage: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, directions=list(DIRECTIONS), load_if_exists=True
+    )
+    if study.directions != [optuna.study.StudyDirection[d.upper()] for d in DIRECTIONS]:
+        raise ValueError(f"study.name: {name!r} exists in {storage} with other objectives; choose another name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(OBJECTIVES))
+    return study
+
+
+def fail_interrupted(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed search are closed as FAIL; finished ones are kept as they are."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the search stopped during this trial")
+        study.tell(t.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+def enqueue_baselines(study: optuna.Study, policies: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Enqueue each policy not already finished or waiting in the study; returns the names enqueued."""
+    present = {
+        t.user_attrs.get("baseline")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
+    }
+    added = [name for name in policies if name not in present]
+    for name in added:
+        study.enqueue_trial(policies[name], user_attrs={"baseline": name})
+    return added
+
+
+def searched_done(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if "baseline" not in t.user_attrs)
+
+
+def front_size(study: optuna.Study) -> int:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if all(c <= 0 for c in (t.constraints or []))]
+    if not done:
+        return 0
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in DIRECTIONS])
+    return int(pareto_mask(np.array([t.values for t in done]) * signs).sum())
+
+
+def make_objective(
+    pipeline: Pipeline, space: JointSpace, constraints: Constraints, reference_accuracy: float
+) -> Callable[[optuna.Trial], tuple[float, float, float]]:
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        params = space.sample(trial)
+        try:
+            evaluation = pipeline.evaluate(params)
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+        for key, value in evaluation.attrs().items():
+            trial.set_user_attr(key, value)
+        values = (evaluation.accuracy, float(evaluation.size_bytes), evaluation.latency.value_ms)
+        for key, value in constraints.violations(values, reference_accuracy).items():
+            trial.set_constraint(key, value)
+        return values
+
+    return objective
+
+
+def optimize(
+    study: optuna.Study, objective: Callable, *, n_trials: int, timeout_s: float | None, log=print
+) -> None:
+    """Run the waiting (baseline) trials, then searched ones until ``n_trials`` searched have finished."""
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    todo = waiting + max(0, n_trials - searched_done(study))
+    if todo == 0:
+        log(f"study {study.study_name!r} already has {n_trials} finished searched trials; nothing to run")
+        return
+    bar = tqdm(total=todo, desc="trials", unit="trial", dynamic_ncols=True, mininterval=0)
+
+    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        bar.set_postfix(front=front_size(study), failed=failed, last=trial.state.name, refresh=False)
+        bar.update(1)
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study.optimize(
+            objective, n_trials=todo, timeout=timeout_s if timeout_s and not math.isinf(timeout_s) else None,
+            catch=(Exception,), callbacks=[progress],
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        bar.close()

@@ -1,0 +1,89 @@
+"""Training: the teacher once, then a short distillation fine-tune (recovery) for every trial."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def batches(n: int, batch_size: int, *, seed: int, steps: int | None = None) -> Iterator[torch.Tensor]:
+    """Index batches of a seeded shuffle, epoch after epoch; ``steps`` batches in all (one epoch if None)."""
+    gen = torch.Generator().manual_seed(seed)
+    total = steps if steps is not None else math.ceil(n / batch_size)
+    done = 0
+    while done < total:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            if done == total:
+                return
+            yield order[start : start + batch_size]
+            done += 1
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float, alpha: float
+) -> torch.Tensor:
+    """``alpha`` * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels) (Hinton et al. 2015).
+
+    The T^2 factor keeps the soft term's gradients at the hard term's scale as T changes.
+    """
+    hard = F.cross_entropy(student, labels)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+def train_teacher(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
+    seed: int, log=print,
+) -> nn.Module:
+    """SGD with Nesterov momentum and a one-cycle schedule; cross-entropy on hard labels."""
+    torch.manual_seed(seed)
+    steps_per_epoch = len(x) // batch_size
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for epoch in range(epochs):
+        total = 0.0
+        for step, idx in enumerate(batches(len(x), batch_size, seed=seed + epoch, steps=steps_per_epoch)):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        log(f"teacher epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def recover(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, *, steps: int,
+    lr: float, batch_size: int, temperature: float, alpha: float, seed: int,
+) -> nn.Module:
+    """Fine-tune a compressed model for ``steps`` batches against the cached teacher logits, in place."""
+    if steps <= 0:
+        return model.eval()
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    model.train()
+    for idx in batches(len(x), batch_size, seed=seed, steps=steps):
+        loss = distillation_loss(model(x[idx]), teacher_logits[idx], y[idx], temperature=temperature, alpha=alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()

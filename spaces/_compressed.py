@@ -1,0 +1,158 @@
+"""Conv2d/Linear that carry a sparsity mask, a weight bit-width and an input activation quantizer.
+
+The swap is done by class (``layer.__class__ = CompressedConv2d``) on a model the caller already
+copied, so fqns and parameter names stay those of the teacher. ``effective_weight`` is exactly
+what the packed artifact stores: masked, then affine per-channel quantized.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FLOAT_BITS = 32  # "bits = 32" means the tensor stays float32
+
+
+def weight_qparams(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel affine scale and zero point; the range always holds 0 so pruned weights stay 0."""
+    flat = w.detach().reshape(w.shape[0], -1)
+    qmax = 2**bits - 1
+    lo = flat.min(dim=1).values.clamp(max=0.0)
+    hi = flat.max(dim=1).values.clamp(min=0.0)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(-lo / scale).clamp(0, qmax)
+    return scale, zero_point
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(integer codes in [0, 2**bits - 1], scale, zero point), codes shaped like ``w``."""
+    scale, zp = weight_qparams(w, bits)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    codes = torch.clamp(torch.round(w.detach() / scale.view(view)) + zp.view(view), 0, 2**bits - 1)
+    return codes, scale, zp
+
+
+def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    view = (-1,) + (1,) * (codes.dim() - 1)
+    return (codes - zp.view(view)) * scale.view(view)
+
+
+def fake_quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize with a straight-through gradient (quantization-aware fine-tuning)."""
+    q = dequantize_weight(*quantize_weight(w, bits))
+    if not (w.requires_grad and torch.is_grad_enabled()):
+        return q  # bit-exact with what the packed file decodes to
+    return w + (q - w).detach()
+
+
+class ActFakeQuant(nn.Module):
+    """Per-tensor affine (uint8) fake quantization of a layer's input with a calibrated range.
+
+    ``observing`` collects min/max (calibration); in training the range follows an EMA; in eval it is
+    fixed. The range always holds 0, as ONNX Runtime's static quantization does.
+    """
+
+    def __init__(self, bits: int = 8, momentum: float = 0.01) -> None:
+        super().__init__()
+        self.bits, self.momentum, self.observing = bits, momentum, False
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = x.detach().min().clamp(max=0.0), x.detach().max().clamp(min=0.0)
+        if self.observing or not bool(self.calibrated):
+            first = not bool(self.calibrated)
+            self.lo.copy_(lo if first else torch.minimum(self.lo, lo))
+            self.hi.copy_(hi if first else torch.maximum(self.hi, hi))
+            self.calibrated.fill_(True)
+            if self.observing:
+                return x
+        elif self.training:
+            self.lo.lerp_(lo, self.momentum)
+            self.hi.lerp_(hi, self.momentum)
+        qmax = 2**self.bits - 1
+        scale = torch.clamp((self.hi - self.lo) / qmax, min=1e-8)
+        zero_point = torch.round(-self.lo / scale)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point.int(), 0, qmax)
+
+
+class _Compressed:
+    weight: nn.Parameter
+    weight_mask: torch.Tensor | None
+    wbits: int
+    act: ActFakeQuant | None
+
+    def effective_weight(self) -> torch.Tensor:
+        w = self.weight
+        if self.weight_mask is not None:
+            w = w * self.weight_mask
+        if self.wbits < FLOAT_BITS:
+            w = fake_quantize_weight(w, self.wbits)
+        return w
+
+
+class CompressedConv2d(_Compressed, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = self.act(x)
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class CompressedLinear(_Compressed, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            x = self.act(x)
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+def compressed(layer: nn.Module) -> _Compressed:
+    """Turn ``layer`` (Conv2d or Linear) into its compressed twin in place; idempotent."""
+    if isinstance(layer, _Compressed):
+        return layer
+    layer.__class__ = CompressedConv2d if isinstance(layer, nn.Conv2d) else CompressedLinear
+    layer.register_buffer("weight_mask", None)
+    layer.wbits, layer.act = FLOAT_BITS, None
+    return layer
+
+
+def layer_bits(layer: nn.Module) -> tuple[int, int]:
+    """(weight bits, activation bits) of a layer; plain layers are float."""
+    if isinstance(layer, _Compressed):
+        return layer.wbits, layer.act.bits if layer.act is not None else FLOAT_BITS
+    return FLOAT_BITS, FLOAT_BITS
+
+
+def to_plain(model: nn.Module) -> nn.Module:
+    """A copy where every compressed layer is a plain Conv2d/Linear holding its effective weight."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if isinstance(module, _Compressed):
+            with torch.no_grad():
+                w = module.effective_weight().detach().clone()
+            module.__class__ = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+            del module.act, module.wbits
+            delattr(module, "weight_mask")
+            module.weight = nn.Parameter(w)
+    return model
+
+
+def calibrate(model: nn.Module, batches) -> None:
+    """Set every activation quantizer's range from ``batches`` (min/max), model in eval mode."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActFakeQuant)]
+    if not quantizers:
+        return
+    was_training = model.training
+    model.eval()
+    for q in quantizers:
+        q.calibrated.fill_(False)
+        q.observing = True
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for q in quantizers:
+        q.observing = False
+    model.train(was_training)

@@ -1,0 +1,66 @@
+"""Finding the layers a knob may touch, by fully qualified name (fqn) and glob patterns."""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
+COMPRESSIBLE = (nn.Conv2d, nn.Linear)
+
+
+def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear of ``model`` by fqn, in registration order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSIBLE)}
+
+
+def find_layers(
+    model: nn.Module, *, include: Sequence[str], exclude: Sequence[str], key: str
+) -> list[str]:
+    """The fqns of compressible layers matching any ``include`` and no ``exclude`` glob.
+
+    A pattern that matches no layer is a user error (a typo would silently search nothing),
+    reported with the config ``key``, the pattern and the names that exist.
+    """
+    names = list(compressible_layers(model))
+    for field, patterns in (("include", include), ("exclude", exclude)):
+        if isinstance(patterns, str):
+            raise ValueError(f"{key}.{field} must be a list of glob patterns, got {patterns!r}")
+        for pattern in patterns:
+            if not fnmatch.filter(names, pattern):
+                raise ValueError(
+                    f"{key}.{field}: pattern {pattern!r} matches no Conv2d/Linear layer; "
+                    f"layers are: {', '.join(names)}"
+                )
+    return [
+        n
+        for n in names
+        if any(fnmatch.fnmatchcase(n, p) for p in include)
+        and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+    ]
+
+
+def targets(model: nn.Module, fqn: str) -> list[tuple[str, nn.Module]]:
+    """The compressible modules that stand for teacher layer ``fqn`` in a transformed model.
+
+    A factorized layer becomes an ``nn.Sequential`` of two layers under the same fqn,
+    so a knob named after the teacher's layer reaches both factors.
+    """
+    module = model.get_submodule(fqn)
+    if isinstance(module, COMPRESSIBLE):
+        return [(fqn, module)]
+    return [(f"{fqn}.{n}", m) for n, m in module.named_modules() if isinstance(m, COMPRESSIBLE)]
+
+
+def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def output_layer(model: nn.Module) -> str:
+    """The classifier: the last compressible layer registered (never channel-pruned)."""
+    names = list(compressible_layers(model))
+    if not names:
+        raise ValueError("model has no Conv2d or Linear layer to compress")
+    return names[-1]

@@ -1,0 +1,53 @@
+"""Conv+BatchNorm folding: the BN's affine transform moves into the conv's weight and bias."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from ._layers import set_submodule
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv fqn, bn fqn) for every BatchNorm2d fed only by a Conv2d, found by an FX trace."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # a model FX cannot trace keeps its BNs; the search still runs
+        warnings.warn(f"conv+BN folding skipped: FX could not trace the model ({exc})", stacklevel=2)
+        return []
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(modules.get(src.target), nn.Conv2d)
+            and len(src.users) == 1
+        ):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval form with each conv->BN folded and the BN replaced by Identity."""
+    model = copy.deepcopy(model).eval()
+    for conv_name, bn_name in conv_bn_pairs(model):
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        w, b = fuse_conv_bn_weights(
+            conv.weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        folded = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+        )
+        folded.weight, folded.bias = w, b
+        set_submodule(model, conv_name, folded)
+        set_submodule(model, bn_name, nn.Identity())
+    return model

@@ -1,0 +1,120 @@
+"""From a compressed model to the artifact the objectives measure and pick ships.
+
+The artifact is two byte strings: the packed weights file (its length is the size objective) and an
+ONNX model for ONNX Runtime (int8 QDQ on the layers quantized to <= 8 bits with 8-bit inputs, float
+elsewhere). Removed channels and factorized layers are simply absent from both.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ._compressed import FLOAT_BITS, _Compressed, layer_bits, to_plain
+from .packing import PackedTensor, pack
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    packed: bytes  # the engine's own weights file: len(packed) is the size objective
+    onnx: bytes  # self-contained ONNX model, dynamic batch
+    int8_layers: tuple[str, ...]  # layers that run on int8 kernels in the ONNX model
+    input_shape: tuple[int, ...]  # one sample's shape, batch dimension first (1, C, H, W)
+
+
+def packed_tensors(model: nn.Module) -> list[PackedTensor]:
+    """Every tensor needed to run ``model``, with the bits and mask each is stored at."""
+    compressed = {n: m for n, m in model.named_modules() if isinstance(m, _Compressed)}
+    out = []
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if leaf == "num_batches_tracked" or key.endswith((".weight_mask", ".act.calibrated")):
+            continue
+        layer = compressed.get(owner)
+        if layer is not None and leaf == "weight":
+            mask = layer.weight_mask
+            raw = value * mask if mask is not None else value
+            out.append(PackedTensor(key, raw, bits=layer.wbits, mask=mask))
+        else:
+            out.append(PackedTensor(key, value.float()))
+    return out
+
+
+def int8_layers(model: nn.Module) -> list[str]:
+    """Layers whose weights (<= 8 bits) and inputs (8 bits) are both quantized."""
+    return [
+        name for name, m in model.named_modules()
+        if isinstance(m, _Compressed) and m.wbits <= 8 and layer_bits(m)[1] <= 8
+    ]
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
+    """Float ONNX of a plain model, batch dimension dynamic, weights named by fqn."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (torch.zeros(*input_shape),), buf, dynamo=False, opset_version=17,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.ndarray) -> bytes:
+    """Static int8 QDQ (per-channel weights) on ``layers``; every other weighted node stays float."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(np.array_split(calibration, max(1, len(calibration) // 64)))
+
+        def get_next(self):
+            batch = next(self._batches, None)
+            return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+
+    proto = onnx.load_from_string(model_bytes)
+    wanted = {f"{fqn}.weight" for fqn in layers}
+    excluded = [
+        n.name for n in proto.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] not in wanted
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(model_bytes)
+        logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger each call
+        try:
+            quantize_static(
+                str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+            )
+        finally:
+            logging.disable(logging.NOTSET)
+        return dst.read_bytes()
+
+
+def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np.ndarray) -> Artifact:
+    """The artifact for a compressed model: packed weights file + ONNX model."""
+    layers = int8_layers(model)
+    onnx_bytes = export_onnx(to_plain(model), input_shape)
+    if layers:
+        onnx_bytes = quantize_onnx(onnx_bytes, layers, calibration)
+    return Artifact(
+        packed=pack(packed_tensors(model)), onnx=onnx_bytes,
+        int8_layers=tuple(layers), input_shape=tuple(input_shape),
+    )
+
+
+__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "quantize_onnx", "FLOAT_BITS"]
