@@ -10,15 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces import JointSpace, fold_batchnorm
+from spaces import JointSpace
 from spaces._layers import targets
 
 
 def global_magnitude(space: JointSpace, teacher: nn.Module, sparsity: float) -> dict[str, float]:
     """Per-layer sparsities equal to one global magnitude threshold over all layers' weights."""
-    knob = space["sparsity"]
-    model = fold_batchnorm(teacher)
-    weights = {fqn: targets(model, fqn)[0][1].weight.detach().abs().flatten() for fqn in knob.layers}
+    knob = space["sparsity"]  # ranks the weights as the sparsity knob does: before BN folding
+    weights = {fqn: targets(teacher, fqn)[0][1].weight.detach().abs().flatten() for fqn in knob.layers}
     threshold = torch.quantile(torch.cat(list(weights.values())), sparsity)
     return {
         knob.name(fqn): min(float((w < threshold).float().mean()), knob.high)

@@ -77,19 +77,19 @@ def _download(target: Path) -> Path:
 def locate(root: str | None, download_dir: str | None) -> Path:
     """The first folder holding all four files; a clear error listing every place tried otherwise."""
     tried = []
-    for candidate in [root, DEBIAN_ROOT] if root else [DEBIAN_ROOT]:
-        folder = Path(candidate)
+    if root:
+        folder = Path(root)
         missing = _missing(folder)
         if not missing:
             return folder
-        tried.append(f"{folder} (missing {', '.join(missing)})")
+        tried.append(f"data.root={folder} (missing {', '.join(missing)})")
     if download_dir:
         try:
             return _download(Path(download_dir))
         except Exception as exc:
-            tried.append(f"torchvision download into {download_dir} ({type(exc).__name__}: {exc})")
+            tried.append(f"data.download_dir={download_dir} (torchvision download failed: {type(exc).__name__}: {exc})")
     raise FileNotFoundError(
-        "data.root: Fashion-MNIST not found; tried " + "; ".join(tried)
+        "data.root: Fashion-MNIST not found; tried " + ("; ".join(tried) or "nothing (data.root and data.download_dir are null)")
         + ". Get it with `apt-get install dataset-fashion-mnist` (Debian), set data.root=<folder with the 4 idx.gz files>,"
         " or set data.download_dir=<folder> on a machine with internet."
     )
@@ -100,7 +100,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def load(*, root: str | None = None, download_dir: str | None = None, val_size: int = 5000, seed: int = 0) -> Splits:
+def load(*, root: str | None = DEBIAN_ROOT, download_dir: str | None = None, val_size: int = 5000, seed: int = 0) -> Splits:
     if not 0 < val_size < 60000:
         raise ValueError(f"data.val_size must be in (0, 60000), got {val_size!r}")
     folder = locate(root, download_dir)

@@ -27,6 +27,13 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     return path
 
 
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """All constraints <= 0 (Optuna 5 stores them by name; older versions as a list)."""
+    constraints = trial.constraints or {}
+    values = constraints.values() if isinstance(constraints, dict) else constraints
+    return all(v <= 0 for v in values)
+
+
 def pareto_mask(points: np.ndarray) -> np.ndarray:
     """Non-dominated rows of ``points``, every column minimised."""
     keep = np.ones(len(points), dtype=bool)
@@ -43,7 +50,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         values = t.values if t.values is not None else [np.nan] * len(OBJECTIVES)
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, **dict(zip(OBJECTIVES, values))}
         row["baseline"] = t.user_attrs.get("baseline", "")
-        row["feasible"] = all(c <= 0 for c in t.constraints) if t.constraints else True
+        row["feasible"] = feasible(t)
         row.update({k: v for k, v in t.user_attrs.items() if k != "baseline"})
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -72,3 +79,17 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     return atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def baseline_dominance(df: pd.DataFrame) -> dict[str, int | None]:
+    """For each baseline, a searched front trial that is no worse on all three objectives (or None)."""
+    ok = df[(df["state"] == "COMPLETE") & df["feasible"]]
+    searched = ok[(ok["baseline"] == "") & ok["on_front"]]
+    out: dict[str, int | None] = {}
+    for _, b in ok[ok["baseline"] != ""].iterrows():
+        better = searched[
+            (searched["accuracy"] >= b["accuracy"]) & (searched["size_bytes"] <= b["size_bytes"])
+            & (searched["latency_ms"] <= b["latency_ms"])
+        ]
+        out[b["baseline"]] = int(better["number"].iloc[0]) if len(better) else None
+    return out

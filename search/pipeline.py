@@ -18,18 +18,25 @@ from .train import recover
 
 @dataclass(frozen=True)
 class Recovery:
-    """The short distillation fine-tune after ``apply`` (``steps`` batches; 0 turns it off)."""
+    """The short distillation fine-tune of a trial, in two phases (0 steps turns a phase off).
 
-    steps: int = 200
+    ``steps`` at ``lr`` after the structural changes (channels, rank, sparsity) with BatchNorm still
+    in place; then, once BN is folded and the layers quantized, ``qat_steps`` of quantization-aware
+    fine-tuning at the lower ``qat_lr``. A phase with nothing to recover is skipped.
+    """
+
+    steps: int = 300
+    lr: float = 0.05
+    qat_steps: int = 100
+    qat_lr: float = 0.005
     batch_size: int = 128
-    lr: float = 0.01
     temperature: float = 4.0
     alpha: float = 0.7
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"recovery: need steps >= 0, batch_size >= 1, lr > 0, got {self}")
+        if min(self.steps, self.qat_steps) < 0 or self.batch_size < 1 or min(self.lr, self.qat_lr) <= 0:
+            raise ValueError(f"recovery: need steps, qat_steps >= 0, batch_size >= 1, lr, qat_lr > 0, got {self}")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ValueError(f"recovery: need temperature > 0 and alpha in [0, 1], got {self}")
 
@@ -64,17 +71,26 @@ class Pipeline:
         self.accuracy = Accuracy(images=splits.val_x, labels=splits.val_y)
         self.size = ArtifactSize()
 
+    def _recover(self, model: nn.Module, *, steps: int, lr: float) -> None:
+        r = self.recovery
+        recover(
+            model, self.splits.train_x, self.splits.train_y, self.teacher_logits, steps=steps, lr=lr,
+            batch_size=r.batch_size, temperature=r.temperature, alpha=r.alpha, seed=r.seed,
+        )
+
     def build(self, params: dict[str, Any]) -> nn.Module:
-        """The compressed, calibrated and recovered model of ``params``: the same every time."""
+        """The compressed, calibrated and recovered model of ``params``: the same every time.
+
+        This is ``space.apply(teacher, params)`` with recovery fine-tunes between its halves.
+        """
         torch.manual_seed(self.recovery.seed)
-        model = self.space.apply(self.teacher, params)
+        model = self.space.apply_structure(self.teacher, params)
+        if self.space.changes_structure(params):
+            self._recover(model, steps=self.recovery.steps, lr=self.recovery.lr)
+        model = self.space.finish(model, params)
         calibrate(model, self.calibration.split(128))
-        if params != self.space.identity():  # the uncompressed model has nothing to recover
-            r = self.recovery
-            recover(
-                model, self.splits.train_x, self.splits.train_y, self.teacher_logits, steps=r.steps,
-                lr=r.lr, batch_size=r.batch_size, temperature=r.temperature, alpha=r.alpha, seed=r.seed,
-            )
+        if self.space.quantizes(params) and self.recovery.qat_steps:
+            self._recover(model, steps=self.recovery.qat_steps, lr=self.recovery.qat_lr)
         return model.eval()
 
     def materialize(self, model: nn.Module) -> Artifact:

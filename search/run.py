@@ -23,7 +23,8 @@ from spaces import BaseSpace, JointSpace, fold_batchnorm
 
 from . import data as data_module
 from .baselines import policies
-from .outputs import atomic_write, trials_frame, write_json, write_tables
+from .outputs import atomic_write, baseline_dominance, trials_frame, write_json, write_tables
+from .plots import write_pareto_figures
 from .pipeline import Pipeline, Recovery
 from .study import Constraints, enqueue_baselines, fail_interrupted, make_objective, open_study, optimize
 from .teacher import build_model, cache_key, cached_logits, trained_teacher, weights_key
@@ -114,18 +115,40 @@ def versions() -> dict[str, str]:
     }
 
 
-def run(cfg: DictConfig) -> Path:
-    started = time.time()
+@dataclass
+class Prepared:
+    """Everything a trial needs: the checked setup, the trained teacher and the trial pipeline."""
+
+    setup: Setup
+    teacher: nn.Module
+    source: str
+    pipeline: Pipeline
+    val_accuracy: float
+    test_accuracy: float
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Check the config, then get the teacher (trained once, cached) and its logits."""
     torch.set_num_threads(int(cfg.threads))
     s = setup(cfg)
-    data_key = cache_key(OmegaConf.to_container(cfg.data, resolve=True).get("name"), cfg.data.val_size, cfg.data.seed)
+    data_key = cache_key(cfg.data.name, cfg.data.val_size, cfg.data.seed)
     teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
     folded = fold_batchnorm(teacher)
     val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y)(folded)
     test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y)(folded)
     log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}, test {test_acc:.4f}")
     logits = cached_logits(teacher, s.splits.train_x, cache_key(weights_key(teacher), data_key), s.cache_dir)
+    pipeline = Pipeline(
+        teacher=teacher, space=s.space, splits=s.splits, teacher_logits=logits, recovery=s.recovery,
+        cost_model=s.cost_model, calibration_samples=int(cfg.calibration_samples),
+    )
+    return Prepared(s, teacher, source, pipeline, val_acc, test_acc)
 
+
+def run(cfg: DictConfig) -> Path:
+    started = time.time()
+    p = prepare(cfg)
+    s = p.setup
     s.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(s.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     study = open_study(name=str(cfg.study.name), storage=s.storage, sampler=s.sampler)
@@ -133,29 +156,28 @@ def run(cfg: DictConfig) -> Path:
     if (n := fail_interrupted(study)):
         log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
     if cfg.study.baselines:
-        enqueue_baselines(study, policies(s.space, teacher))
-    pipeline = Pipeline(
-        teacher=teacher, space=s.space, splits=s.splits, teacher_logits=logits, recovery=s.recovery,
-        cost_model=s.cost_model, calibration_samples=int(cfg.calibration_samples),
-    )
-    objective = make_objective(pipeline, s.space, s.constraints, val_acc)
+        enqueue_baselines(study, policies(s.space, p.teacher))
+    objective = make_objective(p.pipeline, s.space, s.constraints, p.val_accuracy)
     optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=cfg.study.timeout_s, log=log.info)
 
     df = trials_frame(study)
     write_tables(df, s.out_dir)
-    from .plots import write_pareto_figures
-
-    figures = write_pareto_figures(df, s.out_dir, title=f"{study.study_name}: {cfg.model.name} on {cfg.data.name}", png=bool(cfg.png))
+    title = f"{study.study_name}: {cfg.model.name} on {cfg.data.name}"
+    figures = write_pareto_figures(df, s.out_dir, title=title, png=bool(cfg.png))
+    dominance = baseline_dominance(df)
     write_json(s.out_dir / "summary.json", {
-        "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": source,
-        "teacher_val_accuracy": val_acc, "teacher_test_accuracy": test_acc, "data": s.splits.source,
+        "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": p.source,
+        "teacher_val_accuracy": p.val_accuracy, "teacher_test_accuracy": p.test_accuracy, "data": s.splits.source,
         "cost_model": s.cost_model.describe(), "versions": versions(), "wall_s": round(time.time() - started, 1),
         "trials": int(len(df)), "front": int(df["on_front"].sum()), "failed": int((df["state"] == "FAIL").sum()),
+        "baselines_dominated_by": dominance,
     })
     if "png_skipped" in figures:
         log.info(f"pareto.png not written: {figures['png_skipped']}")
     front = df[df["on_front"]].sort_values("accuracy", ascending=False)
     log.info(f"{len(df)} trials, {len(front)} on the front; results in {s.out_dir}/")
-    cols = ["number", "baseline", "accuracy", "size_bytes", "latency_ms"]
-    log.info(front[cols].to_string(index=False))
+    log.info(front[["number", "baseline", "accuracy", "size_bytes", "latency_ms"]].to_string(index=False))
+    for name, number in dominance.items():
+        log.info(f"baseline {name}: " + (f"weakly dominated by searched trial {number}" if number is not None
+                                          else "not dominated by any searched trial"))
     return s.out_dir

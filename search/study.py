@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from spaces import JointSpace
 
-from .outputs import DIRECTIONS, OBJECTIVES, pareto_mask
+from .outputs import DIRECTIONS, OBJECTIVES, feasible, pareto_mask
 from .pipeline import Pipeline
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -79,12 +79,15 @@ def enqueue_baselines(study: optuna.Study, policies: Mapping[str, dict[str, Any]
 
 
 def searched_done(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if "baseline" not in t.user_attrs)
+    """Searched trials that ran to an end; those cut short by an interruption do not count."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if "baseline" not in t.user_attrs and not str(t.user_attrs.get("error", "")).startswith("interrupted")
+    )
 
 
 def front_size(study: optuna.Study) -> int:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if all(c <= 0 for c in (t.constraints or []))]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
     if not done:
         return 0
     signs = np.array([-1.0 if d == "maximize" else 1.0 for d in DIRECTIONS])

@@ -24,6 +24,7 @@ def cache_key(*parts: Any) -> str:
 
 def build_model(model_cfg: DictConfig, splits: Splits) -> nn.Module:
     """The untrained network of ``model.net`` (any ``_target_``), sized for the data."""
+    torch.manual_seed(int(model_cfg.train.seed))  # the same initial weights on every machine
     try:
         net = instantiate(model_cfg.net)
     except Exception as exc:

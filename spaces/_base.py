@@ -22,12 +22,14 @@ class BaseSpace(abc.ABC):
     knob: ClassVar[str]
     #: Position in a joint space: structure first (channels, rank), then values (sparsity, bits).
     order: ClassVar[int]
+    #: Applied after conv+BN folding (quantization must see the folded weights).
+    after_folding: ClassVar[bool] = False
 
     def __init__(
         self, *, model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()
     ) -> None:
         self.layers = self.eligible(
-            model, find_layers(model, include=include, exclude=exclude, key=f"space.{self.knob}")
+            model, find_layers(model, include=include, exclude=exclude, key=f"space.knobs.{self.knob}")
         )
 
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:

@@ -27,7 +27,9 @@ def group_roots(
     model: nn.Module, input_shape: Sequence[int]
 ) -> tuple[tp.DependencyGraph, dict[str, Any]]:
     """The dependency graph and {root layer fqn: pruning group}, one per set of coupled channels."""
+    was_training = model.training
     graph = _dependency_graph(model, input_shape)
+    model.train(was_training)  # the trace switches the model to eval mode
     names = {m: n for n, m in model.named_modules()}
     ignored = [model.get_submodule(output_layer(model))]
     roots = {}
@@ -75,9 +77,9 @@ class ChannelSpace(BaseSpace):
         exclude: Sequence[str] = (),
     ) -> None:
         if not 0.0 <= low <= high < 1.0:
-            raise ValueError(f"space.channels: need 0 <= low <= high < 1, got {low=}, {high=}")
+            raise ValueError(f"space.knobs.channels: need 0 <= low <= high < 1, got {low=}, {high=}")
         if step <= 0:
-            raise ValueError(f"space.channels.step must be > 0, got {step=}")
+            raise ValueError(f"space.knobs.channels.step must be > 0, got {step=}")
         self.low, self.high, self.step = float(low), float(high), float(step)
         self.input_shape = tuple(input_shape)
         super().__init__(model=model, include=include, exclude=exclude)

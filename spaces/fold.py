@@ -8,13 +8,21 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ._compressed import _Compressed
 from ._layers import set_submodule
+
+
+class _Tracer(fx.Tracer):
+    """Keeps compressed layers as single modules, so a masked conv -> BN still reads as a pair."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _Compressed) or super().is_leaf_module(m, qualname)
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv fqn, bn fqn) for every BatchNorm2d fed only by a Conv2d, found by an FX trace."""
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _Tracer().trace(model)
     except Exception as exc:  # a model FX cannot trace keeps its BNs; the search still runs
         warnings.warn(f"conv+BN folding skipped: FX could not trace the model ({exc})", stacklevel=2)
         return []
@@ -34,8 +42,13 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+@torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval form with each conv->BN folded and the BN replaced by Identity."""
+    """A copy of ``model`` in eval form with each conv->BN folded and the BN replaced by Identity.
+
+    The conv keeps its class and its sparsity mask (folding scales whole output channels, so
+    pruned weights stay zero).
+    """
     model = copy.deepcopy(model).eval()
     for conv_name, bn_name in conv_bn_pairs(model):
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
@@ -43,11 +56,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         w, b = fuse_conv_bn_weights(
             conv.weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
         )
-        folded = nn.Conv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-        )
-        folded.weight, folded.bias = w, b
-        set_submodule(model, conv_name, folded)
+        conv.weight, conv.bias = nn.Parameter(w.detach()), nn.Parameter(b.detach())
         set_submodule(model, bn_name, nn.Identity())
     return model

@@ -12,10 +12,11 @@ from .fold import fold_batchnorm
 
 
 class JointSpace:
-    """Composes spaces into one parameter dict; conv+BN folding always comes first.
+    """Composes spaces into one parameter dict.
 
-    ``apply(teacher, params)`` is the whole replay of a trial: fold, prune channels, factorize,
-    mask, quantize, each step a new module built from the previous one.
+    ``apply(teacher, params)`` is the whole replay of a trial: prune channels, factorize, mask
+    (``apply_structure``, BatchNorm kept), then fold conv+BN and quantize (``finish``), each step a
+    new module built from the previous one. Recovery may fine-tune between the two halves.
     """
 
     def __init__(self, spaces: Sequence[BaseSpace]) -> None:
@@ -40,14 +41,32 @@ class JointSpace:
         return params
 
     def apply(self, model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+        return self.finish(self.apply_structure(model, params), params)
+
+    def apply_structure(self, model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+        """Channels, rank and sparsity, with BatchNorm still in place (it helps fine-tuning)."""
         known = set(self.identity())
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"params: unknown parameter(s) {unknown}; this space takes {sorted(known)}")
+        for space in self.spaces:
+            if not space.after_folding:
+                model = space.apply(model, params)
+        return model
+
+    def finish(self, model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+        """Fold conv+BN, then the knobs that need folded weights (quantization)."""
         model = fold_batchnorm(model)
         for space in self.spaces:
-            model = space.apply(model, params)
+            if space.after_folding:
+                model = space.apply(model, params)
         return model
+
+    def changes_structure(self, params: Mapping[str, Any]) -> bool:
+        return any(params[k] != v for s in self.spaces if not s.after_folding for k, v in s.identity().items())
+
+    def quantizes(self, params: Mapping[str, Any]) -> bool:
+        return any(params[k] != v for s in self.spaces if s.after_folding for k, v in s.identity().items())
 
     def identity(self) -> dict[str, Any]:
         params: dict[str, Any] = {}

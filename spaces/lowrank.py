@@ -74,14 +74,14 @@ class RankSpace(BaseSpace):
     ) -> None:
         ratios = [float(r) for r in ratios]
         if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
-            raise ValueError(f"space.rank.ratios must be values in (0, 1], got {ratios!r}")
+            raise ValueError(f"space.knobs.rank.ratios must be values in (0, 1], got {ratios!r}")
         if NO_FACTORIZATION not in ratios:
             ratios.append(NO_FACTORIZATION)
         self.ratios = tuple(ratios)
         super().__init__(model=model, include=include, exclude=exclude)
 
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
-        """Layers where at least one ratio would save weights (a 1-channel stem conv never does)."""
+        """Layers where at least one ratio (< 1) would store fewer weights."""
         return [f for f in layers if any(rank_for(model.get_submodule(f), r) for r in self.ratios)]
 
     @property

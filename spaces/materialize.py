@@ -85,10 +85,17 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
             return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
 
     proto = onnx.load_from_string(model_bytes)
-    wanted = {f"{fqn}.weight" for fqn in layers}
+    wanted, weights = set(layers), {f"{fqn}.weight" for fqn in layers}
+
+    def chosen(node) -> bool:
+        # Weights keep their fqn names, except a bias-less Linear's (exported as MatMul on a renamed,
+        # transposed copy); the node's scope name "/a/a.b/<fqn>/Op" names its module either way.
+        scope = node.name.split("/")
+        return node.input[1] in weights or (len(scope) >= 2 and scope[-2] in wanted)
+
     excluded = [
         n.name for n in proto.graph.node
-        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] not in wanted
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and not chosen(n)
     ]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"

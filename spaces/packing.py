@@ -95,6 +95,13 @@ def unpack(data: bytes) -> dict[str, torch.Tensor]:
     """The float tensors a packed file stands for, by name (a state dict of the plain model)."""
     if data[:4] != MAGIC:
         raise ValueError(f"not a packed model file: starts with {data[:4]!r}, expected {MAGIC!r}")
+    try:
+        return _unpack(data)
+    except (struct.error, RuntimeError, ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"packed model file is truncated or corrupt ({len(data)} bytes): {exc}") from exc
+
+
+def _unpack(data: bytes) -> dict[str, torch.Tensor]:
     (hlen,) = struct.unpack("<I", data[4:8])
     heads = json.loads(data[8 : 8 + hlen])
     pos, out = 8 + hlen, {}
@@ -129,6 +136,8 @@ def unpack(data: bytes) -> dict[str, torch.Tensor]:
             pos += _nbytes(kept, bits)
             flat = dequantize_weight(torch.from_numpy(codes).reshape(shape), scale, zp).reshape(-1)
             flat[~torch.from_numpy(mask)] = 0.0
+        if pos > len(data):
+            raise ValueError(f"tensor {h['n']!r} ends at byte {pos}, past the end of the file")
         out[h["n"]] = flat.reshape(shape)
     if pos != len(data):
         raise ValueError(f"packed file has {len(data) - pos} trailing bytes; file is corrupt")

@@ -35,6 +35,7 @@ class QuantSpace(BaseSpace):
 
     knob = "bits"
     order = 3
+    after_folding = True
 
     def __init__(
         self,
@@ -45,8 +46,8 @@ class QuantSpace(BaseSpace):
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
     ) -> None:
-        self.weight_bits = _check_choices(list(weight_bits), ALLOWED_WEIGHT_BITS, "space.bits.weight_bits")
-        self.act_bits = _check_choices(list(act_bits), ALLOWED_ACT_BITS, "space.bits.act_bits")
+        self.weight_bits = _check_choices(list(weight_bits), ALLOWED_WEIGHT_BITS, "space.knobs.bits.weight_bits")
+        self.act_bits = _check_choices(list(act_bits), ALLOWED_ACT_BITS, "space.knobs.bits.act_bits")
         super().__init__(model=model, include=include, exclude=exclude)
 
     def act_name(self, fqn: str) -> str:

@@ -41,9 +41,9 @@ class SparsitySpace(BaseSpace):
     ) -> None:
         for key, value in (("low", low), ("high", high)):
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"space.sparsity.{key} must be in [0, 1), got {value!r}")
+                raise ValueError(f"space.knobs.sparsity.{key} must be in [0, 1), got {value!r}")
         if low > high:
-            raise ValueError(f"space.sparsity: low must be <= high, got {low=}, {high=}")
+            raise ValueError(f"space.knobs.sparsity: low must be <= high, got {low=}, {high=}")
         self.low, self.high = float(low), float(high)
         super().__init__(model=model, include=include, exclude=exclude)
 

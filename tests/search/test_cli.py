@@ -1,0 +1,48 @@
+"""Bad input: a one-line error naming the key, the value and what is allowed; exit != 0; nothing written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "search", "experiment=smoke", f"results_dir={tmp_path / 'results'}", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["space.knobs.sparsity.include=[nolayer.*]"], ["space.knobs.sparsity.include", "nolayer.*", "features.0"]),
+        (["space.knobs.bits.weight_bits=[4,9]"], ["space.knobs.bits.weight_bits", "9", "allowed"]),
+        (["space.knobs.sparsity.high=1.0"], ["space.knobs.sparsity.high", "1.0", "[0, 1)"]),
+        (["space.knobs.channels.high=1.5"], ["space.knobs.channels", "1.5"]),
+        (["data.root=/nonexistent/fmnist", "data.download_dir=null"], ["data.root", "/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
+        (["study.n_trials=-2"], ["study.n_trials", "-2"]),
+        (["hardware.batch_size=0"], ["hardware", "batch_size", "0"]),
+    ],
+)
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, overrides, expected):
+    proc = run_cli(tmp_path, *overrides)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for word in expected:
+        assert word in lines[0], (word, lines[0])
+    assert list(tmp_path.iterdir()) == []  # no results/, no Hydra outputs/
+
+
+def test_unknown_sampler_is_refused_by_hydra(tmp_path):
+    proc = run_cli(tmp_path, "sampler=annealing")
+    assert proc.returncode != 0
+    assert "sampler" in proc.stderr and "tpe" in proc.stderr  # Hydra lists the available options
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,83 @@
+"""The real pipeline on Fashion-MNIST at the smoke budget: outputs, resume, replay, byte-exact size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from optuna.trial import TrialState
+
+from search.outputs import OBJECTIVES
+from search.run import prepare, run
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def smoke_cfg(results: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    out = run(smoke_cfg(results))
+    return results, out
+
+
+def test_smoke_writes_every_output(smoke):
+    results, out = smoke
+    assert out == results / "smoke"
+    for name in ("trials.csv", "pareto.csv", "pareto.html", "config.yaml", "summary.json", "study.db"):
+        assert (out / name).stat().st_size > 0, name
+    df = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    for col in ("number", "state", *OBJECTIVES, "baseline", "latency_spread_ms", "macs", "params"):
+        assert col in df.columns
+    assert any(c.startswith("bits.") for c in df.columns) and any(c.startswith("channels.") for c in df.columns)
+    baselines = set(df["baseline"]) - {""}
+    assert {"uncompressed", "uniform_int8", "uniform_w4a8", "global_magnitude_50", "channels_50",
+            "channels_50_int8", "rank_50"} <= baselines
+    assert (df["baseline"] == "").sum() == 3  # experiment=smoke asks for 3 searched trials
+    done = df[df["state"] == "COMPLETE"]
+    assert len(done) >= 9
+    ref = done[done["baseline"] == "uncompressed"].iloc[0]
+    int8 = done[done["baseline"] == "uniform_int8"].iloc[0]
+    assert int8["size_bytes"] < ref["size_bytes"] / 3.5  # int8 weights really stored at 8 bits
+    half = done[done["baseline"] == "channels_50"].iloc[0]
+    assert half["params"] < ref["params"] / 3  # channels really removed
+    pareto = pd.read_csv(out / "pareto.csv", keep_default_na=False)
+    assert len(pareto) == int(df["on_front"].sum()) >= 1
+    assert not list(results.glob("outputs")) and not (Path.cwd() / "outputs").exists()
+
+
+def test_recorded_size_is_the_written_file_byte_for_byte(smoke, tmp_path):
+    results, out = smoke
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")
+    prepared = prepare(smoke_cfg(results))
+    for trial in study.get_trials(states=(TrialState.COMPLETE,))[-3:]:
+        model = prepared.pipeline.build(trial.params)  # replay from the stored params alone
+        artifact = prepared.pipeline.materialize(model)
+        path = tmp_path / f"trial{trial.number}.cpz"
+        path.write_bytes(artifact.packed)
+        assert path.stat().st_size == trial.values[1]
+        assert prepared.pipeline.accuracy(model) == pytest.approx(trial.values[0], abs=1e-9)
+
+
+def test_interrupted_search_resumes_without_losing_finished_trials(smoke):
+    results, out = smoke
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    before = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    study.ask()  # a trial left RUNNING, as a killed search leaves it
+    run(smoke_cfg(results, "study.n_trials=4"))
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    after = {t.number: t for t in study.get_trials()}
+    for number, values in before.items():
+        assert after[number].values == values
+    interrupted = [t for t in after.values() if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and "interrupted" in interrupted[0].user_attrs["error"]
+    searched = [t for t in after.values() if "baseline" not in t.user_attrs and t.state == TrialState.COMPLETE]
+    assert len(searched) == 4  # one more searched trial, baselines not run again
+    assert sum("baseline" in t.user_attrs for t in after.values()) == 7

@@ -1,0 +1,54 @@
+"""The study loop: a failing trial is recorded with its reason and the search goes on."""
+from __future__ import annotations
+
+import optuna
+import torch
+from torch import nn
+
+from objectives import Measurement
+from search.outputs import trials_frame
+from search.pipeline import Evaluation
+from search.study import Constraints, make_objective, open_study, optimize
+from spaces import JointSpace, SparsitySpace
+
+
+class FlakyPipeline:
+    """Evaluates like the real one would report, but raises on every third call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, params):
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise RuntimeError("ONNX export failed for this configuration")
+        s = sum(params.values())
+        return Evaluation(accuracy=0.9 - s / 10, size_bytes=int(1000 * (1 - s / 2)), latency=Measurement(1.0 + s),
+                          params=10, nonzero_params=5, macs=100, int8_layers=0)
+
+
+def test_failing_trial_is_recorded_and_search_goes_on():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    space = JointSpace([SparsitySpace(model=model)])
+    study = open_study(name="t", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0))
+    objective = make_objective(FlakyPipeline(), space, Constraints(max_accuracy_drop=0.05), 0.9)
+    optimize(study, objective, n_trials=6, timeout_s=None)
+    df = trials_frame(study)
+    assert len(df) == 6
+    failed = df[df["state"] == "FAIL"]
+    assert len(failed) == 2 and failed["error"].str.contains("ONNX export failed").all()
+    assert (df["state"] == "COMPLETE").sum() == 4
+    # the accuracy-drop constraint is stored and marks trials infeasible
+    done = df[df["state"] == "COMPLETE"]
+    assert set(done["feasible"]) <= {True, False}
+    assert (~done["feasible"]).any() == bool(((0.9 - done["accuracy"]) > 0.05).any())
+    assert not df.loc[~df["feasible"], "on_front"].any()
+
+
+def test_constraints_reject_negative_limits():
+    try:
+        Constraints(max_latency_ms=-1)
+    except ValueError as exc:
+        assert "max_latency_ms" in str(exc) and "-1" in str(exc)
+    else:
+        raise AssertionError("negative limit accepted")
