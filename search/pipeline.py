@@ -54,7 +54,8 @@ class Evaluation:
 
     def attrs(self) -> dict[str, Any]:
         """What a trial records beside its three values."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("latency", "seconds")}
+        # accuracy and size are the trial's values already; only what they don't hold goes here
+        out = {k: v for k, v in asdict(self).items() if k not in ("accuracy", "size_bytes", "latency", "seconds")}
         out["latency_spread_ms"] = self.latency.spread_ms
         out.update({f"seconds_{k}": round(v, 3) for k, v in self.seconds.items()})
         return out

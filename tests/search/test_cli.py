@@ -1,7 +1,6 @@
 """Bad input: a one-line error naming the key, the value and what is allowed; exit != 0; nothing written."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "search", "experiment=smoke", f"results_dir={tmp_path / 'results'}", *overrides],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
@@ -31,8 +29,8 @@ def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         (["hardware.batch_size=0"], ["hardware", "batch_size", "0"]),
     ],
 )
-def test_bad_input_one_line_error_and_nothing_written(tmp_path, overrides, expected):
-    proc = run_cli(tmp_path, *overrides)
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, cli_env, overrides, expected):
+    proc = run_cli(tmp_path, cli_env, *overrides)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -41,8 +39,8 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, overrides, expec
     assert list(tmp_path.iterdir()) == []  # no results/, no Hydra outputs/
 
 
-def test_unknown_sampler_is_refused_by_hydra(tmp_path):
-    proc = run_cli(tmp_path, "sampler=annealing")
+def test_unknown_sampler_is_refused_by_hydra(tmp_path, cli_env):
+    proc = run_cli(tmp_path, cli_env, "sampler=annealing")
     assert proc.returncode != 0
     assert "sampler" in proc.stderr and "tpe" in proc.stderr  # Hydra lists the available options
     assert list(tmp_path.iterdir()) == []

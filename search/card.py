@@ -1,0 +1,111 @@
+"""The bundle's README.md: a short model card written from report.json and the per-layer table."""
+from __future__ import annotations
+
+from typing import Any
+
+from .data import MEAN, STD
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def figures(report: dict[str, Any]) -> list[dict[str, Any]]:
+    acc, ref = report["accuracy"], report["uncompressed"]
+    size, lat = report["size_bytes"], report["latency_ms"]
+    return [
+        {"": "validation accuracy, ONNX Runtime", "this model": _pct(acc["val"]["onnx"]),
+         "searched (recorded)": _pct(acc["val"]["recorded"]), "uncompressed": _pct(ref.get("val_accuracy"))},
+        {"": "validation accuracy, PyTorch", "this model": _pct(acc["val"]["pytorch"]),
+         "searched (recorded)": _pct(acc["val"]["recorded"]), "uncompressed": _pct(ref.get("val_accuracy"))},
+        {"": "validation accuracy, load_model (float activations)", "this model": _pct(acc["val"].get("loader")),
+         "searched (recorded)": "", "uncompressed": ""},
+        {"": "test accuracy, ONNX Runtime", "this model": _pct(acc["test"]["onnx"]),
+         "searched (recorded)": "not measured", "uncompressed": _pct(ref.get("test_accuracy"))},
+        {"": "test accuracy, PyTorch", "this model": _pct(acc["test"]["pytorch"]),
+         "searched (recorded)": "not measured", "uncompressed": _pct(ref.get("test_accuracy"))},
+        {"": "weights.cpz (bytes)", "this model": f"{size['measured']:,}",
+         "searched (recorded)": f"{int(size['recorded']):,}",
+         "uncompressed": f"{int(ref['size_bytes']):,}" if ref.get("size_bytes") else "n/a"},
+        {"": f"latency, batch {report['cost_model'].get('batch_size', '?')} (ms)",
+         "this model": f"{lat['measured']:.3f}",
+         "searched (recorded)": f"{lat['recorded']:.3f} +- {lat['recorded_spread']:.3f}",
+         "uncompressed": f"{ref['latency_ms']:.3f}" if ref.get("latency_ms") else "n/a"},
+    ]
+
+
+def how_compressed(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
+    pruned = sum(1 for r in layers if r["out"].split(" -> ")[0] != r["out"].split(" -> ")[1])
+    factorized = sum(1 for r in layers if r["rank"] != "full")
+    sparse = sum(1 for r in layers if r["sparsity"] > 0)
+    int8 = sum(1 for r in layers if r["weight_bits"] <= 8)
+    ft = report["finetune"]
+    return (
+        f"From the trained teacher, {pruned} of {len(layers)} layers lost output channels "
+        f"(Torch-Pruning groups, lowest L2 norm first), {factorized} were factorized by truncated SVD, {sparse} were "
+        f"pruned by weight magnitude and, after conv+BN folding, {int8} store their weights at 8 bits or fewer "
+        f"(affine, per output channel). "
+        f"The model was distilled from the teacher for up to {report['recovery']['steps']} steps after the structural "
+        f"changes and {report['recovery']['qat_steps']} quantization-aware steps after BN folding"
+        + (f", plus {ft['steps']} more steps ({ft['epochs']} epochs) after the pick." if ft["steps"] else ".")
+    )
+
+
+def render(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
+    shape, cost = report["input_shape"], report["cost_model"]
+    one_sample = ", ".join(map(str, [1, *shape[1:]]))
+    study_links = ", ".join(f"[{f.rsplit('/', 1)[1]}]({f})" for f in report.get("study_figures", []))
+    status = "verified" if report["verified"] else "NOT verified: " + "; ".join(report["reasons"])
+    return f"""# {report['study']}, trial {report['trial']}: {report['model']} on {report['data']}
+
+Picked as: {report['rule']}. Bundle {status}.
+
+## Figures
+
+{_table(figures(report))}
+
+Latency: {cost.get('runtime')} on {report['machine']['cpu']}, {cost.get('threads')} thread(s);
+the search's figures are from its own run, "this model" was measured now on the files of this folder.
+PyTorch accuracy is the compressed model as trained (activations of int8 layers fake-quantized).
+{"The whole study, this trial among the others: " + study_links if study_links else ""}
+
+## How it was compressed
+
+{how_compressed(report, layers)}
+
+{_table(layers)}
+
+`out`/`in`: channels (or features) in the teacher -> here; `rank`: inner width of a factorized layer;
+`sparsity`: fraction of weights that are zero; bits 32 = float.
+
+## Files
+
+- `model.onnx`: the model for ONNX Runtime (int8 QDQ on the layers with <= 8-bit weights and 8-bit inputs).
+- `weights.cpz`: the packed weights ({report['size_bytes']['measured']:,} bytes; the size objective).
+- `config.yaml`: the trial's parameters and the study's resolved config; `report.json`: every figure above.
+
+## Use it
+
+Inputs are float32 of shape (N, {', '.join(map(str, shape[1:]))}), pixels scaled as in `search/data.py`:
+`(pixel / 255 - {MEAN}) / {STD}`. Outputs are logits for {report['num_classes']} classes.
+
+```python
+import numpy as np, onnxruntime as ort
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+logits = session.run(None, {{"{report['onnx_input']}": np.zeros(({one_sample}), np.float32)}})[0]
+```
+
+```python
+from search.bundle import load_model  # needs this project; not the trained teacher
+model = load_model("path/to/this/folder")  # a plain nn.Module, activations in float
+```
+"""

@@ -1,0 +1,209 @@
+"""pick on a real smoke study: every rule, the bundle round trip, and verification catching a mismatch."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from search import data as data_module
+from search.bundle import load_model
+from search.models import SmallCNN
+from search.outputs import trials_frame
+from search.pick import Picked, main, pick
+from search.run import run
+from search.selection import Rule, choose, knee, reference_accuracy
+from search.train import train_teacher
+from search.verify import verify_bundle
+from spaces import to_plain, unpack
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = str(ROOT / "conf")
+
+
+def smoke_cfg(results: Path, *overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", *overrides])
+
+
+def quick_teacher(path: Path) -> Path:
+    """A teacher trained on 6,400 images (seconds, not the minutes of a full epoch): accuracies still spread."""
+    torch.manual_seed(0)
+    splits = data_module.load(val_size=1000, seed=0)
+    net = train_teacher(SmallCNN(), splits.train_x[:6400], splits.train_y[:6400], epochs=1, lr=0.05,
+                        batch_size=128, seed=0, log=lambda _: None)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke search (7 baselines + 1 searched trial); the overrides every pick of it repeats."""
+    results = tmp_path_factory.mktemp("results")
+    overrides = [f"model.checkpoint={quick_teacher(results / 'teacher.pt')}", "study.n_trials=1"]
+    out = run(smoke_cfg(results, *overrides))
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")
+    return results, overrides, trials_frame(study)
+
+
+@pytest.fixture(scope="module")
+def picked(smoke) -> Picked:
+    """The searched trial (per-layer channels, rank, sparsity and bits all mixed) picked by number."""
+    results, overrides, df = smoke
+    searched = df[(df["baseline"] == "") & (df["state"] == "COMPLETE")]
+    return pick(smoke_cfg(results, *overrides, f"pick.trial={int(searched['number'].iloc[0])}"))
+
+
+def done(df):
+    return df[(df["state"] == "COMPLETE") & df["feasible"]]
+
+
+def test_each_rule_picks_what_it_promises(smoke):
+    results, overrides, df = smoke
+    ok = done(df)
+    middle = ok.sort_values("size_bytes").iloc[len(ok) // 2]  # limits that at least this trial meets
+    max_lat, max_size = float(middle["latency_ms"]), float(middle["size_bytes"])
+    cfg = smoke_cfg(results, *overrides, f"pick.max_latency_ms={max_lat}", f"pick.max_size_bytes={max_size}")
+    got = ok[ok["number"] == choose(df, Rule.from_cfg(cfg.pick)).number].iloc[0]
+    within = ok[(ok["latency_ms"] <= max_lat) & (ok["size_bytes"] <= max_size)]
+    assert got["number"] in set(within["number"]) and got["accuracy"] == within["accuracy"].max()
+
+    ref = reference_accuracy(df)
+    drop = float(ref - ok["accuracy"].median())
+    allowed = ok[ref - ok["accuracy"] <= drop + 1e-12]
+    for objective, column in (("size", "size_bytes"), ("latency", "latency_ms")):
+        cfg = smoke_cfg(results, *overrides, f"pick.max_accuracy_drop={drop}", f"pick.objective={objective}")
+        choice = choose(df, Rule.from_cfg(cfg.pick))
+        assert ok.set_index("number").loc[choice.number, column] == allowed[column].min(), objective
+
+    number = int(ok["number"].iloc[-1])
+    assert choose(df, Rule.from_cfg(smoke_cfg(results, f"pick.trial={number}").pick)).number == number
+
+    choice = choose(df, Rule.from_cfg(smoke_cfg(results).pick))  # no rule: the knee
+    assert "knee" in choice.reason and bool(df.set_index("number").loc[choice.number, "on_front"])
+    assert choice.number == int(knee(df)["number"])
+
+
+def test_knee_is_the_front_point_nearest_the_ideal():
+    import pandas as pd
+
+    df = pd.DataFrame({  # an L-shaped front: the corner (1) is the knee, the ends are extreme
+        "number": [0, 1, 2, 3], "state": "COMPLETE", "feasible": True, "on_front": [True, True, True, False],
+        "baseline": "", "accuracy": [0.90, 0.89, 0.50, 0.40], "size_bytes": [1e6, 1e4, 1e3, 1e6],
+        "latency_ms": [10.0, 1.1, 1.0, 10.0],
+    })
+    assert int(knee(df)["number"]) == 1
+
+
+def test_empty_selection_names_the_constraint_and_the_closest_trials(smoke):
+    results, overrides, df = smoke
+    with pytest.raises(ValueError, match=r"pick\.max_size_bytes=1: .*closest: #\d+"):
+        pick(smoke_cfg(results, *overrides, "pick.max_size_bytes=1"))
+    big = float(df["size_bytes"].max())
+    emptied = r"pick\.max_latency_ms=0\.001: .*among the \d+ trial\(s\) within pick\.max_size_bytes"
+    with pytest.raises(ValueError, match=emptied):
+        pick(smoke_cfg(results, *overrides, f"pick.max_size_bytes={big}", "pick.max_latency_ms=0.001"))
+    with pytest.raises(ValueError, match=r"pick\.objective.*'speed'"):
+        pick(smoke_cfg(results, *overrides, "pick.objective=speed"))
+    with pytest.raises(ValueError, match=r"pick\.trial=999: no such trial"):
+        pick(smoke_cfg(results, *overrides, "pick.trial=999"))
+    with pytest.raises(ValueError, match=r"pick\.trial=0 picks one trial"):
+        pick(smoke_cfg(results, *overrides, "pick.trial=0", "pick.max_latency_ms=5"))
+    with pytest.raises(FileNotFoundError, match="no study"):
+        pick(smoke_cfg(results, *overrides, "study.name=nosuch"))
+    assert not (results / "smoke" / "picked").exists()  # nothing written
+
+
+def test_cli_bad_pick_is_one_line_and_exit_2(smoke, cli_env):
+    results, overrides, _ = smoke
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.pick", "experiment=smoke", f"results_dir={results}", *overrides,
+         "pick.max_accuracy_drop=0", "pick.max_size_bytes=1"],
+        cwd=ROOT, capture_output=True, text=True, env=cli_env, timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pick.max_size_bytes=1" in lines[0], proc.stderr
+    assert "number" in proc.stdout and "uncompressed" in proc.stdout  # the front table came first
+
+
+def test_bundle_is_whole_and_verified(smoke, picked):
+    _, _, df = smoke
+    path, report = picked.path, picked.report
+    assert path == path.parent.parent / "picked" / str(report["trial"])
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary folder left behind
+    for name in ("model.onnx", "weights.cpz", "config.yaml", "report.json", "README.md"):
+        assert (path / name).stat().st_size > 0, name
+    recorded = df.set_index("number").loc[report["trial"]]
+    assert (path / "weights.cpz").stat().st_size == recorded["size_bytes"] == report["size_bytes"]["measured"]
+    assert report["accuracy"]["val"]["pytorch_replay"] == pytest.approx(recorded["accuracy"], abs=1e-9)
+    for split in ("val", "test"):
+        assert abs(report["accuracy"][split]["onnx"] - report["accuracy"][split]["pytorch"]) < 0.03
+    assert report["uncompressed"]["trial"] == int(df.loc[df["baseline"] == "uncompressed", "number"].iloc[0])
+    assert report["machine"]["cpu"] and report["versions"]["onnxruntime"] and report["cost_model"]["threads"]
+    # latency is re-measured on a shared machine: only a latency reason may be the machine's noise
+    assert [r for r in report["reasons"] if not r.startswith("latency")] == []
+    assert report["verified"] == (not report["reasons"]) == json.loads((path / "report.json").read_text())["verified"]
+    card = (path / "README.md").read_text()
+    assert "| layer |" in card and "onnxruntime" in card and "load_model" in card
+
+
+def test_bundle_round_trips(picked):
+    path = picked.path
+    proto = onnx.load(path / "model.onnx")
+    onnx.checker.check_model(proto)
+    x = data_module.load(val_size=1000, seed=0).val_x[:64]
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": x.numpy()})[0]
+    assert logits.shape == (64, 10) and np.isfinite(logits).all()
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    loaded = load_model(path)
+    assert torch.equal(torch.rand(1), expected)  # the caller's random stream is left alone
+    with torch.no_grad():
+        diff = (loaded(x) - to_plain(picked.model)(x)).abs().max().item()
+    assert diff <= 1e-4
+    state = unpack((path / "weights.cpz").read_bytes())
+    loaded_state = loaded.state_dict()
+    assert all(torch.equal(loaded_state[k], v) for k, v in state.items() if k in loaded_state)
+    assert set(loaded_state) <= set(state)  # every weight of the model came from weights.cpz
+
+
+def test_verification_catches_a_tampered_bundle(picked, tmp_path):
+    files = shutil.copytree(picked.path, tmp_path / "files")
+    with open(files / "weights.cpz", "ab") as f:
+        f.write(b"\0" * 4096)
+    report = verify_bundle(files)
+    assert report["verified"] is False
+    assert any(r.startswith("size:") for r in report["reasons"])
+    assert any("weights.cpz: changed since" in r for r in report["reasons"])
+    assert json.loads((files / "report.json").read_text())["verified"] is False
+
+    recorded = shutil.copytree(picked.path, tmp_path / "recorded")
+    doc = json.loads((recorded / "report.json").read_text())
+    doc["accuracy"]["val"]["recorded"] += 0.05  # as if the search had recorded another accuracy
+    (recorded / "report.json").write_text(json.dumps(doc))
+    report = verify_bundle(recorded)
+    assert report["verified"] is False and any(r.startswith("accuracy:") for r in report["reasons"])
+    assert [r for r in report["reasons"] if not r.startswith(("accuracy", "latency"))] == []
+
+
+def test_unverified_bundle_exits_non_zero(picked, monkeypatch, capsys):
+    report = {**picked.report, "verified": False, "reasons": ["size: made up for this test"]}
+    monkeypatch.setattr("search.pick.pick", lambda cfg: Picked(picked.path, report, picked.model))
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke"])
+    with pytest.raises(SystemExit) as exc:
+        main(cfg)  # hydra.main passes a given config straight through
+    assert exc.value.code == 1 and "not verified" in capsys.readouterr().err
