@@ -147,6 +147,8 @@ def prepare(cfg: DictConfig) -> Prepared:
 
 def run(cfg: DictConfig) -> Path:
     started = time.time()
+    for noisy in ("kaleido", "choreographer"):  # PNG export logs every browser step at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     p = prepare(cfg)
     s = p.setup
     s.out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CLIP_NORM = 5.0  # gradient-norm limit during recovery fine-tunes
+
 
 def batches(n: int, batch_size: int, *, seed: int, steps: int | None = None) -> Iterator[torch.Tensor]:
     """Index batches of a seeded shuffle, epoch after epoch; ``steps`` batches in all (one epoch if None)."""
@@ -80,10 +82,16 @@ def recover(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     model.train()
-    for idx in batches(len(x), batch_size, seed=seed, steps=steps):
+    for step, idx in enumerate(batches(len(x), batch_size, seed=seed, steps=steps)):
         loss = distillation_loss(model(x[idx]), teacher_logits[idx], y[idx], temperature=temperature, alpha=alpha)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"recovery diverged at step {step} of {steps} (loss {loss.item()}); lower recovery.lr ({lr})"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # Factorized layers without BatchNorm can take huge steps early on; clipping keeps them stable.
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
         opt.step()
         sched.step()
     return model.eval()
