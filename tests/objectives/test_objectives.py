@@ -82,7 +82,7 @@ def artifact() -> spaces.Artifact:
 
 
 def test_cost_model_measures_a_positive_median_over_repeats(artifact):
-    cost = OrtCpuCostModel(batch_size=2, threads=1, warmup=1, repeats=7, retries=1)
+    cost = OrtCpuCostModel(batch_size=2, threads=1, warmup=1, repeats=7, retries=1, settle_s=0)
     m = cost.latency_ms(artifact)
     assert isinstance(m, Measurement)
     assert len(m.samples) == 7
@@ -91,11 +91,11 @@ def test_cost_model_measures_a_positive_median_over_repeats(artifact):
     assert m.value_ms == pytest.approx(float(np.median(m.samples)))
     q1, q3 = np.percentile(m.samples, [25, 75])
     assert m.spread_ms >= 0 and m.spread_ms == pytest.approx(float(q3 - q1))
-    assert Latency(cost_model=OrtCpuCostModel(batch_size=1, threads=1, warmup=0, repeats=3, retries=0))(artifact) > 0
+    assert Latency(cost_model=OrtCpuCostModel(batch_size=1, threads=1, warmup=0, repeats=3, retries=0, settle_s=0))(artifact) > 0
 
 
 def test_cost_model_feeds_a_batch_of_the_configured_size(artifact, monkeypatch):
-    cost = OrtCpuCostModel(batch_size=5, threads=1, warmup=0, repeats=2, retries=0)
+    cost = OrtCpuCostModel(batch_size=5, threads=1, warmup=0, repeats=2, retries=0, settle_s=0)
     shapes = []
     real_session = cost.session
 
