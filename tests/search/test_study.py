@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import optuna
-import torch
 from torch import nn
 
 from objectives import Measurement
