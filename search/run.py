@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -47,24 +47,29 @@ class Setup:
     storage: str
 
 
+def _first_line(exc: Exception) -> str:
+    """The message of the error Hydra wrapped (a constructor's ValueError), on one line."""
+    cause = exc.__cause__ or exc
+    return str(cause).splitlines()[0] if str(cause) else repr(cause)
+
+
 def build_space(space_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...]) -> JointSpace:
     knobs = []
     for name, knob_cfg in (space_cfg.get("knobs") or {}).items():
         if knob_cfg is None:
             continue
-        extra: dict[str, Any] = {"model": model}
         target = knob_cfg.get("_target_")
         try:
-            cls = instantiate({"_target_": "hydra.utils.get_class", "path": target})
+            cls = get_class(target)
         except Exception as exc:
             raise ValueError(f"space.knobs.{name}._target_: cannot import {target!r} ({exc})") from exc
+        extra: dict[str, Any] = {"model": model}
         if "input_shape" in inspect.signature(cls).parameters:
             extra["input_shape"] = input_shape
         try:
             knob = instantiate(knob_cfg, **extra, _convert_="all")
-        except Exception as exc:  # Hydra wraps the constructor's ValueError; keep its one line
-            cause = exc.__cause__ or exc
-            raise ValueError(str(cause).splitlines()[0] if str(cause) else repr(cause)) from exc
+        except Exception as exc:  # the knobs' own messages already name their keys
+            raise ValueError(_first_line(exc)) from exc
         if not isinstance(knob, BaseSpace):
             raise ValueError(f"space.knobs.{name}: {target!r} is not a spaces.BaseSpace")
         knobs.append(knob)
@@ -77,8 +82,7 @@ def _instantiate(cfg: DictConfig, key: str) -> Any:
     try:
         return instantiate(cfg, _convert_="all")
     except Exception as exc:
-        cause = exc.__cause__ or exc
-        raise ValueError(f"{key}: {str(cause).splitlines()[0] if str(cause) else repr(cause)}") from exc
+        raise ValueError(f"{key}: {_first_line(exc)}") from exc
 
 
 def setup(cfg: DictConfig) -> Setup:
