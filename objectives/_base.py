@@ -27,9 +27,15 @@ class Measurement:
 
 
 class BaseCostModel(abc.ABC):
-    """How long an artifact takes on a device: measured, looked up or estimated."""
+    """How long an artifact takes on a device: measured, looked up or estimated.
+
+    An artifact is what ``spaces.materialize`` returns: ``onnx`` (bytes), ``input_shape``, and
+    where available ``example`` (real input samples) and ``module`` (the plain PyTorch model).
+    """
 
     name: ClassVar[str]
+    #: True when ``latency_ms`` times the artifact on a real runtime; False for predictors.
+    measures: ClassVar[bool] = True
 
     @abc.abstractmethod
     def latency_ms(self, artifact: Any) -> Measurement:
@@ -37,4 +43,8 @@ class BaseCostModel(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Where and how it measures: device, runtime, threads, batch size, protocol."""
+        """Where and how it measures: at least ``cost_model`` (its name) and ``device``."""
+
+    def reference(self) -> "BaseCostModel":
+        """The cost model that measures on the real runtime: pick verifies with it. Itself if it measures."""
+        return self

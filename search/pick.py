@@ -180,14 +180,15 @@ def replay(study: optuna.Study, number: int, rule: str, run_cfg: DictConfig, epo
 def measurements(r: Replay, folder: Path, tol: Tolerances) -> dict[str, Any]:
     """Accuracy, size and latency, recorded by the search and measured now on the files in ``folder``."""
     s, spread = r.prepared.setup, float(r.trial.user_attrs.get("latency_spread_ms", 0.0))
-    acc, files = accuracies(r.model, folder, splits=s.splits, cost_model=s.cost_model), files_now(folder)
+    measuring = s.cost_model.reference()  # a study searched on a predictor is verified on the real runtime
+    acc, files = accuracies(r.model, folder, splits=s.splits, cost_model=measuring), files_now(folder)
     return {
         "accuracy": {"val": {"recorded": r.trial.values[0], "pytorch_replay": r.replay_val, **acc["val"]},
                      "test": {"recorded": None, **acc["test"]}},
         "size_bytes": {"recorded": r.trial.values[1], "measured": files["weights.cpz"]["bytes"],
                        "onnx_bytes": files["model.onnx"]["bytes"]},
-        "latency_ms": latency(folder, cost_model=s.cost_model, input_shape=r.artifact.input_shape, tol=tol,
-                              recorded=r.trial.values[2], spread=spread),
+        "latency_ms": latency(folder, cost_model=measuring, input_shape=r.artifact.input_shape, tol=tol,
+                              recorded=r.trial.values[2], spread=spread, example=r.artifact.example),
         "loader": {"max_abs_diff": acc["loader_max_abs_diff"]}, "files": files,
     }
 
@@ -200,7 +201,7 @@ def context(r: Replay, df) -> dict[str, Any]:
         "rule": r.rule, "model": r.cfg.model.name, "data": r.cfg.data.name, "input_shape": list(r.artifact.input_shape),
         "num_classes": p.setup.splits.num_classes, "onnx_input": "input", "uncompressed": uncompressed(df, p),
         "finetune": r.finetune, "recovery": asdict(p.setup.recovery), "int8_layers": list(r.artifact.int8_layers),
-        "machine": machine(), "cost_model": p.setup.cost_model.describe(),
+        "machine": machine(), "cost_model": p.setup.cost_model.reference().describe(),
         "recorded_cost_model": r.study.user_attrs.get("cost_model"), "versions": versions_now(),
         "study_figures": [f"../../{n}" for n in ("pareto.html", "pareto.png") if (p.setup.out_dir / n).is_file()],
     }

@@ -156,9 +156,19 @@ def run(cfg: DictConfig) -> Path:
     p = prepare(cfg)
     s = p.setup
     s.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(s.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     study = open_study(name=str(cfg.study.name), storage=s.storage, sampler=s.sampler)
-    study.set_user_attr("cost_model", s.cost_model.describe())
+    described = s.cost_model.describe()
+    recorded = study.user_attrs.get("cost_model")
+    keys = ("cost_model", "device", "batch_size", "threads", "runtime", "dtype")
+    changed = {k: (recorded[k], described[k]) for k in keys if recorded and k in recorded and k in described
+               and recorded[k] != described[k]}
+    if changed:
+        raise ValueError(
+            f"hardware: study {study.study_name!r} holds latencies measured otherwise ({changed}, recorded vs now); "
+            "mixing them would compare unlike numbers: choose another study.name"
+        )
+    study.set_user_attr("cost_model", described)  # which cost model produced the latency objective
+    atomic_write(s.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if (n := fail_interrupted(study)):
         log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
     if cfg.study.baselines:

@@ -83,11 +83,11 @@ def accuracies(model: nn.Module, folder: Path, *, splits: Splits, cost_model: Ba
 
 
 def latency(folder: Path, *, cost_model: BaseCostModel, input_shape: tuple[int, ...], recorded: float, spread: float,
-            tol: Tolerances) -> dict[str, Any]:
-    """The latency of the bundle's model.onnx, next to the search's reading and the band it must fall in."""
+            tol: Tolerances, example: Any = None) -> dict[str, Any]:
+    """The latency of the bundle's files, next to the search's reading and the band it must fall in."""
     band = tol.latency_band(recorded, spread)
     artifact = Artifact(packed=(folder / "weights.cpz").read_bytes(), onnx=(folder / "model.onnx").read_bytes(),
-                        int8_layers=(), input_shape=input_shape)
+                        int8_layers=(), input_shape=input_shape, example=example, module=load_model(folder))
     m, readings = measure_latency(cost_model, artifact, recorded, band)
     return {"recorded": recorded, "recorded_spread": spread, "measured": m.value_ms, "measured_spread": m.spread_ms,
             "readings": readings, "allowed": [round(band[0], 4), round(band[1], 4)]}
@@ -152,7 +152,7 @@ def verify_bundle(
     report["size_bytes"]["measured"] = report["files"]["weights.cpz"]["bytes"]
     if cost_model is not None:
         lat = report["latency_ms"]
-        report["latency_ms"] = latency(bundle_dir, cost_model=cost_model, input_shape=tuple(report["input_shape"]),
+        report["latency_ms"] = latency(bundle_dir, cost_model=cost_model.reference(), input_shape=tuple(report["input_shape"]),
                                        recorded=lat["recorded"], spread=lat["recorded_spread"], tol=tol)
     report["reasons"] = check(report, tol)
     report["verified"] = not report["reasons"]

@@ -11,7 +11,8 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,10 @@ class Artifact:
     onnx: bytes  # self-contained ONNX model, dynamic batch
     int8_layers: tuple[str, ...]  # layers that run on int8 kernels in the ONNX model
     input_shape: tuple[int, ...]  # one sample's shape, batch dimension first (1, C, H, W)
+    # What cost models may use beside the ONNX model: real input samples to time it on, and the
+    # plain PyTorch module (pruned channels and factorized layers gone, weights dequantized).
+    example: Any = field(default=None, repr=False, compare=False)
+    module: Any = field(default=None, repr=False, compare=False)
 
 
 def packed_tensors(model: nn.Module) -> list[PackedTensor]:
@@ -115,12 +120,14 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
 def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np.ndarray) -> Artifact:
     """The artifact for a compressed model: packed weights file + ONNX model."""
     layers = int8_layers(model)
-    onnx_bytes = export_onnx(to_plain(model), input_shape)
+    plain = to_plain(model)
+    onnx_bytes = export_onnx(plain, input_shape)
     if layers:
         onnx_bytes = quantize_onnx(onnx_bytes, layers, calibration)
     return Artifact(
         packed=pack(packed_tensors(model)), onnx=onnx_bytes,
         int8_layers=tuple(layers), input_shape=tuple(input_shape),
+        example=np.asarray(calibration, dtype=np.float32), module=plain.eval(),
     )
 
 

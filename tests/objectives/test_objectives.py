@@ -95,12 +95,14 @@ def test_cost_model_measures_a_positive_median_over_repeats(artifact):
 
 
 def test_cost_model_feeds_a_batch_of_the_configured_size(artifact, monkeypatch):
+    from objectives import _ort
+
     cost = OrtCpuCostModel(batch_size=5, threads=1, warmup=0, repeats=2, retries=0, settle_s=0)
     shapes = []
-    real_session = cost.session
+    real_session = _ort.session
 
-    def spy(onnx_bytes):
-        session = real_session(onnx_bytes)
+    def spy(onnx_bytes, **kwargs):
+        session = real_session(onnx_bytes, **kwargs)
 
         class Spy:
             def get_inputs(self):
@@ -112,10 +114,21 @@ def test_cost_model_feeds_a_batch_of_the_configured_size(artifact, monkeypatch):
 
         return Spy()
 
-    monkeypatch.setattr(cost, "session", spy)
+    monkeypatch.setattr(_ort, "session", spy)
     cost.latency_ms(artifact)
     assert shapes and set(shapes) == {(5, 1, 8, 8)}
     assert len(shapes) == 2  # no warm-up, two repeats, no retry
+
+
+def test_cost_model_times_the_artifacts_real_examples(artifact):
+    from objectives import _ort
+
+    batch = _ort.example_batch(artifact.example, artifact.input_shape, 20)
+    assert batch.shape == (20, 1, 8, 8) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[:8], artifact.example)  # the calibration samples, repeated to fill
+    np.testing.assert_array_equal(batch[8:16], artifact.example)
+    random = _ort.example_batch(None, (1, 1, 8, 8), 3)
+    assert random.shape == (3, 1, 8, 8) and np.isfinite(random).all()
 
 
 def test_cost_model_describe_names_where_and_how():

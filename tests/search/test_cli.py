@@ -27,6 +27,10 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
         (["data.root=/nonexistent/fmnist", "data.download_dir=null"], ["data.root", "/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
         (["study.n_trials=-2"], ["study.n_trials", "-2"]),
         (["hardware.batch_size=0"], ["hardware", "batch_size", "0"]),
+        (["hardware=lut", "hardware.device=nowhere"], ["hardware.device", "nowhere", "python -m search.lut build"]),
+        (["hardware=analytic", "hardware.peak_tops.fp32=-1"], ["hardware.peak_tops", "-1", "fp32"]),
+        pytest.param(["hardware=gpu"], ["hardware=gpu", "no CUDA device", "hardware=cpu"], marks=pytest.mark.skipif(
+            __import__("torch").cuda.is_available(), reason="a GPU is present: hardware=gpu is valid here")),
     ],
 )
 def test_bad_input_one_line_error_and_nothing_written(tmp_path, cli_env, overrides, expected):
@@ -43,4 +47,19 @@ def test_unknown_sampler_is_refused_by_hydra(tmp_path, cli_env):
     proc = run_cli(tmp_path, cli_env, "sampler=annealing")
     assert proc.returncode != 0
     assert "sampler" in proc.stderr and "tpe" in proc.stderr  # Hydra lists the available options
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], "usage: python -m search.lut {build|validate}"),
+    (["rebuild"], "'rebuild'"),
+    (["build", "hardware=cpu"], "python -m search.lut needs hardware=lut"),
+])
+def test_lut_command_errors_are_one_line(tmp_path, cli_env, args, expected):
+    proc = subprocess.run([sys.executable, "-m", "search.lut", *args, f"results_dir={tmp_path / 'results'}"]
+                          if args else [sys.executable, "-m", "search.lut"],
+                          cwd=tmp_path, capture_output=True, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert list(tmp_path.iterdir()) == []

@@ -81,3 +81,47 @@ def test_interrupted_search_resumes_without_losing_finished_trials(smoke):
     searched = [t for t in after.values() if "baseline" not in t.user_attrs and t.state == TrialState.COMPLETE]
     assert len(searched) == 4  # one more searched trial, baselines not run again
     assert sum("baseline" in t.user_attrs for t in after.values()) == 7
+
+
+# --------------------------------------------------------------------------- cost models in a search
+
+
+def test_lut_build_validate_then_search_and_pick_on_the_real_runtime(smoke):
+    """The table flow on the real space: build (tiny budget), validate, search on it, pick re-measures."""
+    import json
+
+    from search import lut
+    from search.pick import pick
+
+    results, _ = smoke
+    table = lut.build(smoke_cfg(results, "hardware=lut", "lut.max_configs=6", "lut.patience=6",
+                                "lut.calibrate_every=3"))
+    data = json.loads(table.read_text())
+    assert table.parent.parent == results / "costmodels" and data["entries"]
+    assert data["meta"]["calibration_models"] == 2 and data["fingerprint"]["threads"] == 1
+
+    out = lut.validate(smoke_cfg(results, "hardware=lut", "lut.validate.n=3", "lut.validate.noise_repeats=2"))
+    df = pd.read_csv(out / "validation.csv")
+    assert {"cost_model", "predicted_ms", "measured_ms"} <= set(df.columns)
+    assert sorted(df["cost_model"].unique()) == ["analytic", "lut"] and len(df) == 6
+    assert (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
+    summary = json.loads((out / "validation.json").read_text())
+    for name in ("lut", "analytic"):
+        assert {"within_10pct", "mape", "spearman", "predict_s_median"} <= set(summary["cost_models"][name])
+    assert len(summary["noise_floor"]["readings_ms"]) == 2 and summary["measure_s_median"] > 0
+    assert (out / "validation.html").is_file()
+
+    cfg = smoke_cfg(results, "hardware=lut", "study.name=smoke-lut", "study.n_trials=1")
+    run(cfg)
+    study = optuna.load_study(study_name="smoke-lut", storage=f"sqlite:///{results / 'smoke-lut' / 'study.db'}")
+    assert study.user_attrs["cost_model"]["cost_model"] == "lut"
+    summary = json.loads((results / "smoke-lut" / "summary.json").read_text())
+    assert summary["cost_model"]["cost_model"] == "lut" and summary["failed"] == 0
+
+    with pytest.raises(ValueError, match="hardware: study 'smoke-lut' holds latencies measured otherwise"):
+        run(smoke_cfg(results, "study.name=smoke-lut", "study.n_trials=1"))  # hardware=cpu on a lut study
+
+    picked = pick(smoke_cfg(results, "hardware=lut", "study.name=smoke-lut", "pick.trial=0"))
+    assert picked.report["recorded_cost_model"]["cost_model"] == "lut"
+    assert picked.report["cost_model"]["cost_model"] == "cpu"  # verified on ONNX Runtime, not on the table
+    assert picked.report["latency_ms"]["measured"] > 0

@@ -1,0 +1,270 @@
+"""Every cost model passes one contract; the lookup table round-trips, refuses a foreign device and
+predicts a toy model's latency within tolerance of its own measurement."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import spaces
+from objectives import (
+    AnalyticCostModel, BaseCostModel, CudaCostModel, LatencyTable, LutCostModel, Measurement, OrtCpuCostModel, _ort,
+)
+from objectives.gpu import cuda_available
+from objectives.lut import device_slug, table_path
+
+BATCH = 16
+SHAPE = (1, 1, 16, 16)
+
+
+def toy(width: int) -> nn.Module:
+    torch.manual_seed(width)
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(width * 8 * 8, 10),
+    ).eval()
+
+
+def artifact_of(width: int, int8: bool = False) -> spaces.Artifact:
+    model = toy(width)
+    calibration = np.random.default_rng(0).standard_normal((32, *SHAPE[1:]), dtype=np.float32)
+    if int8:
+        space = spaces.JointSpace([spaces.QuantSpace(model=model, weight_bits=[8, 32], act_bits=[8, 32])])
+        model = space.apply(model, space.with_values(bits=space["bits"].uniform(8, 8)))
+        spaces.calibrate(model, [torch.from_numpy(calibration)])
+    return spaces.materialize(model.eval(), input_shape=SHAPE, calibration=calibration)
+
+
+@pytest.fixture(scope="module")
+def small() -> spaces.Artifact:
+    return artifact_of(4)
+
+
+@pytest.fixture(scope="module")
+def large() -> spaces.Artifact:
+    return artifact_of(64)
+
+
+def build_table(root, artifacts, *, threads: int = 1) -> LatencyTable:
+    """A table from profiled runs of ``artifacts`` (what ``python -m search.lut build`` does per configuration)."""
+    table = LatencyTable(_ort.fingerprint(threads=threads, batch_size=BATCH), meta={"built": "test"})
+    residuals = []
+    cpu = OrtCpuCostModel(batch_size=BATCH, threads=threads, warmup=3, repeats=15, settle_s=0)
+    for a in artifacts:
+        batch = _ort.example_batch(a.example, a.input_shape, BATCH)
+        profile = _ort.profile(_ort.optimized(a.onnx, threads=threads), batch, threads=threads, warmup=3, repeats=15)
+        table.add(profile)
+        residuals.append(cpu.latency_ms(a).value_ms - table.kernel_sum(profile.kernels))
+    table.constant_ms = float(np.median(residuals))
+    table.save(table_path(root, table.device, batch_size=BATCH, threads=threads))
+    return table
+
+
+@pytest.fixture(scope="module")
+def lut_root(tmp_path_factory, small, large):
+    root = tmp_path_factory.mktemp("costmodels")
+    build_table(root, [small, large])
+    return root
+
+
+def factories(lut_root):
+    yield "cpu", lambda: OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0)
+    yield "cpu-isolated", lambda: OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0,
+                                                   isolate=True)
+    yield "cpu-torch", lambda: OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0,
+                                                runtime="torch")
+    yield "lut", lambda: LutCostModel(table=str(lut_root), batch_size=BATCH, threads=1)
+    yield "analytic", lambda: AnalyticCostModel(device="test CPU", peak_tops={"fp32": 0.1, "int8": 0.3},
+                                                memory_gbs=10.0, overhead_us=2.0, batch_size=BATCH)
+    yield "gpu", lambda: CudaCostModel(batch_size=BATCH, warmup=3, repeats=10)
+
+
+NAMES = ["cpu", "cpu-isolated", "cpu-torch", "lut", "analytic", "gpu"]
+
+
+@pytest.fixture(params=NAMES)
+def cost_model(request, lut_root) -> BaseCostModel:
+    if request.param == "gpu" and not cuda_available()[0]:
+        pytest.skip(f"gpu cost model: {cuda_available()[1]}")
+    model = dict(factories(lut_root))[request.param]()
+    yield model
+    if hasattr(model, "close"):
+        model.close()
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_contract_latency_is_a_positive_finite_measurement(cost_model, small, large):
+    for a in (small, large):
+        m = cost_model.latency_ms(a)
+        assert isinstance(m, Measurement)
+        assert math.isfinite(m.value_ms) and m.value_ms > 0
+        assert math.isfinite(m.spread_ms) and m.spread_ms >= 0
+
+
+def test_contract_a_16x_wider_model_costs_more(cost_model, small, large):
+    # 4 vs 64 channels: about 250x the multiply-accumulates in the second convolution
+    assert cost_model.latency_ms(large).value_ms > 1.5 * cost_model.latency_ms(small).value_ms
+
+
+def test_contract_describe_is_json_and_names_the_model_and_device(cost_model):
+    d = cost_model.describe()
+    json.dumps(d)
+    assert d["cost_model"] == cost_model.name and isinstance(d["device"], str) and d["device"]
+
+
+def test_contract_reference_measures_on_a_real_runtime(cost_model, small):
+    ref = cost_model.reference()
+    assert isinstance(ref, BaseCostModel) and ref.measures
+    assert (ref is cost_model) == cost_model.measures
+    assert ref.latency_ms(small).value_ms > 0
+
+
+def test_contract_predictors_are_deterministic(cost_model, large):
+    if cost_model.measures:
+        pytest.skip("a measurement varies from run to run")
+    assert cost_model.latency_ms(large).value_ms == cost_model.latency_ms(large).value_ms
+
+
+# --------------------------------------------------------------------------- the lookup table
+
+
+def test_table_round_trips_to_disk(tmp_path, lut_root):
+    path = next(lut_root.rglob("lut-*.json"))
+    table = LatencyTable.load(path)
+    table.save(tmp_path / "copy.json")
+    again = LatencyTable.load(tmp_path / "copy.json")
+    assert again.fingerprint == table.fingerprint and again.entries == table.entries
+    assert again.constant_ms == table.constant_ms and again.meta == table.meta
+    assert len(table.entries) >= 5 and all(e["ms"] > 0 and e["times"] for e in table.entries.values())
+
+
+def test_table_predicts_a_toy_model_within_tolerance_of_its_measurement(lut_root, large):
+    lut = LutCostModel(table=str(lut_root), batch_size=BATCH, threads=1)
+    cpu = OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=5, repeats=30, settle_s=0)
+    predicted = lut.latency_ms(large).value_ms
+    measured = [cpu.latency_ms(large).value_ms for _ in range(3)]
+    assert predicted == pytest.approx(float(np.median(measured)), rel=0.35)
+
+
+def test_table_sums_its_kernels_and_adds_the_constant(lut_root, large):
+    lut = LutCostModel(table=str(lut_root), batch_size=BATCH, threads=1)
+    kernels = lut.kernels(large)
+    assert kernels and not lut.table.missing(kernels)
+    expected = sum(lut.table.entries[k.key]["ms"] for k in kernels) + lut.table.constant_ms
+    assert lut.latency_ms(large).value_ms == pytest.approx(expected)
+
+
+def test_missing_kernels_are_measured_and_added_on_the_tables_device(tmp_path, small):
+    build_table(tmp_path, [small])
+    lut = LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1)
+    before = len(lut.table.entries)
+    other = artifact_of(24)
+    missing = lut.table.missing(lut.kernels(other))
+    assert missing
+    assert lut.latency_ms(other).value_ms > 0
+    reloaded = LatencyTable.load(lut.path)
+    assert len(reloaded.entries) == before + len({k.key for k in missing})
+    assert not reloaded.missing(lut.kernels(other))
+
+
+def test_a_table_from_another_device_is_used_but_never_extended(tmp_path, small, large):
+    table = build_table(tmp_path, [small])
+    # the same table, copied to a folder named for another machine, with that machine's fingerprint
+    table.fingerprint = {**table.fingerprint, "cpu": "Some Other CPU 9000"}
+    foreign = table_path(tmp_path, "some-other-cpu-9000", batch_size=BATCH, threads=1)
+    table.save(foreign)
+    lut = LutCostModel(table=str(tmp_path), device="some-other-cpu-9000", batch_size=BATCH, threads=1)
+    assert not lut.same_device
+    assert lut.latency_ms(small).value_ms > 0  # every kernel is in the table: a plain lookup
+    with pytest.raises(LookupError, match=r"no entry for \d+ kernel.*Some Other CPU 9000.*search.lut build"):
+        lut.latency_ms(large)
+    assert LatencyTable.load(foreign).entries == table.entries  # nothing was added
+
+
+def test_no_table_is_a_one_line_error_naming_the_device_and_the_command(tmp_path):
+    with pytest.raises(ValueError, match=r"hardware.device: no latency table for device 'nowhere'.*search.lut build") as e:
+        LutCostModel(table=str(tmp_path), device="nowhere", batch_size=BATCH, threads=1)
+    assert "\n" not in str(e.value)
+
+
+def test_a_table_built_with_other_settings_is_refused(tmp_path, lut_root):
+    table = LatencyTable.load(next(lut_root.rglob("lut-*.json")))
+    table.fingerprint = {**table.fingerprint, "threads": 4}  # a file renamed by hand
+    table.save(table_path(tmp_path, table.device, batch_size=BATCH, threads=1))
+    with pytest.raises(ValueError, match="threads"):
+        LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1)
+
+
+def test_a_file_that_is_not_a_table_is_refused(tmp_path):
+    path = table_path(tmp_path, "x", batch_size=BATCH, threads=1)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="not a latency table"):
+        LutCostModel(table=str(tmp_path), device="x", batch_size=BATCH, threads=1)
+
+
+def test_device_slugs_are_folder_names():
+    assert device_slug("AMD EPYC 7B13 64-Core Processor") == "amd-epyc-7b13-64-core-processor"
+    assert device_slug("  ") == "unknown-cpu"
+
+
+def test_kernel_signatures_see_shapes_and_int8():
+    fp32, int8 = artifact_of(8), artifact_of(8, int8=True)
+    batch = _ort.example_batch(fp32.example, SHAPE, BATCH)
+    k32, k8 = _ort.kernels(fp32.onnx, batch, threads=1), _ort.kernels(int8.onnx, batch, threads=1)
+    assert any(k.op.startswith("Q") for k in k8) and not any(k.op.startswith("QLinear") for k in k32)
+    wider = _ort.kernels(artifact_of(16).onnx, batch, threads=1)
+    assert {k.key for k in k32} != {k.key for k in wider}
+    assert all(k.signature["outputs"][0][1][0] == BATCH for k in k32)  # batch dimension as configured
+
+
+# --------------------------------------------------------------------------- analytic and gpu
+
+
+def test_analytic_estimate_follows_the_roofline():
+    cm = AnalyticCostModel(device="d", peak_tops={"fp32": 0.1, "int8": 0.4}, memory_gbs=1000.0, batch_size=BATCH)
+    layers = {layer["op"]: layer for layer in cm.layers(artifact_of(8).onnx)}
+    conv = [layer for layer in cm.layers(artifact_of(8).onnx) if layer["op"] == "Conv"][1]
+    assert conv["ops"] == 2 * BATCH * 8 * 16 * 16 // 4 * 8 * 9  # 2 x out elements x (in/groups x 3 x 3)
+    assert conv["us"] == pytest.approx(conv["ops"] / 0.1e12 * 1e6)  # compute bound at this bandwidth
+    assert "Gemm" in layers or "MatMul" in layers
+    fp32, int8 = cm.latency_ms(artifact_of(8)).value_ms, cm.latency_ms(artifact_of(8, int8=True)).value_ms
+    assert int8 < fp32  # the same shapes at 4x the peak
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"peak_tops": {}}, "peak_tops"), ({"peak_tops": {"fp32": -1}}, "peak_tops"),
+    ({"peak_tops": {"fp32": 1, "fp4": 2}}, "peak_tops"), ({"memory_gbs": 0}, "memory_gbs"),
+    ({"float_precision": "fp16"}, "float_precision"), ({"batch_size": 0}, "batch_size"),
+])
+def test_analytic_rejects_a_bad_device_description(kwargs, key):
+    base = {"device": "d", "peak_tops": {"fp32": 1.0}, "memory_gbs": 10.0}
+    with pytest.raises(ValueError, match=key):
+        AnalyticCostModel(**{**base, **kwargs})
+
+
+def test_gpu_without_a_gpu_is_a_clear_error():
+    ok, why = cuda_available()
+    if ok:
+        pytest.skip("a CUDA device is present: the contract tests measure on it")
+    with pytest.raises(ValueError, match=r"hardware=gpu: no CUDA device.*hardware=cpu, hardware=lut or hardware=analytic"):
+        CudaCostModel()
+
+
+def test_cpu_measures_several_models_interleaved_in_order(small, large):
+    cpu = OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=1, repeats=12, rounds=4, settle_s=0, retries=0)
+    a, b, c = cpu.measure_many([small, large, small])
+    assert len(a.samples) == len(b.samples) == 12
+    assert b.value_ms > a.value_ms and b.value_ms > c.value_ms
+
+
+@pytest.mark.parametrize("kwargs, key", [({"runtime": "tvm"}, "runtime"), ({"rounds": 0}, "rounds")])
+def test_cpu_rejects_bad_settings(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        OrtCpuCostModel(**kwargs)
