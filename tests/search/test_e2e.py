@@ -30,7 +30,7 @@ def smoke(tmp_path_factory):
 def test_smoke_writes_every_output(smoke):
     results, out = smoke
     assert out == results / "smoke"
-    for name in ("trials.csv", "pareto.csv", "pareto.html", "config.yaml", "summary.json", "study.db"):
+    for name in ("trials.csv", "pareto.csv", "pareto.html", "config.yaml", "summary.json", "study.db", "report.html"):
         assert (out / name).stat().st_size > 0, name
     df = pd.read_csv(out / "trials.csv", keep_default_na=False)
     for col in ("number", "state", *OBJECTIVES, "baseline", "latency_spread_ms", "macs", "params"):
@@ -81,3 +81,12 @@ def test_interrupted_search_resumes_without_losing_finished_trials(smoke):
     searched = [t for t in after.values() if "baseline" not in t.user_attrs and t.state == TrialState.COMPLETE]
     assert len(searched) == 4  # one more searched trial, baselines not run again
     assert sum("baseline" in t.user_attrs for t in after.values()) == 7
+
+
+def test_report_of_a_real_smoke_run_in_chromium(smoke, report_page, browser):
+    """The report the search wrote at its end loads in Chromium with no error, every figure drawn."""
+    results, out = smoke
+    shown = report_page(out / "report.html")
+    assert len(shown["figures"]) == 4
+    front = int(pd.read_csv(out / "trials.csv", keep_default_na=False)["on_front"].sum())
+    assert browser.evaluate("document.querySelectorAll('#pareto-table tbody tr').length") == front
