@@ -9,8 +9,12 @@ reference point is fixed: **accuracy 0, size 1.1 x S, latency 1.1 x L**, i.e. ``
 The hypervolume is reported as the share of the box between the ideal point (accuracy 1, size 0,
 latency 0) and the reference point (volume 1 x 1.1 x 1.1) that the feasible completed trials dominate:
 0 is nothing, 1 is a perfect model of zero bytes and zero milliseconds. A trial larger or slower than the
-reference adds nothing. Several studies compared in one report share one reference (the largest S and L
-among them), so their hypervolumes are comparable.
+reference adds nothing.
+
+Studies compared in one report keep each its own reference: latency is then measured against the
+uncompressed model timed in the same run, which cancels the drift of a shared machine between runs (the
+same ONNX file can time 4 ms in one run and 6 ms in the next), and each study's hypervolume is the one its
+own report shows. Sizes are exact, so for the same model S is the same in every study.
 """
 from __future__ import annotations
 
@@ -89,15 +93,6 @@ def reference(df: pd.DataFrame) -> Reference | None:
                          f"uncompressed baseline, trial {int(row['number'])}")
     return Reference(float(ok["size_bytes"].max()), float(ok["latency_ms"].max()),
                      "no uncompressed baseline: largest size and latency among the completed trials")
-
-
-def shared_reference(refs: Iterable[Reference | None]) -> Reference | None:
-    """One reference for several studies: the largest S and L among theirs."""
-    refs = [r for r in refs if r is not None]
-    if not refs:
-        return None
-    return Reference(max(r.size_bytes for r in refs), max(r.latency_ms for r in refs),
-                     "largest uncompressed size and latency among the compared studies")
 
 
 def losses(df: pd.DataFrame, ref: Reference) -> np.ndarray:

@@ -196,10 +196,11 @@ class Browser:
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, *, timeout_s: float | None = None) -> Any:
-        """Poll ``expression`` until it is truthy; its value."""
+        """Poll ``expression`` until it is truthy; its value (``true`` for an object, which cannot be copied out)."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        wrapped = f"(() => {{ const v = ({expression}); return v !== null && typeof v === 'object' ? true : v; }})()"
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(wrapped)
             if value:
                 return value
             if time.monotonic() > deadline:

@@ -84,7 +84,7 @@ def policy_figure(tables: Mapping[str, pd.DataFrame], front: pd.DataFrame) -> go
     fig = make_subplots(rows=max(1, len(knobs)), cols=1, shared_xaxes=True, vertical_spacing=0.045,
                         subplot_titles=[KNOBS[k].label for k in knobs] or [""])
     n_layers = max((len(t.index) for t in tables.values()), default=1)
-    width = int(max(900, 62 * len(front) + 330))
+    width = int(max(900, 80 * len(front) + 330))
     fig.update_layout(template="plotly_white", font=_FONT, width=width, height=70 + len(knobs or [1]) * (24 * n_layers + 70),
                       margin=dict(l=130, r=150, t=60, b=110), plot_bgcolor="white")
     if not knobs or front.empty:
@@ -104,7 +104,7 @@ def policy_figure(tables: Mapping[str, pd.DataFrame], front: pd.DataFrame) -> go
                                  hovertext=hover, hoverinfo="text", hoverongaps=False, xgap=2, ygap=2,
                                  name=knob, **scale), row=i, col=1)
         fig.update_yaxes(autorange="reversed", row=i, col=1)
-    fig.update_xaxes(tickvals=labels, ticktext=ticks, tickangle=0, row=len(knobs), col=1)
+    fig.update_xaxes(tickvals=labels, ticktext=ticks, tickangle=0, tickfont=dict(size=11), row=len(knobs), col=1)
     fig.add_annotation(text="darker = compressed harder · columns: the Pareto front, most accurate first",
                        x=0, y=-0.02, xref="paper", yref="paper", yanchor="top", showarrow=False, yshift=-60,
                        font=dict(size=12, color="grey"))
@@ -181,15 +181,15 @@ def comparison_front_figure(frames: Mapping[str, pd.DataFrame], names: Mapping[s
     return fig
 
 
-def comparison_hypervolume_figure(histories: Mapping[str, pd.DataFrame], *, ref: Reference | None) -> go.Figure:
+def comparison_hypervolume_figure(histories: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Hypervolume after each trial, one line per study, and the final hypervolumes side by side."""
     fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35], horizontal_spacing=0.1,
                         subplot_titles=("hypervolume after each trial", "final hypervolume"))
     fig.update_layout(template="plotly_white", font=_FONT, width=1300, height=480, showlegend=True,
                       margin=dict(l=70, r=30, t=90, b=60),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="left", x=0))
-    if ref is not None:
-        fig.update_layout(title=dict(text=f"shared reference point: {ref.describe()}", font=dict(size=12), x=0.01))
+                      title=dict(text="each study against its own reference point (1.1 x its uncompressed size and "
+                                      "latency, accuracy 0)", font=dict(size=12), x=0.01, y=0.98, yref="container"),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.08, xanchor="right", x=1))
     for i, (study, hist) in enumerate(histories.items()):
         colour = STUDY_COLOURS[i % len(STUDY_COLOURS)]
         final = float(hist["hypervolume"].iloc[-1] * 100) if len(hist) else 0.0

@@ -214,14 +214,16 @@ def _style_layout(fig: go.Figure, title: str, *, log_axis: dict, empty: bool) ->
         template="plotly_white",
         width=PNG_SIZE[0],
         height=PNG_SIZE[1],
-        margin=dict(l=70, r=30, t=110, b=60),
-        legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="center", x=0.5),
+        margin=dict(l=70, r=30, t=140, b=60),
+        legend=dict(orientation="h", yanchor="bottom", y=1.035, xanchor="center", x=0.5),
         hoverlabel=dict(align="left", font=dict(family="monospace", size=12)),
         scene=dict(
             xaxis=dict(title=dict(text="size (KB)"), **log_axis),
             yaxis=dict(title=dict(text="latency (ms)")),
             zaxis=dict(title=dict(text="accuracy (%)")),
             camera=dict(eye=dict(x=1.5, y=-1.5, z=0.7), center=dict(x=0, y=0, z=-0.08)),
+            # fixed proportions: "auto" follows the data ranges and can make the box too tall to fit its cell
+            aspectmode="manual", aspectratio=dict(x=1, y=1, z=0.8),
         ),
     )
     if empty:

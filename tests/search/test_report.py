@@ -51,12 +51,10 @@ def test_hypervolume_ignores_failed_infeasible_and_out_of_box_trials():
     assert an.hypervolume(better, an.reference(better)) > alone
 
 
-def test_reference_without_baseline_and_shared_reference():
+def test_reference_without_baseline():
     df = frame([(0, "COMPLETE", 0.9, 1000.0, 2.0, "", True, True), (1, "COMPLETE", 0.8, 500.0, 3.0, "", True, True)])
     ref = an.reference(df)
     assert (ref.size_bytes, ref.latency_ms) == (1000.0, 3.0) and "no uncompressed" in ref.source
-    shared = an.shared_reference([ref, an.Reference(2000.0, 1.0, "x"), None])
-    assert (shared.size_bytes, shared.latency_ms) == (2000.0, 3.0)
     assert an.reference(frame([])) is None and an.hypervolume(frame([]), None) == 0.0
     with pytest.raises(ValueError, match="size_bytes"):
         an.Reference(0.0, 1.0, "x")
@@ -141,7 +139,10 @@ def test_comparison_report(synthetic_study, tmp_path):
     assert result["html"] == tmp_path / "results" / "compare-a-b" / "report.html"
     html = result["html"].read_text(encoding="utf-8")
     assert html.count(PLOTLYJS_HEAD) == 1 and html.count("Plotly.newPlot(") == 2
-    assert "shared reference point" in html and "largest uncompressed size" in html
+    assert "its own reference point" in html
+    for name in ("a", "b"):  # each study's hypervolume is the one its own report shows
+        df = trials_frame(optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/{name}/study.db"))
+        assert f"{an.hypervolume(df, an.reference(df)) * 100:.2f}%" in html
     named = rp.report(cfg_for(tmp_path / "results", "report.studies=[a,b]", "report.name=samplers"))
     assert named["html"].parent.name == "samplers"
 
