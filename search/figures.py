@@ -85,7 +85,8 @@ def policy_figure(tables: Mapping[str, pd.DataFrame], front: pd.DataFrame) -> go
                         subplot_titles=[KNOBS[k].label for k in knobs] or [""])
     n_layers = max((len(t.index) for t in tables.values()), default=1)
     width = int(max(900, 80 * len(front) + 330))
-    fig.update_layout(template="plotly_white", font=_FONT, width=width, height=70 + len(knobs or [1]) * (24 * n_layers + 70),
+    height = 70 + len(knobs or [1]) * (24 * n_layers + 70)
+    fig.update_layout(template="plotly_white", font=_FONT, width=width, height=height,
                       margin=dict(l=130, r=150, t=60, b=110), plot_bgcolor="white")
     if not knobs or front.empty:
         return _note(fig, "no Pareto front yet")
@@ -169,7 +170,8 @@ def comparison_front_figure(frames: Mapping[str, pd.DataFrame], names: Mapping[s
             continue
         on_joint = [(study, int(n)) in joint for n in p["number"]]
         ring = dict(color=["black" if j else "white" for j in on_joint], width=[2 if j else 1 for j in on_joint])
-        hover = [f"<b>{study}</b><br>{h}" + ("<br>on the joint front" if j else "") for h, j in zip(p["hover"], on_joint)]
+        hover = [f"<b>{study}</b><br>{h}" + ("<br>on the joint front" if j else "")
+                 for h, j in zip(p["hover"], on_joint)]
         for k, (x, _, _, y, _, row, col) in enumerate(PANELS):
             fig.add_trace(go.Scatter(x=p[x], y=p[y], mode="markers", name=study, legendgroup=study, showlegend=k == 0,
                                      marker=dict(color=colour, symbol=symbol, size=11, line=ring),
@@ -195,7 +197,8 @@ def comparison_hypervolume_figure(histories: Mapping[str, pd.DataFrame]) -> go.F
         final = float(hist["hypervolume"].iloc[-1] * 100) if len(hist) else 0.0
         fig.add_trace(go.Scatter(x=hist["number"], y=hist["hypervolume"] * 100, mode="lines+markers", line_shape="hv",
                                  name=study, legendgroup=study, line=dict(color=colour), marker=dict(size=5),
-                                 hovertemplate=f"{study}: " + "%{y:.2f}% after trial %{x}<extra></extra>"), row=1, col=1)
+                                 hovertemplate=f"{study}: " + "%{y:.2f}% after trial %{x}<extra></extra>"),
+                      row=1, col=1)
         fig.add_trace(go.Bar(x=[study], y=[final], name=study, legendgroup=study, showlegend=False,
                              marker_color=colour, text=[f"{final:.2f}%"], textposition="outside",
                              hovertemplate=f"{study}: {final:.2f}%<extra></extra>"), row=1, col=2)

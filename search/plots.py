@@ -140,7 +140,7 @@ def front_grid(*, title: str, sizes_kb, empty: bool) -> go.Figure:
     )
     tickvals, ticktext = log_ticks(sizes_kb)
     log_axis = dict(type="log", tickvals=tickvals, ticktext=ticktext)
-    for x, xt, xlog, y, yt, row, col in PANELS:
+    for _, xt, xlog, _, yt, row, col in PANELS:
         fig.update_xaxes(title_text=xt, **(log_axis if xlog else {}), row=row, col=col)
         fig.update_yaxes(title_text=yt, row=row, col=col)
     _style_layout(fig, title, log_axis=log_axis, empty=empty)

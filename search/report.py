@@ -37,6 +37,7 @@ from . import figures
 from .outputs import OBJECTIVES, atomic_write, pareto_mask, trials_frame
 from .plots import KB, PNG_INSTALL_HINT, find_chromium, pareto_figure
 from .report_html import Cell, Page, Section, cards, esc, figure_div, key_values, page, table
+from .selection import knee
 
 log = logging.getLogger("search")
 
@@ -122,7 +123,8 @@ def load(name: str, *, results_dir: str | Path, storage: str | None = None, key:
 
 
 def study_figures(d: StudyData, *, importances: bool = True) -> dict[str, go.Figure]:
-    title = f"{d.name}: {d.config.get('model', {}).get('name', 'model')} on {d.config.get('data', {}).get('name', 'data')}"
+    model, data = (d.config.get(k) or {} for k in ("model", "data"))
+    title = f"{d.name}: {model.get('name', 'model')} on {data.get('name', 'data')}"
     ref = d.ref
     imps = an.importances(d.study) if importances else "parameter importances switched off (report.importances=false)"
     return {
@@ -140,8 +142,7 @@ def _uncompressed(df: pd.DataFrame) -> pd.Series | None:
 
 
 def _knee(df: pd.DataFrame) -> int | None:
-    from .selection import knee  # what `python -m search.pick` with no rule would choose
-
+    """What ``python -m search.pick`` with no rule would choose."""
     try:
         return int(knee(df)["number"])
     except ValueError:
@@ -163,9 +164,9 @@ def pareto_table(d: StudyData) -> str:
         int8 = r.get("int8_layers", np.nan)
         rows.append([
             Cell(f"#{n}{badges}", n), Cell(f"{acc * 100:.2f}", acc, True),
-            _relative(base, lambda b: (acc - b["accuracy"]) * 100, "{:+.2f}"),
-            Cell(f"{size:,.0f}", size, True), _relative(base, lambda b: b["size_bytes"] / size, "{:.1f}x"),
-            Cell(f"{lat:.3f}", lat, True), _relative(base, lambda b: lat / b["latency_ms"], "{:.2f}x"),
+            _relative(None if base is None else (acc - base["accuracy"]) * 100, "{:+.2f}"),
+            Cell(f"{size:,.0f}", size, True), _relative(None if base is None else base["size_bytes"] / size, "{:.1f}x"),
+            Cell(f"{lat:.3f}", lat, True), _relative(None if base is None else lat / base["latency_ms"], "{:.2f}x"),
             Cell(str(int(int8)), int(int8), True) if pd.notna(int8) else Cell(""),
             Cell(f'<div class="cfg">{esc(chr(10).join(an.short_config(r, d.names, layers_line=False)))}</div>'),
             Cell(f'<code class="cmd">{esc(d.pick_command(n))}</code>'),
@@ -173,12 +174,9 @@ def pareto_table(d: StudyData) -> str:
     return table(header, rows, table_id="pareto-table")
 
 
-def _relative(base: pd.Series | None, value: Callable[[pd.Series], float], fmt: str) -> Cell:
-    """A number relative to the uncompressed baseline (empty without one)."""
-    if base is None:
-        return Cell("", None, True)
-    v = float(value(base))
-    return Cell(fmt.format(v), v, True)
+def _relative(value: float | None, fmt: str) -> Cell:
+    """A number relative to the uncompressed baseline (empty in a study without one)."""
+    return Cell("", None, True) if value is None else Cell(fmt.format(float(value)), float(value), True)
 
 
 def _fmt_call(cfg: Mapping[str, Any] | None) -> str:
@@ -197,8 +195,8 @@ def _space(d: StudyData) -> str:
         if not knob:
             continue
         shown = {k: v for k, v in knob.items() if k not in ("_target_", "include", "exclude")}
-        layers = counts.get("bits" if name == "bits" else name, 0)
-        knobs.append(f"{esc(name)} on {layers} layer(s): <code>{esc(shown)}</code>")
+        layers = f" on {counts[name]} layer(s)" if counts.get(name) else ""
+        knobs.append(f"{esc(name)}{layers}: <code>{esc(shown)}</code>")
     head = f"<b>{esc(space.get('name', 'unknown'))}</b>, {len(d.names)} parameters"
     return head + ("<br>" + "<br>".join(knobs) if knobs else "")
 
@@ -313,12 +311,13 @@ def study_page(d: StudyData, figs: Mapping[str, go.Figure], links: Mapping[str, 
 
 def joint_front(ds: Sequence[StudyData]) -> set[tuple[str, int]]:
     """(study, trial) pairs not dominated by any feasible trial of any of the studies."""
-    rows = [(d.name, int(n), v) for d in ds for n, v in zip(an.done(d.df)["number"],
-                                                          an.done(d.df)[list(OBJECTIVES)].to_numpy(float))]
-    if not rows:
+    parts = [(d.name, an.done(d.df)) for d in ds]
+    labels = [(name, int(n)) for name, ok in parts for n in ok["number"]]
+    if not labels:
         return set()
-    mask = pareto_mask(np.array([v for *_, v in rows]) * np.array([-1.0, 1.0, 1.0]))
-    return {(s, n) for (s, n, _), keep in zip(rows, mask) if keep}
+    values = np.vstack([ok[list(OBJECTIVES)].to_numpy(float) for _, ok in parts])
+    mask = pareto_mask(values * np.array([-1.0, 1.0, 1.0]))  # accuracy is maximised
+    return {label for label, keep in zip(labels, mask) if keep}
 
 
 def comparison_figures(ds: Sequence[StudyData]) -> tuple[dict[str, go.Figure], set]:
@@ -438,7 +437,8 @@ def after_search(study: optuna.Study, cfg: DictConfig, out_dir: Path, *, log: Ca
     """``report.html`` at the end of a search; a failure is reported, never raised (the search's files stay)."""
     try:
         d = StudyData(study.study_name, study, Path(out_dir), str(cfg.results_dir), cfg.study.storage or None)
-        result = write_study_report(d, png=bool(cfg.png), importances=bool(cfg.get("report", {}).get("importances", True)))
+        importances = bool((cfg.get("report") or {}).get("importances", True))
+        result = write_study_report(d, png=bool(cfg.png), importances=importances)
         _announce(result)
     except Exception as exc:  # noqa: BLE001
         log(f"report.html not written ({type(exc).__name__}: {exc}); retry with `python -m search.report` "
