@@ -126,9 +126,9 @@ def history(df: pd.DataFrame, ref: Reference | None) -> pd.DataFrame:
     rows = []
     for number, state, base in finished[["number", "state", "baseline"]].itertuples(index=False):
         upto = numbers <= number
-        front = int(pareto_mask(values[upto]).sum()) if upto.any() else 0
-        rows.append({"number": int(number), "state": state, "baseline": base,
-                     "hypervolume": _volume(points[upto]) if upto.any() else 0.0, "front_size": front})
+        front = pareto_mask(values[upto]) if upto.any() else np.zeros(0, dtype=bool)
+        rows.append({"number": int(number), "state": state, "baseline": base,  # dominated points add no volume
+                     "hypervolume": _volume(points[upto][front]), "front_size": int(front.sum())})
     return pd.DataFrame(rows, columns=["number", "state", "baseline", "hypervolume", "front_size"])
 
 

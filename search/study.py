@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -15,7 +14,7 @@ from tqdm import tqdm
 from spaces import JointSpace
 
 from .analysis import hypervolume, reference
-from .outputs import DIRECTIONS, OBJECTIVES, feasible, pareto_mask, trials_frame
+from .outputs import DIRECTIONS, OBJECTIVES, trials_frame
 from .pipeline import Pipeline
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -85,14 +84,6 @@ def searched_done(study: optuna.Study) -> int:
         1 for t in study.get_trials(deepcopy=False, states=FINISHED)
         if "baseline" not in t.user_attrs and not str(t.user_attrs.get("error", "")).startswith("interrupted")
     )
-
-
-def front_size(study: optuna.Study) -> int:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
-    if not done:
-        return 0
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in DIRECTIONS])
-    return int(pareto_mask(np.array([t.values for t in done]) * signs).sum())
 
 
 def progress(study: optuna.Study) -> dict[str, Any]:
