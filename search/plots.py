@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["find_chromium", "pareto_figure", "plot_points", "write_pareto_figures"]
+from .analysis import knob_params, short_config
+
+__all__ = ["find_chromium", "front_grid", "pareto_figure", "plot_points", "write_pareto_figures"]
 
 KB = 1024.0
 PNG_SIZE = (1400, 1050)  # layout pixels (width, height)
@@ -28,7 +31,7 @@ _CHROME_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome
 _CHROME_PATHS = ("/usr/bin/chromium",)
 
 # (x column, x title, log x?, y column, y title, row, col) for the three 2-D panels.
-_PANELS = (
+PANELS = (
     ("size_kb", "size (KB, log)", True, "acc_pct", "accuracy (%)", 1, 1),
     ("latency_ms", "latency (ms)", False, "acc_pct", "accuracy (%)", 1, 2),
     ("size_kb", "size (KB, log)", True, "latency_ms", "latency (ms)", 2, 1),
@@ -47,11 +50,13 @@ _UNCOMPRESSED_COLOUR = "#d62728"
 # --------------------------------------------------------------------------- computing
 
 
-def plot_points(df: pd.DataFrame) -> pd.DataFrame:
+def plot_points(df: pd.DataFrame, *, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Drawable rows only (COMPLETE, finite objectives), with display columns added.
 
     Adds ``size_kb``, ``acc_pct``, ``hover`` and ``role`` ("baseline" / "front" /
     "dominated"; a baseline keeps its baseline role even when it is on the front).
+    The hover shows the configuration in short, one line per knob, layers in the order of
+    ``names`` (the study's parameter names; default: the knob columns of ``df``).
     """
     d = df.copy()
     d["baseline"] = d.get("baseline", pd.Series("", index=d.index)).fillna("").astype(str)
@@ -64,7 +69,11 @@ def plot_points(df: pd.DataFrame) -> pd.DataFrame:
     d["size_kb"] = d["size_bytes"] / KB
     d["acc_pct"] = d["accuracy"] * 100.0
     d["role"] = np.where(d["baseline"] != "", "baseline", np.where(d["on_front"], "front", "dominated"))
-    d["hover"] = [_hover_text(r) for r in d.itertuples(index=False)]
+    names = list(names) if names is not None else knob_params(d.columns)
+    d["hover"] = [
+        "<br>".join([_hover_text(r), *short_config(row, names)])
+        for r, row in zip(d.itertuples(index=False), d.to_dict("records"))
+    ]
     return d.reset_index(drop=True)
 
 
@@ -119,9 +128,8 @@ def baseline_styles(names) -> dict[str, dict]:
 # --------------------------------------------------------------------------- drawing
 
 
-def pareto_figure(df: pd.DataFrame, *, title: str = "") -> go.Figure:
-    """2x2 figure: size/accuracy, latency/accuracy, size/latency and a 3-D scene of all three."""
-    pts = plot_points(df)
+def front_grid(*, title: str, sizes_kb, empty: bool) -> go.Figure:
+    """The empty 2x2 frame of the front figures: three titled 2-D panels (``PANELS``) and a 3-D scene."""
     fig = make_subplots(
         rows=2,
         cols=2,
@@ -130,17 +138,25 @@ def pareto_figure(df: pd.DataFrame, *, title: str = "") -> go.Figure:
         horizontal_spacing=0.09,
         vertical_spacing=0.11,
     )
-    styles = baseline_styles(pts["baseline"])
-    tickvals, ticktext = log_ticks(pts["size_kb"])
+    tickvals, ticktext = log_ticks(sizes_kb)
     log_axis = dict(type="log", tickvals=tickvals, ticktext=ticktext)
-    for i, (x, xt, xlog, y, yt, row, col) in enumerate(_PANELS):
-        for trace in _panel_traces(pts, styles, x, y, first=i == 0):
-            fig.add_trace(trace, row=row, col=col)
+    for _, xt, xlog, _, yt, row, col in PANELS:
         fig.update_xaxes(title_text=xt, **(log_axis if xlog else {}), row=row, col=col)
         fig.update_yaxes(title_text=yt, row=row, col=col)
+    _style_layout(fig, title, log_axis=log_axis, empty=empty)
+    return fig
+
+
+def pareto_figure(df: pd.DataFrame, *, title: str = "", names: Sequence[str] | None = None) -> go.Figure:
+    """2x2 figure: size/accuracy, latency/accuracy, size/latency and a 3-D scene of all three."""
+    pts = plot_points(df, names=names)
+    fig = front_grid(title=title, sizes_kb=pts["size_kb"], empty=pts.empty)
+    styles = baseline_styles(pts["baseline"])
+    for i, (x, _, _, y, _, row, col) in enumerate(PANELS):
+        for trace in _panel_traces(pts, styles, x, y, first=i == 0):
+            fig.add_trace(trace, row=row, col=col)
     for trace in _scene_traces(pts, styles):
         fig.add_trace(trace, row=2, col=2)
-    _style_layout(fig, title, log_axis=log_axis, empty=pts.empty)
     return fig
 
 
@@ -198,13 +214,16 @@ def _style_layout(fig: go.Figure, title: str, *, log_axis: dict, empty: bool) ->
         template="plotly_white",
         width=PNG_SIZE[0],
         height=PNG_SIZE[1],
-        margin=dict(l=70, r=30, t=110, b=60),
-        legend=dict(orientation="h", yanchor="bottom", y=1.04, xanchor="center", x=0.5),
+        margin=dict(l=70, r=30, t=140, b=60),
+        legend=dict(orientation="h", yanchor="bottom", y=1.035, xanchor="center", x=0.5),
+        hoverlabel=dict(align="left", font=dict(family="monospace", size=12)),
         scene=dict(
             xaxis=dict(title=dict(text="size (KB)"), **log_axis),
             yaxis=dict(title=dict(text="latency (ms)")),
             zaxis=dict(title=dict(text="accuracy (%)")),
             camera=dict(eye=dict(x=1.5, y=-1.5, z=0.7), center=dict(x=0, y=0, z=-0.08)),
+            # fixed proportions: "auto" follows the data ranges and can make the box too tall to fit its cell
+            aspectmode="manual", aspectratio=dict(x=1, y=1, z=0.8),
         ),
     )
     if empty:

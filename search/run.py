@@ -25,6 +25,7 @@ from . import data as data_module
 from .baselines import policies
 from .outputs import atomic_write, baseline_dominance, trials_frame, write_json, write_tables
 from .plots import write_pareto_figures
+from .report import after_search
 from .pipeline import Pipeline, Recovery
 from .study import Constraints, enqueue_baselines, fail_interrupted, make_objective, open_study, optimize
 from .teacher import build_model, cache_key, cached_logits, trained_teacher, weights_key
@@ -188,6 +189,7 @@ def run(cfg: DictConfig) -> Path:
         "trials": int(len(df)), "front": int(df["on_front"].sum()), "failed": int((df["state"] == "FAIL").sum()),
         "baselines_dominated_by": dominance,
     })
+    after_search(study, cfg, s.out_dir, log=log.info)
     if "png_skipped" in figures:
         log.info(f"pareto.png not written: {figures['png_skipped']}")
     front = df[df["on_front"]].sort_values("accuracy", ascending=False)

@@ -30,7 +30,7 @@ def smoke(tmp_path_factory):
 def test_smoke_writes_every_output(smoke):
     results, out = smoke
     assert out == results / "smoke"
-    for name in ("trials.csv", "pareto.csv", "pareto.html", "config.yaml", "summary.json", "study.db"):
+    for name in ("trials.csv", "pareto.csv", "pareto.html", "config.yaml", "summary.json", "study.db", "report.html"):
         assert (out / name).stat().st_size > 0, name
     df = pd.read_csv(out / "trials.csv", keep_default_na=False)
     for col in ("number", "state", *OBJECTIVES, "baseline", "latency_spread_ms", "macs", "params"):
@@ -125,3 +125,12 @@ def test_lut_build_validate_then_search_and_pick_on_the_real_runtime(smoke):
     assert picked.report["recorded_cost_model"]["cost_model"] == "lut"
     assert picked.report["cost_model"]["cost_model"] == "cpu"  # verified on ONNX Runtime, not on the table
     assert picked.report["latency_ms"]["measured"] > 0
+
+
+def test_report_of_a_real_smoke_run_in_chromium(smoke, report_page, browser):
+    """The report the search wrote at its end loads in Chromium with no error, every figure drawn."""
+    results, out = smoke
+    shown = report_page(out / "report.html")
+    assert len(shown["figures"]) == 4
+    front = int(pd.read_csv(out / "trials.csv", keep_default_na=False)["on_front"].sum())
+    assert browser.evaluate("document.querySelectorAll('#pareto-table tbody tr').length") == front
