@@ -1,25 +1,67 @@
-"""The models to compress: a small zoo for 28x28 inputs, torchvision adapters, and users' own modules."""
+"""The models to compress: a small zoo for 28x28 inputs, torchvision adapters, and users' own modules.
+
+The zoo models also take the knobs of their student families (``conf/model/*.yaml: student``): a width
+multiplier, a depth, a kernel size and depthwise-separable convolutions. Their defaults build the teachers
+exactly as before (same layers, same names, same parameter counts).
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def _scaled(width: int, width_mult: float) -> int:
+    """``width * width_mult`` rounded, at least 4 channels (a narrower layer carries almost nothing)."""
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult=}")
+    return max(4, round(width * width_mult))
+
+
+def _check_kernel(kernel_size: int) -> None:
+    if kernel_size not in (3, 5, 7):
+        raise ValueError(f"kernel_size must be 3, 5 or 7, got {kernel_size=}")
+
+
+def conv(cin: int, cout: int, kernel_size: int = 3, stride: int = 1, *, separable: bool = False) -> nn.Module:
+    """A k x k convolution (no bias: BatchNorm follows), or its depthwise-separable form: a depthwise k x k
+    then a pointwise 1 x 1 with BatchNorm + ReLU between them (MobileNet, Howard et al. 2017)."""
+    pad = kernel_size // 2
+    if not separable:
+        return nn.Conv2d(cin, cout, kernel_size, stride, pad, bias=False)
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, kernel_size, stride, pad, groups=cin, bias=False), nn.BatchNorm2d(cin),
+        nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False),
+    )
+
+
+def _conv_bn(cin: int, cout: int, kernel_size: int = 3, *, separable: bool = False) -> list[nn.Module]:
+    return [conv(cin, cout, kernel_size, separable=separable), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):
-    """Three conv+BN+ReLU+max-pool stages and a two-layer classifier (241,770 parameters by default)."""
+    """Three conv+BN+ReLU+max-pool stages and a two-layer classifier (241,770 parameters by default).
 
-    def __init__(self, *, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128), hidden: int = 128) -> None:
+    Student knobs: ``width_mult`` scales every width and the hidden layer; ``depth`` convolutions per stage;
+    ``kernel_size``; ``separable`` makes every convolution but the first (1 input channel) depthwise-separable.
+    """
+
+    def __init__(
+        self, *, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128),
+        hidden: int = 128, width_mult: float = 1.0, depth: int = 1, kernel_size: int = 3, separable: bool = False,
+    ) -> None:
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth (convolutions per stage) must be >= 1, got {depth=}")
+        _check_kernel(kernel_size)
         layers, cin = [], in_channels
-        for w in widths:
-            layers += [*_conv_bn(cin, w), nn.MaxPool2d(2)]
-            cin = w
+        for w in (_scaled(w, width_mult) for w in widths):
+            for _ in range(depth):
+                layers += _conv_bn(cin, w, kernel_size, separable=separable and cin > in_channels)
+                cin = w
+            layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         side = 28 // 2 ** len(widths)
+        hidden = _scaled(hidden, width_mult)
         self.fc1 = nn.Linear(cin * side * side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
@@ -29,11 +71,11 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, kernel_size: int = 3, separable: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = conv(cin, cout, kernel_size, stride, separable=separable)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = conv(cout, cout, kernel_size, 1, separable=separable)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
@@ -45,19 +87,28 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016, sec. 4.2) for 28x28 inputs: ``depth = 6n + 2``."""
+    """CIFAR-style ResNet (He et al. 2016, sec. 4.2) for 28x28 inputs: ``depth = 6n + 2``.
 
-    def __init__(self, *, depth: int = 8, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+    Student knobs: ``width_mult`` scales the widths, ``kernel_size`` the blocks' convolutions, ``separable``
+    makes the blocks' convolutions depthwise-separable (the stem and the 1x1 shortcuts stay as they are).
+    """
+
+    def __init__(
+        self, *, depth: int = 8, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64),
+        width_mult: float = 1.0, kernel_size: int = 3, separable: bool = False,
+    ) -> None:
         super().__init__()
-        if (depth - 2) % 6:
+        if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"model.depth must be 6n + 2 (8, 14, 20, ...), got {depth=}")
+        _check_kernel(kernel_size)
+        widths = tuple(_scaled(w, width_mult) for w in widths)
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             for j in range(n):
-                blocks.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
+                blocks.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1, kernel_size, separable))
                 cin = w
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(cin, num_classes)
