@@ -73,3 +73,23 @@ class BaseSpace(abc.ABC):
             self.check(params[key], key)
             out[fqn] = params[key]
         return out
+
+
+class BaseFamily(abc.ABC):
+    """A family of student architectures: the models a student trial may train from the teacher.
+
+    ``sample`` only calls ``trial.suggest_*`` (parameters named ``student.<key>``) and returns a plain dict;
+    ``build(params)`` returns the untrained student, the same one every time for the same params.
+    """
+
+    @abc.abstractmethod
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Suggest one architecture; only ``trial.suggest_*`` calls."""
+
+    @abc.abstractmethod
+    def build(self, params: Mapping[str, Any]) -> nn.Module:
+        """The untrained student of ``params`` (``student.*`` keys; others are ignored), seeded."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]:
+        """The parameter names ``sample`` suggests (``student.<key>``)."""
