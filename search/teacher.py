@@ -89,3 +89,18 @@ def weights_key(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def ensemble_logits(
+    first: torch.Tensor, members: list[DictConfig], splits: Splits, data_key: str, cache_dir: Path, log=print
+) -> torch.Tensor:
+    """The mean of ``first`` (the model's own logits) and each extra teacher's logits on the training split.
+
+    Each member is trained once (or loaded from its checkpoint) and its logits cached, like the model's.
+    """
+    all_logits = [first]
+    for member in members:
+        net, source = trained_teacher(build_model(member, splits), member, data_key, splits, cache_dir, log=log)
+        log(f"ensemble teacher {member.name} ({source})")
+        all_logits.append(cached_logits(net, splits.train_x, cache_key(weights_key(net), data_key), cache_dir))
+    return torch.stack(all_logits).mean(dim=0)

@@ -1,8 +1,9 @@
-"""Training: the teacher once, then a short distillation fine-tune (recovery) for every trial."""
+"""Training: the teacher once, a short distillation fine-tune (recovery) for every trial, and students
+trained from scratch by distillation (``distill``)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,4 +95,45 @@ def recover(
         nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
         opt.step()
         sched.step()
+    return model.eval()
+
+
+def distill(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None, *, steps: int,
+    lr: float, batch_size: int, temperature: float, alpha: float, seed: int,
+    checkpoints: Sequence[int] = (), on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """Train a student from scratch for ``steps`` batches, in place: ``distillation_loss`` against the cached
+    teacher logits (``alpha = 0``: hard labels only, no logits needed), SGD with Nesterov momentum and weight
+    decay on a one-cycle schedule, as the teacher was trained. Deterministic under ``seed``.
+
+    ``on_checkpoint(step, model)`` runs after each step in ``checkpoints`` (it may raise to stop training);
+    the model is back in training mode afterwards.
+    """
+    if steps < 1:
+        raise ValueError(f"distill: the budget must be at least 1 step, got {steps=}")
+    if teacher_logits is None and alpha > 0:
+        raise ValueError(f"distill: alpha={alpha} needs teacher logits")
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    wanted = set(checkpoints)
+    model.train()
+    for step, idx in enumerate(batches(len(x), batch_size, seed=seed, steps=steps), start=1):
+        out = model(x[idx])
+        if alpha > 0:
+            loss = distillation_loss(out, teacher_logits[idx], y[idx], temperature=temperature, alpha=alpha)
+        else:
+            loss = F.cross_entropy(out, y[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"student training diverged at step {step} of {steps} (loss {loss.item()}); "
+                                     f"lower distill.lr ({lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
+        opt.step()
+        sched.step()
+        if step in wanted and on_checkpoint is not None:
+            on_checkpoint(step, model)
+            model.train()
     return model.eval()
