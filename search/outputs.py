@@ -63,6 +63,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     if done.any():
         points = df.loc[done, list(OBJECTIVES)].to_numpy(float) * signs
         df.loc[done, "on_front"] = pareto_mask(points)
+    students = [c for c in df.columns if c.startswith("param:student.")]
+    if students:  # a space of students only records no `arch` for them: say which trials trained a student
+        inferred = pd.Series(np.where(df[students].notna().any(axis=1), "student", "teacher"), index=df.index)
+        df["param:arch"] = df["param:arch"].fillna(inferred) if "param:arch" in df.columns else inferred
     params = sorted(c for c in df.columns if c.startswith("param:"))
     others = [c for c in df.columns if c not in FIRST_COLUMNS and c not in params]
     df = df[FIRST_COLUMNS + others + params]
@@ -93,3 +97,26 @@ def baseline_dominance(df: pd.DataFrame) -> dict[str, int | None]:
         ]
         out[b["baseline"]] = int(better["number"].iloc[0]) if len(better) else None
     return out
+
+
+def students_summary(df: pd.DataFrame) -> dict[str, Any]:
+    """Student trials of a study (``arch == "student"``): how many finished, were stopped early and reached
+    the front, and their training steps and seconds, done against budgeted (what early stopping saved)."""
+    if "arch" not in df.columns:
+        return {}
+    students = df[df["arch"] == "student"]
+    if students.empty:
+        return {"student_trials": 0}
+
+    def total(column: str, rows: pd.DataFrame) -> float:
+        return float(pd.to_numeric(rows.get(column, pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+
+    budget, done = total("train_steps", students), total("train_steps_done", students)
+    return {
+        "student_trials": int(len(students)), "student_complete": int((students["state"] == "COMPLETE").sum()),
+        "student_pruned": int((students["state"] == "PRUNED").sum()),
+        "student_on_front": int(students["on_front"].sum()),
+        "student_train_steps": {"done": int(done), "budget": int(budget),
+                                "saved_share": round(1 - done / budget, 4) if budget else 0.0},
+        "student_train_seconds": round(total("seconds_train", students), 1),
+    }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,10 +11,11 @@ import torch
 from torch import nn
 
 from objectives import Accuracy, ArtifactSize, BaseCostModel, Measurement, count_macs, count_params
-from spaces import Artifact, JointSpace, calibrate, materialize, to_plain
+from spaces import Artifact, JointSpace, StudentSpace, calibrate, materialize, to_plain
 
 from .data import Splits
-from .train import recover
+from .early_stopping import Monitor
+from .train import distill, recover
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,57 @@ class Recovery:
             raise ValueError(f"recovery: need temperature > 0 and alpha in [0, 1], got {self}")
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """How a student trial trains from the teacher (``distill.*`` in the config; ``search/train.py: distill``).
+
+    The budget is ``steps`` batches, or ``epochs`` passes over the training split when ``steps`` is None.
+    ``temperature`` and ``alpha`` are numbers, or lists of choices the search samples per student trial
+    (``distill.temperature``, ``distill.alpha``).
+    """
+
+    epochs: float = 1.0
+    steps: int | None = None
+    lr: float = 0.1
+    batch_size: int = 128
+    temperature: float | tuple[float, ...] = 4.0
+    alpha: float | tuple[float, ...] = 0.7
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("temperature", "alpha"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, key, tuple(float(v) for v in value))
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"distill.{key} must be a number or a list of numbers, got {value!r}")
+        if not self.choices("temperature") or min(self.choices("temperature")) <= 0:
+            raise ValueError(f"distill.temperature must be > 0, got {self.temperature!r}")
+        if not self.choices("alpha") or any(not 0 <= a <= 1 for a in self.choices("alpha")):
+            raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"distill.steps must be an integer >= 1 or null, got {self.steps!r}")
+        if self.steps is None and (not isinstance(self.epochs, (int, float)) or self.epochs <= 0):
+            raise ValueError(f"distill.epochs must be > 0 (or set distill.steps), got {self.epochs!r}")
+        if self.lr <= 0 or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"distill: need lr > 0 and batch_size >= 1, got lr={self.lr!r}, batch_size={self.batch_size!r}")
+
+    def choices(self, key: str) -> tuple[float, ...]:
+        value = getattr(self, key)
+        return tuple(value) if isinstance(value, tuple) else (float(value),)
+
+    def searched(self) -> dict[str, tuple[float, ...]]:
+        """The settings given as lists: the search samples them (``distill.<key>``)."""
+        return {k: getattr(self, k) for k in ("temperature", "alpha") if isinstance(getattr(self, k), tuple)}
+
+    def value(self, key: str, params: Mapping[str, Any]) -> float:
+        """A trial's temperature or alpha: its sampled value when searched, else the configured one."""
+        return float(params[f"distill.{key}"]) if isinstance(getattr(self, key), tuple) else float(getattr(self, key))
+
+    def total_steps(self, n_train: int) -> int:
+        return self.steps if self.steps is not None else max(1, round(self.epochs * n_train / self.batch_size))
+
+
 @dataclass
 class Evaluation:
     accuracy: float
@@ -62,42 +115,91 @@ class Evaluation:
 
 
 class Pipeline:
+    """One trial from params to values. A teacher trial: compress, recover, fold, quantize, fine-tune. A student
+    trial: the untrained student with its compression, its size and latency measured first (they depend on the
+    structure only), trained by distillation (``monitor`` may stop it), then folded, quantized, fine-tuned."""
+
     def __init__(
-        self, *, teacher: nn.Module, space: JointSpace, splits: Splits, teacher_logits: torch.Tensor,
+        self, *, teacher: nn.Module, space: JointSpace | StudentSpace, splits: Splits, teacher_logits: torch.Tensor,
         recovery: Recovery, cost_model: BaseCostModel, calibration_samples: int = 256,
+        distillation: Distillation | None = None, student_logits: torch.Tensor | None = None,
     ) -> None:
         self.teacher, self.space, self.splits = teacher, space, splits
         self.teacher_logits, self.recovery, self.cost_model = teacher_logits, recovery, cost_model
+        self.distillation = distillation or Distillation()
+        # an ensemble's averaged logits when several teachers are given; the model's own otherwise
+        self.student_logits = student_logits if student_logits is not None else teacher_logits
         self.calibration = splits.train_x[:calibration_samples]
         self.accuracy = Accuracy(images=splits.val_x, labels=splits.val_y)
         self.size = ArtifactSize()
 
-    def _recover(self, model: nn.Module, *, steps: int, lr: float) -> None:
+    def is_student(self, params: Mapping[str, Any]) -> bool:
+        return isinstance(self.space, StudentSpace) and self.space.is_student(params)
+
+    def _recover(self, model: nn.Module, *, steps: int, lr: float, params: Mapping[str, Any]) -> None:
         r = self.recovery
+        if self.is_student(params):  # a student keeps learning from its own teacher(s), at its own T and alpha
+            d = self.distillation
+            logits, temperature, alpha = self.student_logits, d.value("temperature", params), d.value("alpha", params)
+        else:
+            logits, temperature, alpha = self.teacher_logits, r.temperature, r.alpha
         recover(
-            model, self.splits.train_x, self.splits.train_y, self.teacher_logits, steps=steps, lr=lr,
-            batch_size=r.batch_size, temperature=r.temperature, alpha=r.alpha, seed=r.seed,
+            model, self.splits.train_x, self.splits.train_y, logits, steps=steps, lr=lr,
+            batch_size=r.batch_size, temperature=temperature, alpha=alpha, seed=r.seed,
         )
 
-    def build(self, params: dict[str, Any]) -> nn.Module:
-        """The compressed, calibrated and recovered model of ``params``: the same every time.
+    def train_student(self, model: nn.Module, params: Mapping[str, Any], monitor: Monitor | None = None) -> float:
+        """Distill the student in place; returns the seconds it took. ``monitor`` scores it at its checkpoints."""
+        d, s = self.distillation, self.splits
+        total = d.total_steps(len(s.train_x))
+        checkpoints: dict[int, float] = monitor.rule.steps(total) if monitor is not None else {}
+        subset = Accuracy(images=s.val_x[: monitor.rule.val_subset], labels=s.val_y[: monitor.rule.val_subset]) \
+            if monitor is not None else None
+        start = time.perf_counter()
 
-        This is ``space.apply(teacher, params)`` with recovery fine-tunes between its halves.
+        def scored(step: int, m: nn.Module) -> None:
+            monitor.check(step=step, total_steps=total, fraction=checkpoints[step], accuracy=subset(m),
+                          seconds=time.perf_counter() - start)
+
+        distill(
+            model, s.train_x, s.train_y, self.student_logits, steps=total, lr=d.lr, batch_size=d.batch_size,
+            temperature=d.value("temperature", params), alpha=d.value("alpha", params), seed=d.seed,
+            checkpoints=tuple(checkpoints), on_checkpoint=scored if monitor is not None else None,
+        )
+        return time.perf_counter() - start
+
+    def build(self, params: dict[str, Any], monitor: Monitor | None = None,
+              seconds: dict[str, float] | None = None) -> nn.Module:
+        """The compressed, calibrated and recovered (or, for a student, trained) model of ``params``: the same
+        every time (``monitor`` only scores, it changes nothing, unless it stops the trial).
+
+        This is ``space.apply(teacher, params)`` with training between its halves.
         """
         torch.manual_seed(self.recovery.seed)
         model = self.space.apply_structure(self.teacher, params)
-        if self.space.changes_structure(params):
-            self._recover(model, steps=self.recovery.steps, lr=self.recovery.lr)
+        if self.is_student(params):
+            took = self.train_student(model, params, monitor)
+            if seconds is not None:
+                seconds["train"] = took
+        elif self.space.changes_structure(params):
+            self._recover(model, steps=self.recovery.steps, lr=self.recovery.lr, params=params)
         model = self.space.finish(model, params)
         calibrate(model, self.calibration.split(128))
         if self.space.quantizes(params) and self.recovery.qat_steps:
-            self._recover(model, steps=self.recovery.qat_steps, lr=self.recovery.qat_lr)
+            self._recover(model, steps=self.recovery.qat_steps, lr=self.recovery.qat_lr, params=params)
+        return model.eval()
+
+    def untrained(self, params: dict[str, Any]) -> nn.Module:
+        """``space.apply(teacher, params)`` calibrated, no training: a student's final structure, untrained."""
+        torch.manual_seed(self.recovery.seed)
+        model = self.space.apply(self.teacher, params)
+        calibrate(model, self.calibration.split(128))
         return model.eval()
 
     def materialize(self, model: nn.Module) -> Artifact:
         return materialize(model, input_shape=self.splits.input_shape, calibration=self.calibration.numpy())
 
-    def evaluate(self, params: dict[str, Any]) -> Evaluation:
+    def evaluate(self, params: dict[str, Any], monitor: Monitor | None = None) -> Evaluation:
         seconds: dict[str, float] = {}
 
         @contextmanager
@@ -106,15 +208,28 @@ class Pipeline:
             yield
             seconds[name] = time.perf_counter() - start
 
+        student, early = self.is_student(params), None
+        if student:
+            # Size and latency depend on the structure only: measured before training (early stopping needs
+            # them) on the untrained student, and kept as the trial's values (the trained one has the same graph).
+            with stage("latency"):
+                early = self.materialize(self.untrained(params))
+                latency = self.cost_model.latency_ms(early)
+            if monitor is not None:
+                monitor.start(size_bytes=float(self.size(early)), latency_ms=latency.value_ms,
+                              total_steps=self.distillation.total_steps(len(self.splits.train_x)))
         with stage("build"):
-            model = self.build(params)
+            model = self.build(params, monitor, seconds)
         with stage("accuracy"):
             accuracy = self.accuracy(model)
         with stage("materialize"):
             artifact = self.materialize(model)
             plain = to_plain(model)
-        with stage("latency"):
-            latency = self.cost_model.latency_ms(artifact)
+        if early is None:
+            with stage("latency"):
+                latency = self.cost_model.latency_ms(artifact)
+        else:
+            assert len(artifact.packed) == len(early.packed), "a student's size changed in training"
         total, nonzero = count_params(plain)
         return Evaluation(
             accuracy=accuracy, size_bytes=int(self.size(artifact)), latency=latency, params=total,

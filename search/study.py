@@ -11,9 +11,10 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from spaces import JointSpace
+from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 
 from .analysis import hypervolume, reference
+from .early_stopping import EarlyStopping, Monitor
 from .outputs import DIRECTIONS, OBJECTIVES, trials_frame
 from .pipeline import Pipeline
 
@@ -74,7 +75,10 @@ def enqueue_baselines(study: optuna.Study, policies: Mapping[str, dict[str, Any]
     }
     added = [name for name in policies if name not in present]
     for name in added:
-        study.enqueue_trial(policies[name], user_attrs={"baseline": name})
+        params = policies[name]
+        # a space of students only must still run the baselines on the trained model: say so to its sample()
+        fixed = {FIXED_ARCH: params[ARCH]} if ARCH in params else {}
+        study.enqueue_trial(params, user_attrs={"baseline": name, **fixed})
     return added
 
 
@@ -90,17 +94,33 @@ def progress(study: optuna.Study) -> dict[str, Any]:
     """What the progress bar shows after each trial: failures, front size and hypervolume (``analysis.py``:
     share of the box up to the reference point 1.1 x the uncompressed model's size and latency, accuracy 0)."""
     df = trials_frame(study)
-    return {"failed": int((df["state"] == "FAIL").sum()), "front": int(df["on_front"].sum()),
+    return {"failed": int((df["state"] == "FAIL").sum()), "pruned": int((df["state"] == "PRUNED").sum()),
+            "front": int(df["on_front"].sum()),
             "hv": f"{hypervolume(df, reference(df)):.1%}"}
 
 
 def make_objective(
-    pipeline: Pipeline, space: JointSpace, constraints: Constraints, reference_accuracy: float
+    pipeline: Pipeline, space: JointSpace | StudentSpace, constraints: Constraints, reference_accuracy: float,
+    early_stopping: EarlyStopping | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, float, float]]:
+    """The trial function: sample, evaluate, record. A student trial runs under a ``Monitor`` that records its
+    learning curve and, with ``early_stopping.enabled``, stops it (PRUNED) when it cannot reach the front."""
+    rule = early_stopping or EarlyStopping()
+
+    def monitor_for(trial: optuna.Trial, params: dict[str, Any]) -> Monitor | None:
+        if not (isinstance(space, StudentSpace) and space.is_student(params)):
+            return None
+        drop = constraints.max_accuracy_drop
+        return Monitor(rule=rule, trial=trial, floor=None if drop is None else reference_accuracy - drop,
+                       max_size_bytes=constraints.max_size_bytes, max_latency_ms=constraints.max_latency_ms)
+
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         params = space.sample(trial)
         try:
-            evaluation = pipeline.evaluate(params)
+            monitor = monitor_for(trial, params)
+            evaluation = pipeline.evaluate(params, monitor) if monitor is not None else pipeline.evaluate(params)
+        except optuna.TrialPruned:
+            raise  # the monitor recorded why and when
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
             raise

@@ -15,10 +15,10 @@ from .materialize import Artifact, materialize
 from .packing import pack, unpack
 from .quant import QuantSpace
 from .sparsity import SparsitySpace
-from .students import ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
+from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
 
 __all__ = [
-    "BaseSpace", "BaseFamily", "JointSpace", "StudentSpace", "StudentFamily", "ARCH", "STUDENT", "TEACHER",
+    "BaseSpace", "BaseFamily", "JointSpace", "StudentSpace", "StudentFamily", "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER",
     "ChannelSpace", "RankSpace", "SparsitySpace", "QuantSpace",
     "Artifact", "materialize", "pack", "unpack", "calibrate", "to_plain", "fold_batchnorm", "FLOAT_BITS",
 ]

@@ -27,6 +27,8 @@ from .joint import JointSpace
 
 ARCH = "arch"
 TEACHER, STUDENT = "teacher", "student"
+ARCHS = (TEACHER, STUDENT)  # the one distribution of ``arch`` in every study, whatever the space allows
+FIXED_ARCH = "fixed_arch"  # user attribute of an enqueued trial that must be of this architecture (the baselines)
 PREFIX = "student."
 DISTILL_PREFIX = "distill."
 
@@ -143,7 +145,7 @@ class StudentSpace:
 
     # ---------------------------------------------------------------- dispatch
     def is_student(self, params: Mapping[str, Any]) -> bool:
-        value = params.get(ARCH, TEACHER)
+        value = params.get(ARCH, self.arch[0] if len(self.arch) == 1 else TEACHER)
         if value not in (TEACHER, STUDENT):
             raise ValueError(f"{ARCH}: {value!r} is not one of {[TEACHER, STUDENT]}")
         return value == STUDENT
@@ -171,10 +173,18 @@ class StudentSpace:
 
     # ---------------------------------------------------------------- BaseSpace-like interface
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
-        arch = trial.suggest_categorical(ARCH, self.arch)
+        """``arch`` is sampled where the space allows both; where it allows one, searched trials are of that one
+        and do not record ``arch``, and an enqueued trial of the other (user attribute ``fixed_arch``, as the
+        baselines carry) records it. ``arch`` always has the same distribution (``ARCHS``), as Optuna requires."""
+        fixed = trial.user_attrs.get(FIXED_ARCH)
+        if len(self.arch) == 2 or (fixed is not None and fixed != self.arch[0]):
+            arch = trial.suggest_categorical(ARCH, ARCHS)
+            head = {ARCH: arch}
+        else:
+            arch, head = self.arch[0], {}
         if arch == TEACHER:
-            return {ARCH: arch, **self.teacher.sample(trial)}
-        params: dict[str, Any] = {ARCH: arch, **self.family.sample(trial)}
+            return {**head, **self.teacher.sample(trial)}
+        params: dict[str, Any] = {**head, **self.family.sample(trial)}
         params.update({k: trial.suggest_categorical(k, v) for k, v in self.searched.items()})
         knobs = self.student_knobs(params)
         if knobs is not None:

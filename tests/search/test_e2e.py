@@ -134,3 +134,70 @@ def test_report_of_a_real_smoke_run_in_chromium(smoke, report_page, browser):
     assert len(shown["figures"]) == 4
     front = int(pd.read_csv(out / "trials.csv", keep_default_na=False)["on_front"].sum())
     assert browser.evaluate("document.querySelectorAll('#pareto-table tbody tr').length") == front
+
+
+# --------------------------------------------------------------------------- students
+
+
+@pytest.fixture(scope="module")
+def students(smoke):
+    """A smoke search of students only (the smoke study's teacher from the cache), early stopping live after one
+    curve; then space=all's setup on the same teacher."""
+    results, _ = smoke
+    overrides = ["space=student", "study.name=smoke-students", "early_stopping.min_curves=1"]
+    out = run(smoke_cfg(results, *overrides))
+    return results, out, overrides
+
+
+def test_student_trials_flow_through_the_outputs(students):
+    import json
+
+    results, out, _ = students
+    df = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    assert {"arch", "curve", "train_steps", "student.width_mult", "student.separable"} <= set(df.columns)
+    assert set(df.loc[df["baseline"] != "", "arch"]) == {"teacher"}  # the baselines compress the trained model
+    searched = df[df["baseline"] == ""]
+    assert len(searched) == 3 and set(searched["arch"]) == {"student"}
+    assert set(searched["state"]) <= {"COMPLETE", "PRUNED"} and (searched["state"] == "COMPLETE").any()
+    for _, row in searched.iterrows():
+        assert float(row["train_steps"]) == 20 and json.loads(row["curve"])
+        if row["state"] == "PRUNED":
+            assert row["pruned_reason"] and float(row["pruned_step"]) < 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["student_trials"] == 3 and summary["student_train_steps"]["budget"] == 60
+    assert (out / "report.html").stat().st_size > 0
+
+
+def test_a_student_trial_replays_byte_for_byte_and_is_picked(students):
+    from search.bundle import load_model
+    from search.pick import pick
+
+    results, out, overrides = students
+    study = optuna.load_study(study_name="smoke-students", storage=f"sqlite:///{out / 'study.db'}")
+    trial = next(t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "student.width_mult" in t.params)
+    prepared = prepare(smoke_cfg(results, *overrides))
+    model = prepared.pipeline.build(trial.params)  # the student trained again from its params alone
+    assert len(prepared.pipeline.materialize(model).packed) == trial.values[1]
+    assert prepared.pipeline.accuracy(model) == pytest.approx(trial.values[0], abs=1e-9)
+
+    picked = pick(smoke_cfg(results, *overrides, f"pick.trial={trial.number}"))
+    report = picked.report
+    assert report["student"]["architecture"]["width_mult"] == trial.params["student.width_mult"]
+    assert report["size_bytes"]["measured"] == trial.values[1]
+    assert [r for r in report["reasons"] if not r.startswith("latency")] == []
+    assert "trained from scratch by distillation" in (picked.path / "README.md").read_text()
+    loaded = load_model(picked.path)
+    assert loaded(prepared.setup.splits.val_x[:4]).shape == (4, 10)
+
+
+def test_space_all_holds_teacher_and_student_trials(smoke):
+    from search.run import setup
+    from spaces import StudentSpace
+
+    results, _ = smoke
+    s = setup(smoke_cfg(results, "space=all"))
+    assert isinstance(s.space, StudentSpace) and s.space.arch == ("teacher", "student")
+    assert s.early_stopping.enabled and s.distillation.steps == 20
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    kinds = {s.space.sample(study.ask())["arch"] for _ in range(8)}
+    assert kinds == {"teacher", "student"}

@@ -11,7 +11,7 @@ from torch import nn
 
 from search.models import ResNet, SmallCNN, torchvision_model
 from spaces import (
-    ChannelSpace, JointSpace, QuantSpace, RankSpace, SparsitySpace, StudentFamily, StudentSpace,
+    FIXED_ARCH, ChannelSpace, JointSpace, QuantSpace, RankSpace, SparsitySpace, StudentFamily, StudentSpace,
 )
 from spaces._compressed import _Compressed
 
@@ -156,10 +156,15 @@ def test_bad_student_params_name_the_key(space, small_cnn):
 
 
 def test_a_space_of_students_only_and_without_knobs(space, small_cnn):
+    """Searched trials are students and record no ``arch``; an enqueued trial fixed to the teacher (the
+    baselines) records it, under the one distribution ``arch`` has in every study."""
     only = StudentSpace(teacher=space.teacher, family=family(width_mult=[0.25]), knobs=lambda m: None, arch=["student"])
-    trial = optuna.create_study().ask()
-    params = only.sample(trial)
-    assert params == {"arch": "student", "student.width_mult": 0.25}
+    study = optuna.create_study()
+    study.enqueue_trial(only.identity(), user_attrs={FIXED_ARCH: "teacher"})
+    baseline = only.sample(study.ask())
+    assert baseline == only.identity() and not only.is_student(baseline)
+    params = only.sample(study.ask())
+    assert params == {"student.width_mult": 0.25} and only.is_student(params)
     model = only.apply(small_cnn, params)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert only.changes_structure(params) and not only.quantizes(params)

@@ -1,0 +1,214 @@
+"""Multi-objective early stopping of student trials: stop training a student that cannot reach the front.
+
+A student's size and latency depend on its structure only (widths, factorized layers, masks, bit-widths),
+so the pipeline measures them on the untrained student before training. The accuracy the student then needs
+is known up front: more than every completed feasible trial that is no larger and no slower (else it is
+dominated), and at least the accuracy floor of ``study.constraints.max_accuracy_drop``. A size or latency
+past its constraint can never be kept: the trial stops at step 0.
+
+During training the student is scored on a fixed validation subset at a few checkpoints (fractions of its
+budget). It stops when that accuracy plus a *margin* is still below what it needs. The margin is learned from
+the learning curves of finished student trials: the largest gain any of them made from that checkpoint to its
+final (recorded) accuracy, plus ``slack``. The final accuracy is on the whole validation split after BN folding,
+quantization and its fine-tune, so the margin also absorbs the subset's noise and any quantization loss. Until
+``min_curves`` curves exist there is no margin and accuracy stops nothing.
+
+A stopped trial is stored as PRUNED with ``pruned_reason`` and ``pruned_step`` (0 = before training). Every
+student trial records its ``curve`` ([fraction, accuracy] pairs) and its training steps, done and budgeted.
+``replay`` runs the rule over a recorded study offline (tests and ``benchmarks/early_stopping.py``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from .outputs import feasible
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """The rule's settings (``early_stopping.*`` in the config)."""
+
+    enabled: bool = True
+    checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75)  # fractions of the student's training budget
+    val_subset: int = 1000  # validation images scored at each checkpoint (the first of the fixed split)
+    min_curves: int = 3  # finished student curves needed before accuracy can stop a trial
+    slack: float = 0.01  # accuracy fraction added to the largest gain seen
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoints", tuple(float(c) for c in self.checkpoints))
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"early_stopping.enabled must be true or false, got {self.enabled!r}")
+        if any(not 0 < c < 1 for c in self.checkpoints) or len(set(self.checkpoints)) != len(self.checkpoints):
+            raise ValueError(f"early_stopping.checkpoints must be distinct fractions in (0, 1), got {list(self.checkpoints)}")
+        if not isinstance(self.val_subset, int) or self.val_subset < 1:
+            raise ValueError(f"early_stopping.val_subset must be an integer >= 1, got {self.val_subset!r}")
+        if not isinstance(self.min_curves, int) or self.min_curves < 1:
+            raise ValueError(f"early_stopping.min_curves must be an integer >= 1, got {self.min_curves!r}")
+        if not isinstance(self.slack, (int, float)) or self.slack < 0:
+            raise ValueError(f"early_stopping.slack must be a number >= 0, got {self.slack!r}")
+
+    def steps(self, total: int) -> dict[int, float]:
+        """{training step: checkpoint fraction} for a budget of ``total`` steps (the end is always scored)."""
+        out = {max(1, round(f * total)): f for f in sorted(self.checkpoints)}
+        out = {s: f for s, f in out.items() if s < total}
+        out[total] = 1.0
+        return out
+
+    def margin(self, fraction: float, history: Sequence[tuple[Mapping[float, float], float]]) -> tuple[float, int] | None:
+        """(margin, curves used) at ``fraction`` from finished curves ({fraction: accuracy}, final accuracy);
+        None with fewer than ``min_curves`` of them."""
+        gains = [final - curve[fraction] for curve, final in history if fraction in curve]
+        if len(gains) < self.min_curves:
+            return None
+        return max(0.0, max(gains)) + self.slack, len(gains)
+
+
+# --------------------------------------------------------------------------- what a student needs
+
+
+@dataclass(frozen=True)
+class Need:
+    """The accuracy a trial of known size and latency must beat (``accuracy``), and why."""
+
+    accuracy: float  # -inf: anything will do
+    why: str
+    impossible: str | None = None  # set when no accuracy can keep the trial (a size/latency constraint)
+
+
+def need(points: pd.DataFrame, *, size_bytes: float, latency_ms: float, floor: float | None = None,
+         max_size_bytes: float | None = None, max_latency_ms: float | None = None) -> Need:
+    """What a trial at ``size_bytes`` and ``latency_ms`` needs, given the completed feasible trials ``points``
+    (columns number, accuracy, size_bytes, latency_ms) and the constraints."""
+    if max_size_bytes is not None and size_bytes > max_size_bytes:
+        return Need(math.inf, "", f"size {size_bytes:,.0f} B is past study.constraints.max_size_bytes={max_size_bytes:,.0f}")
+    if max_latency_ms is not None and latency_ms > max_latency_ms:
+        return Need(math.inf, "", f"latency {latency_ms:.3f} ms is past study.constraints.max_latency_ms={max_latency_ms}")
+    best, why = -math.inf, "nothing"
+    covering = points[(points["size_bytes"] <= size_bytes) & (points["latency_ms"] <= latency_ms)]
+    if len(covering):
+        row = covering.loc[covering["accuracy"].idxmax()]
+        best = float(row["accuracy"])
+        why = (f"trial {int(row['number'])} has {best:.4f} at {row['size_bytes']:,.0f} B and {row['latency_ms']:.3f} ms, "
+               "no larger and no slower")
+    if floor is not None and floor > best:
+        best, why = floor, f"study.constraints.max_accuracy_drop sets the floor {floor:.4f}"
+    return Need(best, why)
+
+
+def completed_points(trials: Sequence[optuna.trial.FrozenTrial]) -> pd.DataFrame:
+    rows = [{"number": t.number, "accuracy": t.values[0], "size_bytes": t.values[1], "latency_ms": t.values[2]}
+            for t in trials if t.state == TrialState.COMPLETE and t.values is not None and feasible(t)]
+    return pd.DataFrame(rows, columns=["number", "accuracy", "size_bytes", "latency_ms"])
+
+
+def curve_of(attr: Any) -> dict[float, float]:
+    """A recorded ``curve`` user attribute ([[fraction, accuracy], ...], or its JSON text as trials.csv holds it)
+    as {fraction: accuracy}; {} for none."""
+    if isinstance(attr, str):
+        attr = json.loads(attr) if attr.strip() else []
+    if not isinstance(attr, (list, tuple)):
+        return {}
+    return {float(f): float(a) for f, a in attr}
+
+
+def finished_curves(trials: Sequence[optuna.trial.FrozenTrial]) -> list[tuple[dict[float, float], float]]:
+    return [(curve_of(t.user_attrs["curve"]), float(t.values[0])) for t in trials
+            if t.state == TrialState.COMPLETE and t.values is not None and t.user_attrs.get("curve")]
+
+
+# --------------------------------------------------------------------------- during a trial
+
+
+class Monitor:
+    """The rule applied to one student trial as it trains; records what it saw on the trial.
+
+    ``start`` once the size and latency are known (may stop at step 0); ``check`` at each checkpoint.
+    Stopping records ``pruned_reason`` and ``pruned_step`` and raises ``optuna.TrialPruned``.
+    """
+
+    def __init__(self, *, rule: EarlyStopping, trial: optuna.Trial, floor: float | None = None,
+                 max_size_bytes: float | None = None, max_latency_ms: float | None = None) -> None:
+        self.rule, self.trial, self.floor = rule, trial, floor
+        self.max_size_bytes, self.max_latency_ms = max_size_bytes, max_latency_ms
+        self.curve: list[list[float]] = []
+        self.need: Need | None = None
+        self.history: list[tuple[dict[float, float], float]] = []
+
+    def start(self, *, size_bytes: float, latency_ms: float, total_steps: int) -> None:
+        trials = self.trial.study.get_trials(deepcopy=False)
+        self.need = need(completed_points(trials), size_bytes=size_bytes, latency_ms=latency_ms, floor=self.floor,
+                         max_size_bytes=self.max_size_bytes, max_latency_ms=self.max_latency_ms)
+        self.history = finished_curves(trials)
+        self.trial.set_user_attr("train_steps", int(total_steps))
+        if math.isfinite(self.need.accuracy):
+            self.trial.set_user_attr("accuracy_needed", round(self.need.accuracy, 6))
+        if self.rule.enabled and self.need.impossible:
+            self._stop(0, 0.0, f"before training: {self.need.impossible}")
+
+    def check(self, *, step: int, total_steps: int, fraction: float, accuracy: float, seconds: float) -> None:
+        self.curve.append([fraction, round(accuracy, 6)])
+        self.trial.set_user_attr("curve", self.curve)
+        if fraction >= 1.0:
+            self.trial.set_user_attr("train_steps_done", int(step))
+        if not self.rule.enabled or fraction >= 1.0 or self.need is None:
+            return
+        found = self.rule.margin(fraction, self.history)
+        if found is None:
+            return
+        margin, n = found
+        if accuracy + margin < self.need.accuracy:
+            self._stop(step, seconds, (
+                f"at step {step} of {total_steps} ({fraction:.0%} of training): accuracy {accuracy:.4f} on "
+                f"{self.rule.val_subset} validation images + margin {margin:.4f} (largest gain from here to the end "
+                f"in {n} finished student curves + slack {self.rule.slack}) = {accuracy + margin:.4f} < "
+                f"{self.need.accuracy:.4f} needed: {self.need.why}"))
+
+    def _stop(self, step: int, seconds: float, reason: str) -> None:
+        self.trial.set_user_attr("pruned_reason", reason)
+        self.trial.set_user_attr("pruned_step", int(step))
+        self.trial.set_user_attr("train_steps_done", int(step))
+        self.trial.set_user_attr("seconds_train", round(seconds, 3))
+        raise optuna.TrialPruned(reason)
+
+
+# --------------------------------------------------------------------------- offline replay
+
+
+def replay(df: pd.DataFrame, rule: EarlyStopping, *, floor: float | None = None) -> pd.DataFrame:
+    """The rule run over a recorded study (``outputs.trials_frame``; student trials carry ``curve``), trial
+    after trial in number order, each seeing only the trials before it, as the live search would have.
+
+    One row per completed student trial with a curve: ``stopped_at`` (the fraction it would have stopped at,
+    NaN if never), ``steps_saved_share`` (of its budget) and ``on_front`` (at the end of the recorded study).
+    """
+    df = df.sort_values("number")
+    rows = []
+    for _, t in df.iterrows():
+        curve = curve_of(t.get("curve"))
+        if t["state"] != "COMPLETE" or not curve:
+            continue
+        before = df[df["number"] < t["number"]]
+        done = before[(before["state"] == "COMPLETE") & before["feasible"].astype(bool)]
+        found = need(done[["number", "accuracy", "size_bytes", "latency_ms"]], size_bytes=float(t["size_bytes"]),
+                     latency_ms=float(t["latency_ms"]), floor=floor)
+        finished = before[before["state"] == "COMPLETE"]
+        history = [(curve_of(c), float(a)) for c, a in zip(finished.get("curve", []), finished["accuracy"]) if curve_of(c)]
+        stopped = np.nan
+        for fraction, accuracy in sorted(curve.items()):
+            margin = rule.margin(fraction, history) if fraction < 1.0 else None
+            if margin is not None and accuracy + margin[0] < found.accuracy:
+                stopped = fraction
+                break
+        rows.append({"number": int(t["number"]), "accuracy": float(t["accuracy"]), "needed": found.accuracy,
+                     "stopped_at": stopped, "steps_saved_share": 0.0 if np.isnan(stopped) else 1.0 - stopped,
+                     "on_front": bool(t["on_front"])})
+    return pd.DataFrame(rows, columns=["number", "accuracy", "needed", "stopped_at", "steps_saved_share", "on_front"])
