@@ -204,6 +204,10 @@ def short_config(row: Mapping[str, object], names: Sequence[str], *, max_named_l
     when there are few (``layers_line``)."""
     layers = layers_of(names)
     lines = []
+    if row.get("arch") == "student":  # a student trial: its architecture first, then its compression
+        arch = [f"{n.removeprefix('student.')} {short_value(row.get(n))}" for n in names if n.startswith("student.")]
+        arch += [f"{n} {short_value(row.get(n))}" for n in names if n.startswith("distill.")]
+        lines.append("student: " + " · ".join(arch))
     if layers_line and layers and len(layers) <= max_named_layers:
         lines.append("layers: " + " · ".join(layers))
     for knob in knobs_of(names):

@@ -82,14 +82,15 @@ def read_spec(bundle_dir: Path) -> dict[str, Any]:
 
 
 def architecture(spec: dict[str, Any]) -> nn.Module:
-    """The compressed model's shapes with untrained weights: teacher architecture + ``space.apply``."""
+    """The compressed model's shapes with untrained weights: teacher architecture + ``space.apply`` (for a
+    student trial, the student's architecture with its compression)."""
     from .run import build_space  # the same space the search built, from the same config
 
     cfg = OmegaConf.create(spec["config"])
     with torch.random.fork_rng():  # building and tracing draw random numbers; leave the caller's stream alone
         torch.manual_seed(int(cfg.model.train.seed))
         net = instantiate(cfg.model.net)
-        space = build_space(cfg.space, net, tuple(spec["input_shape"]))
+        space = build_space(cfg, net, tuple(spec["input_shape"]))
         return space.apply(net.eval(), spec["params"])
 
 

@@ -49,14 +49,25 @@ def how_compressed(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
     sparse = sum(1 for r in layers if r["sparsity"] > 0)
     int8 = sum(1 for r in layers if r["weight_bits"] <= 8)
     ft = report["finetune"]
+    more = f", plus {ft['steps']} more steps ({ft['epochs']} epochs) after the pick." if ft["steps"] else "."
+    if report.get("student"):
+        st = report["student"]
+        arch = ", ".join(f"{k} {v}" for k, v in st["architecture"].items())
+        teachers = "the teacher" if st.get("ensemble", 1) == 1 else f"an ensemble of {st['ensemble']} teachers"
+        return (
+            f"A student ({arch}), trained from scratch by distillation from {teachers} for {st['steps']} steps "
+            f"(temperature {st['temperature']}, alpha {st['alpha']}). Of its {len(layers)} layers, {factorized} were "
+            f"factorized by truncated SVD and {sparse} pruned by weight magnitude before training, and, after conv+BN "
+            f"folding, {int8} store their weights at 8 bits or fewer (affine, per output channel), with "
+            f"{report['recovery']['qat_steps']} quantization-aware steps" + more
+        )
     return (
         f"From the trained teacher, {pruned} of {len(layers)} layers lost output channels "
         f"(Torch-Pruning groups, lowest L2 norm first), {factorized} were factorized by truncated SVD, {sparse} were "
         f"pruned by weight magnitude and, after conv+BN folding, {int8} store their weights at 8 bits or fewer "
         f"(affine, per output channel). "
         f"The model was distilled from the teacher for up to {report['recovery']['steps']} steps after the structural "
-        f"changes and {report['recovery']['qat_steps']} quantization-aware steps after BN folding"
-        + (f", plus {ft['steps']} more steps ({ft['epochs']} epochs) after the pick." if ft["steps"] else ".")
+        f"changes and {report['recovery']['qat_steps']} quantization-aware steps after BN folding" + more
     )
 
 
@@ -84,7 +95,7 @@ PyTorch accuracy is the compressed model as trained (activations of int8 layers 
 
 {_table(layers)}
 
-`out`/`in`: channels (or features) in the teacher -> here; `rank`: inner width of a factorized layer;
+`out`/`in`: channels (or features) in the {"student's architecture" if report.get("student") else "teacher"} -> here; `rank`: inner width of a factorized layer;
 `sparsity`: fraction of weights that are zero; bits 32 = float.
 
 ## Files

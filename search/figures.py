@@ -48,11 +48,12 @@ def history_figure(hist: pd.DataFrame, *, ref: Reference | None) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=hist["front_size"], mode="lines+markers", line_shape="hv", name="front size",
                              marker=dict(size=6, color="#2ca02c"), line=dict(color="#2ca02c"),
                              hovertemplate="front: %{y} trials<extra></extra>"), row=2, col=1)
-    failed = hist[hist["state"] != "COMPLETE"]
-    if len(failed):
-        fig.add_trace(go.Scatter(x=failed["number"], y=failed["hypervolume"] * 100, mode="markers", name="failed trial",
-                                 marker=dict(symbol="x", size=9, color="#d62728"),
-                                 hovertemplate="trial %{x} failed<extra></extra>"), row=1, col=1)
+    for state, name, style in (("FAIL", "failed trial", dict(symbol="x", size=9, color="#d62728")),
+                               ("PRUNED", "stopped early", dict(symbol="triangle-down", size=8, color="#ff7f0e"))):
+        rows = hist[hist["state"] == state]
+        if len(rows):
+            fig.add_trace(go.Scatter(x=rows["number"], y=rows["hypervolume"] * 100, mode="markers", name=name,
+                                     marker=style, hovertemplate=f"trial %{{x}}: {name}<extra></extra>"), row=1, col=1)
     base = hist[hist["baseline"] != ""]
     if len(base):
         fig.add_vrect(x0=base["number"].min() - 0.5, x1=base["number"].max() + 0.5, fillcolor="#f2c14e",

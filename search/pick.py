@@ -111,8 +111,12 @@ def fine_tune(p: Prepared, model: nn.Module, params: dict[str, Any], epochs: flo
     r, s = p.setup.recovery, p.setup.splits
     steps = max(1, round(epochs * len(s.train_x) / r.batch_size))
     log.info(f"fine-tuning {steps} steps ({epochs} epochs) by distillation")
-    recover(model, s.train_x, s.train_y, p.pipeline.teacher_logits, steps=steps, lr=r.qat_lr, batch_size=r.batch_size,
-            temperature=r.temperature, alpha=r.alpha, seed=r.seed + 1)
+    logits, temperature, alpha = p.pipeline.teacher_logits, r.temperature, r.alpha
+    if p.pipeline.is_student(params):  # a student keeps its own teacher(s), temperature and alpha
+        d = p.setup.distillation
+        logits, temperature, alpha = p.pipeline.student_logits, d.value("temperature", params), d.value("alpha", params)
+    recover(model, s.train_x, s.train_y, logits, steps=steps, lr=r.qat_lr, batch_size=r.batch_size,
+            temperature=temperature, alpha=alpha, seed=r.seed + 1)
     return steps
 
 
@@ -193,6 +197,23 @@ def measurements(r: Replay, folder: Path, tol: Tolerances) -> dict[str, Any]:
     }
 
 
+def student(r: Replay) -> dict[str, Any] | None:
+    """A student trial's architecture and training, for the card; None for a trial of the teacher itself."""
+    p, params = r.prepared, r.trial.params
+    if not p.pipeline.is_student(params):
+        return None
+    d = p.setup.distillation
+    return {"architecture": {k.removeprefix("student."): v for k, v in params.items() if k.startswith("student.")},
+            "steps": d.total_steps(len(p.setup.splits.train_x)), "temperature": d.value("temperature", params),
+            "alpha": d.value("alpha", params), "ensemble": len(p.setup.teachers) + 1}
+
+
+def reference_model(r: Replay) -> nn.Module:
+    """What the layer table compares the picked model with: the teacher, or a student's own architecture."""
+    space = r.prepared.setup.space
+    return space.family.build(r.trial.params) if r.prepared.pipeline.is_student(r.trial.params) else r.prepared.teacher
+
+
 def context(r: Replay, df) -> dict[str, Any]:
     """What the figures are about: the trial, the reference, the machine and the software."""
     p = r.prepared
@@ -201,6 +222,7 @@ def context(r: Replay, df) -> dict[str, Any]:
         "rule": r.rule, "model": r.cfg.model.name, "data": r.cfg.data.name, "input_shape": list(r.artifact.input_shape),
         "num_classes": p.setup.splits.num_classes, "onnx_input": "input", "uncompressed": uncompressed(df, p),
         "finetune": r.finetune, "recovery": asdict(p.setup.recovery), "int8_layers": list(r.artifact.int8_layers),
+        "student": student(r),
         "machine": machine(), "cost_model": p.setup.cost_model.reference().describe(),
         "recorded_cost_model": r.study.user_attrs.get("cost_model"), "versions": versions_now(),
         "study_figures": [f"../../{n}" for n in ("pareto.html", "pareto.png") if (p.setup.out_dir / n).is_file()],
@@ -218,7 +240,7 @@ def write_bundle(r: Replay, df, final: Path, tol: Tolerances) -> Picked:
         report["reasons"] = check(report, tol)
         report["verified"] = not report["reasons"]
         write_json(folder / "report.json", report)
-        atomic_write(folder / "README.md", card.render(report, layer_table(r.prepared.teacher, r.model)))
+        atomic_write(folder / "README.md", card.render(report, layer_table(reference_model(r), r.model)))
     return Picked(final, report, r.model)
 
 

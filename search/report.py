@@ -198,6 +198,12 @@ def _space(d: StudyData) -> str:
         layers = f" on {counts[name]} layer(s)" if counts.get(name) else ""
         knobs.append(f"{esc(name)}{layers}: <code>{esc(shown)}</code>")
     head = f"<b>{esc(space.get('name', 'unknown'))}</b>, {len(d.names)} parameters"
+    student = space.get("student")
+    if student:
+        family = student.get("family") or (d.config.get("model") or {}).get("student") or {}
+        target = str((family.get("net") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
+        knobs.insert(0, f"arch: <code>{esc(space.get('arch'))}</code>; students: {esc(target)} over "
+                        f"<code>{esc(family.get('choices'))}</code>, compressed by {esc(student.get('knobs'))}")
     return head + ("<br>" + "<br>".join(knobs) if knobs else "")
 
 
@@ -220,6 +226,19 @@ def _versions(d: StudyData) -> str:
         except metadata.PackageNotFoundError:
             pass
     return esc(", ".join(f"{k} {v}" for k, v in found.items()))
+
+
+def _students(c: Mapping[str, Any]) -> str:
+    """The student budget and early stopping, for a space that trains students."""
+    if not (c.get("space") or {}).get("student"):
+        return ""
+    dist, stop = c.get("distill") or {}, c.get("early_stopping") or {}
+    budget = f"{dist['steps']} steps" if dist.get("steps") else f"{dist.get('epochs', '?')} epoch(s)"
+    text = (f"; students: distilled for {budget} at T {dist.get('temperature', '?')}, alpha {dist.get('alpha', '?')}"
+            f"; early stopping {'on' if stop.get('enabled', True) else 'off'}")
+    if stop.get("enabled", True) and stop.get("checkpoints"):
+        text += f" (checkpoints {stop['checkpoints']}, slack {stop.get('slack')}, after {stop.get('min_curves')} curves)"
+    return text
 
 
 def what_ran(d: StudyData) -> dict[str, str]:
@@ -245,6 +264,7 @@ def what_ran(d: StudyData) -> dict[str, str]:
                       + (" + the baselines" if study_cfg.get("baselines") else "")
                       + f", timeout {study_cfg.get('timeout_s') or 'none'}; recovery per trial: "
                       + ", ".join(f"{k} {v}" for k, v in recovery.items() if k in ("steps", "qat_steps", "batch_size"))
+                      + _students(c)
                       + "; trials now: " + ", ".join(f"{v} {k}" for k, v in states.items())),
         "constraints": esc(", ".join(f"{k} {v}" for k, v in (study_cfg.get("constraints") or {}).items()
                                      if v is not None) or "none"),
@@ -259,6 +279,7 @@ def _cards(d: StudyData) -> dict[str, str]:
     out = {
         "trials finished": str(int(df["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())) if len(df) else "0",
         "failed": str(int((df["state"] == "FAIL").sum())) if len(df) else "0",
+        **({"stopped early": str(int((df["state"] == "PRUNED").sum()))} if (df.get("state") == "PRUNED").any() else {}),
         "on the Pareto front": str(int(df["on_front"].sum())) if len(df) else "0",
         "hypervolume (% of box)": f"{an.hypervolume(df, ref) * 100:.2f}%",
     }
@@ -331,7 +352,7 @@ def comparison_figures(ds: Sequence[StudyData]) -> tuple[dict[str, go.Figure], s
 
 def comparison_page(ds: Sequence[StudyData], figs: Mapping[str, go.Figure], joint: set, out_dir: Path,
                     links: Mapping[str, Mapping[str, str]]) -> str:
-    header = ["study", "sampler", "trials (complete / failed)", "front size", "on the joint front",
+    header = ["study", "sampler", "trials (complete / failed / stopped early)", "front size", "on the joint front",
               "hypervolume", "reference: uncompressed size (B) / latency (ms)", "wall time", "own report"]
     rows = []
     for d in ds:
@@ -342,7 +363,7 @@ def comparison_page(ds: Sequence[StudyData], figs: Mapping[str, go.Figure], join
         on_joint = sum(1 for s, _ in joint if s == d.name)
         rows.append([
             Cell(f"<b>{esc(d.name)}</b>", d.name), Cell(f"<code>{esc(_fmt_call(d.config.get('sampler')))}</code>"),
-            Cell(f"{int((d.df['state'] == 'COMPLETE').sum())} / {int((d.df['state'] == 'FAIL').sum())}"),
+            Cell(" / ".join(str(int((d.df["state"] == k).sum())) for k in ("COMPLETE", "FAIL", "PRUNED"))),
             Cell(str(int(d.df["on_front"].sum())), int(d.df["on_front"].sum()), True),
             Cell(f"{on_joint} of {len(joint)}", on_joint, True), Cell(f"{hv * 100:.2f}%", hv, True),
             Cell(f"{ref.size_bytes:,.0f} / {ref.latency_ms:.3f}" if ref else "none", ref.latency_ms if ref else None,

@@ -144,7 +144,8 @@ def by_number(df: pd.DataFrame, number: int) -> pd.Series:
                          f"{int(df['number'].max())}")
     row = rows.iloc[0]
     if row["state"] != "COMPLETE":
-        error = f": {row['error']}" if isinstance(row.get("error"), str) and row.get("error") else ""
+        why = row.get("error") if row["state"] == "FAIL" else row.get("pruned_reason")
+        error = f": {why}" if isinstance(why, str) and why else ""
         raise ValueError(f"pick.trial={number}: trial is {row['state']}, only COMPLETE trials can be picked{error}")
     return row
 
