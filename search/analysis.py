@@ -205,9 +205,11 @@ def short_config(row: Mapping[str, object], names: Sequence[str], *, max_named_l
     layers = layers_of(names)
     lines = []
     if row.get("arch") == "student":  # a student trial: its architecture first, then its compression
-        arch = [f"{n.removeprefix('student.')} {short_value(row.get(n))}" for n in names if n.startswith("student.")]
-        arch += [f"{n} {short_value(row.get(n))}" for n in names if n.startswith("distill.")]
-        lines.append("student: " + " · ".join(arch))
+        keys = [n for n in names if n.startswith(("student.", "distill."))] or [
+            str(k) for k in row if str(k).startswith(("student.", "distill."))]
+        shown = (f"{k.removeprefix('student.')} {row.get(k) if isinstance(row.get(k), bool) else short_value(row.get(k))}"
+                 for k in keys)
+        lines.append("student: " + " · ".join(shown))
     if layers_line and layers and len(layers) <= max_named_layers:
         lines.append("layers: " + " · ".join(layers))
     for knob in knobs_of(names):

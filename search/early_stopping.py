@@ -7,11 +7,18 @@ dominated), and at least the accuracy floor of ``study.constraints.max_accuracy_
 past its constraint can never be kept: the trial stops at step 0.
 
 During training the student is scored on a fixed validation subset at a few checkpoints (fractions of its
-budget). It stops when that accuracy plus a *margin* is still below what it needs. The margin is learned from
-the learning curves of finished student trials: the largest gain any of them made from that checkpoint to its
-final (recorded) accuracy, plus ``slack``. The final accuracy is on the whole validation split after BN folding,
-quantization and its fine-tune, so the margin also absorbs the subset's noise and any quantization loss. Until
-``min_curves`` curves exist there is no margin and accuracy stops nothing.
+budget). It stops when even an optimistic forecast of its final accuracy is below what it needs. The forecast
+comes from the learning curves of finished student trials (``margin``):
+
+- ``error`` (default): the remaining error shrinks by at most the smallest ratio seen,
+  ``final >= 1 - (1 - a) * min(error_final / error_at_checkpoint)``; curves under one schedule (one-cycle, as
+  ``distill`` trains) keep their shape across students of different quality, so this is a tight bound for good
+  students and a loose one for bad ones;
+- ``gain``: the accuracy rises by at most the largest gain seen from that checkpoint to the end.
+
+``slack`` is added to either. The final accuracy is on the whole validation split after BN folding,
+quantization and its fine-tune, so what is learned also absorbs the subset's noise and any quantization loss.
+Until ``min_curves`` curves exist there is no forecast and accuracy stops nothing.
 
 A stopped trial is stored as PRUNED with ``pruned_reason`` and ``pruned_step`` (0 = before training). Every
 student trial records its ``curve`` ([fraction, accuracy] pairs) and its training steps, done and budgeted.
@@ -33,6 +40,9 @@ from optuna.trial import TrialState
 from .outputs import feasible
 
 
+MARGINS = ("error", "gain")  # how the forecast of a student's final accuracy is learned (module docstring)
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
     """The rule's settings (``early_stopping.*`` in the config)."""
@@ -41,7 +51,8 @@ class EarlyStopping:
     checkpoints: tuple[float, ...] = (0.25, 0.5, 0.75)  # fractions of the student's training budget
     val_subset: int = 1000  # validation images scored at each checkpoint (the first of the fixed split)
     min_curves: int = 3  # finished student curves needed before accuracy can stop a trial
-    slack: float = 0.01  # accuracy fraction added to the largest gain seen
+    slack: float = 0.01  # accuracy fraction added to the forecast
+    margin: str = "error"  # "error": smallest ratio of remaining error seen; "gain": largest accuracy gain seen
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoints", tuple(float(c) for c in self.checkpoints))
@@ -55,6 +66,8 @@ class EarlyStopping:
             raise ValueError(f"early_stopping.min_curves must be an integer >= 1, got {self.min_curves!r}")
         if not isinstance(self.slack, (int, float)) or self.slack < 0:
             raise ValueError(f"early_stopping.slack must be a number >= 0, got {self.slack!r}")
+        if self.margin not in MARGINS:
+            raise ValueError(f"early_stopping.margin must be one of {list(MARGINS)}, got {self.margin!r}")
 
     def steps(self, total: int) -> dict[int, float]:
         """{training step: checkpoint fraction} for a budget of ``total`` steps (the end is always scored)."""
@@ -63,13 +76,19 @@ class EarlyStopping:
         out[total] = 1.0
         return out
 
-    def margin(self, fraction: float, history: Sequence[tuple[Mapping[float, float], float]]) -> tuple[float, int] | None:
-        """(margin, curves used) at ``fraction`` from finished curves ({fraction: accuracy}, final accuracy);
-        None with fewer than ``min_curves`` of them."""
-        gains = [final - curve[fraction] for curve, final in history if fraction in curve]
-        if len(gains) < self.min_curves:
+    def forecast(self, fraction: float, accuracy: float,
+                 history: Sequence[tuple[Mapping[float, float], float]]) -> tuple[float, int] | None:
+        """(the best final accuracy to expect of a student at ``accuracy`` at ``fraction``, curves used), learned
+        from finished curves ({fraction: accuracy}, final accuracy); None with fewer than ``min_curves``."""
+        seen = [(curve[fraction], final) for curve, final in history if fraction in curve]
+        if len(seen) < self.min_curves:
             return None
-        return max(0.0, max(gains)) + self.slack, len(gains)
+        if self.margin == "gain":
+            best = accuracy + max(0.0, max(final - at for at, final in seen))
+        else:  # the smallest share of its error a finished student kept, never above 1 (it may have got worse)
+            kept = min(1.0, min((1 - final) / (1 - at) if at < 1 else 1.0 for at, final in seen))
+            best = 1 - (1 - accuracy) * kept
+        return best + self.slack, len(seen)
 
 
 # --------------------------------------------------------------------------- what a student needs
@@ -161,16 +180,17 @@ class Monitor:
             self.trial.set_user_attr("train_steps_done", int(step))
         if not self.rule.enabled or fraction >= 1.0 or self.need is None:
             return
-        found = self.rule.margin(fraction, self.history)
+        found = self.rule.forecast(fraction, accuracy, self.history)
         if found is None:
             return
-        margin, n = found
-        if accuracy + margin < self.need.accuracy:
+        best, n = found
+        if best < self.need.accuracy:
+            how = "smallest share of error kept" if self.rule.margin == "error" else "largest gain"
             self._stop(step, seconds, (
                 f"at step {step} of {total_steps} ({fraction:.0%} of training): accuracy {accuracy:.4f} on "
-                f"{self.rule.val_subset} validation images + margin {margin:.4f} (largest gain from here to the end "
-                f"in {n} finished student curves + slack {self.rule.slack}) = {accuracy + margin:.4f} < "
-                f"{self.need.accuracy:.4f} needed: {self.need.why}"))
+                f"{self.rule.val_subset} validation images, at best {best:.4f} at the end ({how} from here in {n} "
+                f"finished student curves, + slack {self.rule.slack}) < {self.need.accuracy:.4f} needed: "
+                f"{self.need.why}"))
 
     def _stop(self, step: int, seconds: float, reason: str) -> None:
         self.trial.set_user_attr("pruned_reason", reason)
@@ -204,8 +224,8 @@ def replay(df: pd.DataFrame, rule: EarlyStopping, *, floor: float | None = None)
         history = [(curve_of(c), float(a)) for c, a in zip(finished.get("curve", []), finished["accuracy"]) if curve_of(c)]
         stopped = np.nan
         for fraction, accuracy in sorted(curve.items()):
-            margin = rule.margin(fraction, history) if fraction < 1.0 else None
-            if margin is not None and accuracy + margin[0] < found.accuracy:
+            forecast = rule.forecast(fraction, accuracy, history) if fraction < 1.0 else None
+            if forecast is not None and forecast[0] < found.accuracy:
                 stopped = fraction
                 break
         rows.append({"number": int(t["number"]), "accuracy": float(t["accuracy"]), "needed": found.accuracy,

@@ -40,16 +40,21 @@ def test_need_is_the_best_accuracy_no_larger_and_no_slower():
     assert "max_latency_ms" in need(front, size_bytes=20, latency_ms=4, max_latency_ms=3).impossible
 
 
-def test_margin_is_the_largest_gain_seen_plus_slack_once_enough_curves_exist():
-    rule = EarlyStopping(min_curves=2, slack=0.01)
+def test_forecast_is_learned_from_finished_curves_once_enough_exist():
     history = [({0.25: 0.60, 0.5: 0.80}, 0.85), ({0.25: 0.70, 0.5: 0.75}, 0.78)]
-    assert rule.margin(0.25, history[:1]) is None  # too few curves: accuracy stops nothing yet
-    assert rule.margin(0.25, history) == pytest.approx((0.26, 2))
-    assert rule.margin(0.5, history) == pytest.approx((0.06, 2))
-    assert rule.margin(0.5, [({0.5: 0.9}, 0.8), ({0.5: 0.9}, 0.85)])[0] == pytest.approx(0.01)  # never below slack
+    error = EarlyStopping(min_curves=2, slack=0.01)
+    assert error.forecast(0.25, 0.5, history[:1]) is None  # too few curves: accuracy stops nothing yet
+    # the remaining error shrank to 0.15 / 0.40 and 0.22 / 0.30 of itself: at most to 0.375 of it
+    assert error.forecast(0.25, 0.5, history) == pytest.approx((1 - 0.5 * 0.375 + 0.01, 2))
+    assert error.forecast(0.5, 0.9, history) == pytest.approx((1 - 0.1 * 0.75 + 0.01, 2))
+    gain = EarlyStopping(min_curves=2, slack=0.01, margin="gain")
+    assert gain.forecast(0.25, 0.5, history) == pytest.approx((0.5 + 0.25 + 0.01, 2))
+    worse = [({0.5: 0.9}, 0.8), ({0.5: 0.9}, 0.85)]  # both ended below their checkpoint
+    assert gain.forecast(0.5, 0.7, worse)[0] == pytest.approx(0.71)
+    assert error.forecast(0.5, 0.7, worse)[0] == pytest.approx(0.71)
     assert EarlyStopping(checkpoints=(0.25, 0.5)).steps(100) == {25: 0.25, 50: 0.5, 100: 1.0}
     for kw, key in (({"checkpoints": (0.5, 1.0)}, "checkpoints"), ({"slack": -1}, "slack"),
-                    ({"min_curves": 0}, "min_curves"), ({"val_subset": 0}, "val_subset")):
+                    ({"min_curves": 0}, "min_curves"), ({"val_subset": 0}, "val_subset"), ({"margin": "x"}, "margin")):
         with pytest.raises(ValueError, match=f"early_stopping.{key}"):
             EarlyStopping(**kw)
 
@@ -91,7 +96,7 @@ def toy():
 
 def seeded_study(*, dominator: tuple[float, float, float] | None, curves: int) -> optuna.Study:
     """A study holding one completed trial ``dominator`` (accuracy, size, latency) and ``curves`` finished
-    student trials whose accuracy rose by at most 0.10 from the first checkpoint to the end."""
+    student trials, each of which kept at least 0.73 of its error from the first checkpoint to the end."""
     study = open_study(name="es", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0))
     if dominator is not None:
         study.add_trial(optuna.trial.create_trial(values=list(dominator)))
@@ -117,6 +122,7 @@ def test_a_hopeless_student_is_stopped_at_its_first_checkpoint_with_the_reason(t
     attrs = trial.user_attrs
     assert attrs["pruned_step"] == 10 and attrs["train_steps"] == 40 and attrs["train_steps_done"] == 10
     assert "at step 10 of 40" in attrs["pruned_reason"] and "trial 0 has 0.9990" in attrs["pruned_reason"]
+    assert "at best" in attrs["pruned_reason"]
     assert len(attrs["curve"]) == 1 and attrs["seconds_train"] > 0
     df = trials_frame(study)  # the outputs take a PRUNED trial as it is: no values, off the front
     row = df[df["number"] == trial.number].iloc[0]

@@ -97,6 +97,38 @@ def test_short_config_one_line_per_knob():
         "layers: a · b", "w bits: 8 · 4", "a bits: 8 · 32", "sparsity: .5 · 0", "channels cut: .25 · –"]
 
 
+def test_short_config_of_a_student_names_its_architecture_first():
+    names = ["arch", "student.width_mult", "student.separable", "bits.a"]
+    row = {"arch": "student", "student.width_mult": 0.5, "student.separable": True, "bits.a": 4}
+    assert an.short_config(row, names) == ["student: width_mult .5 · separable True", "layers: a", "w bits: 4"]
+
+
+def test_report_and_progress_with_students_stopped_early(synthetic_study, tmp_path):
+    """Student trials (``arch``, ``student.*``) beside the teacher's, two of them PRUNED with their reasons."""
+    study = synthetic_study("st")
+    d = optuna.distributions
+    dists = {"arch": d.CategoricalDistribution(["teacher", "student"]),
+             "student.width_mult": d.CategoricalDistribution([0.25, 0.5]),
+             "bits.fc1": d.CategoricalDistribution([2, 3, 4, 6, 8, 32])}
+    for i, (state, values) in enumerate([("COMPLETE", [0.85, 9_000.0, 0.2]), ("PRUNED", None), ("PRUNED", None)]):
+        attrs = {"curve": [[0.25, 0.6], [0.5, 0.7]], "train_steps": 40, "train_steps_done": 10 if values is None else 40}
+        if values is None:
+            attrs.update(pruned_reason="at step 10 of 40: hopeless", pruned_step=10)
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state], values=values, distributions=dists, user_attrs=attrs,
+            params={"arch": "student", "student.width_mult": 0.25 * (1 + i % 2), "bits.fc1": 4}))
+    df = trials_frame(study)
+    assert progress(study)["pruned"] == 2 and int(df["on_front"][df["state"] == "PRUNED"].sum()) == 0
+    from search.outputs import students_summary
+
+    summary = students_summary(df)
+    assert summary["student_pruned"] == 2 and summary["student_train_steps"] == {"done": 60, "budget": 120,
+                                                                                 "saved_share": 0.5}
+    (tmp_path / "results").mkdir(exist_ok=True)
+    html = rp.report(cfg_for(tmp_path / "results", "study.name=st"))["html"].read_text(encoding="utf-8")
+    assert "stopped early" in html and "student: width_mult .25" in html
+
+
 def test_importances_per_objective_and_too_few_trials(synthetic_study):
     imps = an.importances(synthetic_study(n_trials=10))
     assert list(imps) == ["accuracy", "size_bytes", "latency_ms"]
