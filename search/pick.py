@@ -38,6 +38,7 @@ log = logging.getLogger("search")
 # Keys that may differ between the search and the pick without changing the replay.
 _NOT_REPLAYED = (
     "pick", "results_dir", "png", "study.n_trials", "study.timeout_s", "study.storage", "data.download_dir",
+    "early_stopping",  # decides which students finish, not how a finished one is built
 )
 
 
