@@ -27,9 +27,11 @@ from search import analysis
 from search.early_stopping import EarlyStopping, replay
 from search.outputs import atomic_write, students_summary, trials_frame
 from search.run import run
+from search.teacher import cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
-# results_dir stays the default, so the search's cached teacher is reused; the studies are results/bench-es-{off,on}/
+# results_dir stays the default, so the search's cached teacher is reused; the studies are
+# results/bench-es-{off,on}-<hash of the overrides>/
 DEFAULTS = ["space=all", "study.n_trials=40", "png=false", "report.importances=false"]
 
 
@@ -40,8 +42,9 @@ def config(*overrides: str):
 
 def main(overrides: list[str]) -> None:
     rows, frames = [], {}
+    tag = cache_key(*overrides)[:6]  # other overrides, other studies (the same ones resume an interrupted run)
     for enabled in (False, True):
-        name = f"bench-es-{'on' if enabled else 'off'}"
+        name = f"bench-es-{'on' if enabled else 'off'}-{tag}"
         cfg = config(f"early_stopping.enabled={str(enabled).lower()}", f"study.name={name}", *overrides)
         out = run(cfg)
         study = optuna.load_study(study_name=name, storage=cfg.study.storage or f"sqlite:///{out / 'study.db'}")
