@@ -298,3 +298,11 @@ def test_analytic_charges_an_int8_pool_that_starts_an_int8_region_at_its_own_ban
     assert [p["precision"] for p in pools] == ["int8_entry"]
     slow = AnalyticCostModel(**base, op_memory_gbs={"MaxPool.int8_entry": 1.0}).layers(onnx_bytes)
     assert [p["us"] for p in slow if p["op"] == "MaxPool"][0] == pytest.approx(10 * pools[0]["us"])
+
+
+def test_a_negative_constant_never_predicts_less_than_the_kernels(tmp_path, small):
+    table = build_table(tmp_path, [small])
+    table.constant_ms = -1e6  # a table calibrated while the machine was busy
+    table.save(table_path(tmp_path, table.device, batch_size=BATCH, threads=1))
+    lut = LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1)
+    assert lut.latency_ms(small).value_ms == pytest.approx(lut.table.kernel_sum(lut.kernels(small)))
