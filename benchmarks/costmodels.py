@@ -10,10 +10,12 @@ to ``results/benchmarks/costmodels.csv``:
 - the hypervolume of each study's searched trials with the latencies re-measured, against one
   reference point (1.1 x the worst re-measured value of each objective over both studies; accuracy
   is maximised, so its reference is 0.9 x the worst), and the ratio lut / cpu.
-Needs the table: ``python -m search.lut build`` first. Takes about 15-20 minutes at the defaults below.
+The studies are ``results/bench-cpu`` and ``results/bench-lut`` (a second run resumes them). Needs the
+table: ``python -m search.lut build`` first. Takes about 15-20 minutes at the defaults below.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -28,8 +30,7 @@ from search.outputs import atomic_write
 from search.run import prepare, run
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = ["study.n_trials=20", "recovery.steps=150", "recovery.qat_steps=40", "png=false",
-            "results_dir=results/benchmarks/costmodels"]
+DEFAULTS = ["study.n_trials=20", "recovery.steps=150", "recovery.qat_steps=40", "png=false"]
 
 
 def config(*overrides: str):
@@ -47,6 +48,7 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
 
 
 def main(overrides: list[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     studies = {}
     for name in ("cpu", "lut"):
         cfg = config(f"hardware={name}", f"study.name=bench-{name}", *overrides)
@@ -55,6 +57,7 @@ def main(overrides: list[str]) -> None:
         studies[name] = (cfg, study)
 
     # rebuild every completed trial of both studies and measure them all together, interleaved
+    print("re-measuring every completed trial of both studies, interleaved", flush=True)
     cfg_cpu = studies["cpu"][0]
     p = prepare(cfg_cpu)
     cpu: OrtCpuCostModel = p.setup.cost_model

@@ -137,7 +137,10 @@ class LutCostModel(BaseCostModel):
         missing = self.table.missing(kernels)
         if missing:
             self.fill(artifact, missing)
-        value = self.table.kernel_sum(kernels) + self.table.constant_ms
+        total = self.table.kernel_sum(kernels)
+        # the constant is the runtime's own cost per run; on a table calibrated under load it can come out
+        # negative, and a prediction below the kernels' own time (or below zero) would be meaningless
+        value = total + self.table.constant_ms if total + self.table.constant_ms > 0 else total
         return Measurement(value, float(self.table.meta.get("residual_iqr_ms", 0.0)))
 
     def fill(self, artifact: Any, missing: list[_ort.Kernel]) -> None:

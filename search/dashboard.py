@@ -88,14 +88,20 @@ def serve(cfg: DictConfig, *, say: Callable[[str], None] = print) -> None:
     say(f"  http://{shown}:{httpd.server_port}/dashboard/studies/{study._study_id}")
     say("Ctrl-C (or SIGTERM) stops it.")
     sys.stdout.flush()
-    # SIGTERM: shut the server down from another thread (shutdown() waits for serve_forever to return).
-    previous = signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.shutdown).start())
+    # Ctrl-C and SIGTERM both shut the server down from another thread (shutdown() waits for
+    # serve_forever to return). Installed explicitly: a process started with SIGINT ignored (as some
+    # parents do) would otherwise never see Ctrl-C.
+    def stop(*_: object) -> None:
+        threading.Thread(target=httpd.shutdown).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         httpd.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         httpd.server_close()
     say("dashboard stopped")
 

@@ -268,3 +268,41 @@ def test_cpu_measures_several_models_interleaved_in_order(small, large):
 def test_cpu_rejects_bad_settings(kwargs, key):
     with pytest.raises(ValueError, match=key):
         OrtCpuCostModel(**kwargs)
+
+
+def test_analytic_narrow_layers_fill_part_of_the_vector_width_and_activations_fuse():
+    base = dict(device="d", peak_tops={"fp32": 0.1}, memory_gbs=1e6, batch_size=BATCH)
+    onnx_bytes = artifact_of(8).onnx  # 8 output channels in both convolutions
+    wide = AnalyticCostModel(**base).layers(onnx_bytes)
+    narrow = AnalyticCostModel(**base, lanes={"fp32": 32}).layers(onnx_bytes)
+    for w, n in zip(wide, narrow):
+        if w["op"] == "Conv":
+            assert n["us"] == pytest.approx(4 * w["us"])  # 8 of 32 lanes busy
+    relu = [layer for layer in wide if layer["op"] == "Relu"]
+    assert relu and all(layer["us"] == 0 for layer in relu)  # fused into the convolution before it
+    assert AnalyticCostModel(**base, base_us=500).latency_ms(artifact_of(8)).value_ms == pytest.approx(
+        AnalyticCostModel(**base).latency_ms(artifact_of(8)).value_ms + 0.5)
+
+
+def test_analytic_charges_an_int8_pool_that_starts_an_int8_region_at_its_own_bandwidth():
+    model = toy(8)
+    space = spaces.JointSpace([spaces.QuantSpace(model=model, weight_bits=[8, 32], act_bits=[8, 32])])
+    params = space.identity()
+    params.update({"bits.3": 8, "abits.3": 8})  # only the second convolution int8: the pool before it enters int8
+    q = space.apply(model, params)
+    calibration = np.random.default_rng(0).standard_normal((32, *SHAPE[1:]), dtype=np.float32)
+    spaces.calibrate(q, [torch.from_numpy(calibration)])
+    onnx_bytes = spaces.materialize(q.eval(), input_shape=SHAPE, calibration=calibration).onnx
+    base = dict(device="d", peak_tops={"fp32": 0.1, "int8": 0.4}, memory_gbs=10.0, batch_size=BATCH)
+    pools = [layer for layer in AnalyticCostModel(**base).layers(onnx_bytes) if layer["op"] == "MaxPool"]
+    assert [p["precision"] for p in pools] == ["int8_entry"]
+    slow = AnalyticCostModel(**base, op_memory_gbs={"MaxPool.int8_entry": 1.0}).layers(onnx_bytes)
+    assert [p["us"] for p in slow if p["op"] == "MaxPool"][0] == pytest.approx(10 * pools[0]["us"])
+
+
+def test_a_negative_constant_never_predicts_less_than_the_kernels(tmp_path, small):
+    table = build_table(tmp_path, [small])
+    table.constant_ms = -1e6  # a table calibrated while the machine was busy
+    table.save(table_path(tmp_path, table.device, batch_size=BATCH, threads=1))
+    lut = LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1)
+    assert lut.latency_ms(small).value_ms == pytest.approx(lut.table.kernel_sum(lut.kernels(small)))
