@@ -3,7 +3,8 @@
     python3 -m uv run --locked python benchmarks/early_stopping.py [hydra overrides]
 
 Runs two studies that differ only in ``early_stopping.enabled`` (same space, sampler, seed, budget and teacher),
-then prints and writes ``results/benchmarks/early_stopping.csv``:
+then prints and writes ``results/benchmarks/early_stopping.csv`` (``early_stopping-<hash of the overrides>.csv``
+with overrides):
 - the student trials' training time, seconds and steps, summed over each study, and the share early stopping
   saved (acceptance: at least 30%);
 - the hypervolume of each final front (``search/analysis.py``: each study against its own uncompressed
@@ -74,10 +75,13 @@ def main(overrides: list[str]) -> None:
     saved = float((rep["steps_saved_share"].to_numpy() * budget.to_numpy()).sum() / budget.sum()) if len(rep) else 0.0
     s["replay_on_off_study_steps_saved_share"] = saved
     s["replay_front_trials_stopped"] = int((rep["on_front"] & rep["stopped_at"].notna()).sum())
+    s["replay_forecasts_below_final"] = int((~rep["forecast_held"].astype(bool)).sum())
 
     out_dir = ROOT / "results" / "benchmarks"
-    atomic_write(out_dir / "early_stopping.csv", s.reset_index().to_csv(index=False))
-    atomic_write(out_dir / "early_stopping_replay.csv", rep.to_csv(index=False))
+    suffix = f"-{tag}" if overrides else ""  # the default run keeps the plain names
+    csv, replay_csv = out_dir / f"early_stopping{suffix}.csv", out_dir / f"early_stopping_replay{suffix}.csv"
+    atomic_write(csv, s.reset_index().to_csv(index=False))
+    atomic_write(replay_csv, rep.to_csv(index=False))
     print(s.T.to_string())
     print(f"student training time: {off['student_train_seconds']:.0f} s without early stopping, "
           f"{on['student_train_seconds']:.0f} s with it: {s['seconds_saved_share'].iloc[0]:.0%} saved "
@@ -87,8 +91,9 @@ def main(overrides: list[str]) -> None:
           f"(ratio {s['hypervolume_ratio_on_over_off'].iloc[0]:.3f})")
     print(f"the rule replayed on the study without it: {int(rep['stopped_at'].notna().sum())} of {len(rep)} "
           f"student trials stopped, {saved:.0%} of their steps saved, "
-          f"{int(s['replay_front_trials_stopped'].iloc[0])} front trial(s) stopped")
-    print(f"written: {out_dir / 'early_stopping.csv'}, {out_dir / 'early_stopping_replay.csv'}")
+          f"{int(s['replay_front_trials_stopped'].iloc[0])} front trial(s) stopped; the forecast was below the final "
+          f"accuracy for {int(s['replay_forecasts_below_final'].iloc[0])} of them")
+    print(f"written: {csv}, {replay_csv}")
 
 
 if __name__ == "__main__":

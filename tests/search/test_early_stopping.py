@@ -2,6 +2,8 @@
 the real objective, and a recorded search replayed: no trial that ended on the front would have been stopped."""
 from __future__ import annotations
 
+import json
+
 import functools
 import math
 from pathlib import Path
@@ -138,7 +140,7 @@ def test_size_or_latency_past_a_constraint_stops_before_training(toy):
 
 
 @pytest.mark.parametrize(("dominator", "curves", "rule"), [
-    ((0.999, 1.0, 1e-6), 2, EarlyStopping(val_subset=100)),  # too few curves to learn a margin
+    ((0.999, 1.0, 1e-6), 2, EarlyStopping(val_subset=100, min_curves=3)),  # too few curves to learn a margin
     ((0.999, 1.0, 1e-6), 3, EarlyStopping(val_subset=100, enabled=False)),  # switched off: curve still recorded
     ((0.15, 1.0, 1e-6), 3, EarlyStopping(val_subset=100)),  # the student can beat what covers it
 ])
@@ -176,4 +178,26 @@ def test_replay_of_a_recorded_search_never_stops_a_trial_that_ended_on_the_front
     assert stopped_on_front.empty, stopped_on_front
     assert out["stopped_at"].notna().any(), "the rule stops nothing in this recording: the test has no teeth"
     assert out["steps_saved_share"].mean() > 0.3  # on this recording: 11 of 18 students stopped, 43% of steps
+    stopped = out[out["stopped_at"].notna()]
+    assert (stopped["forecast_at_stop"] < stopped["needed"]).all()
+
     assert (replay(df, EarlyStopping(min_curves=10**6))["stopped_at"].isna()).all()  # no margin yet: no stop
+
+
+def test_replay_flags_a_forecast_that_undershot_the_final_accuracy():
+    """The forecast is learned from curves, not a bound: a student that learns faster than any before it may
+    end above its forecast; the replay says so (forecast_held False) for the benchmark to report."""
+    def row(number, accuracy, curve, size=1000.0, latency=1.0, on_front=False):
+        return {"number": number, "state": "COMPLETE", "feasible": True, "accuracy": accuracy, "size_bytes": size,
+                "latency_ms": latency, "on_front": on_front, "curve": json.dumps(curve)}
+    slow = [[0.25, 0.40], [0.5, 0.42], [1.0, 0.45]]  # learns little after 25%: keeps ~92% of its error
+    df = pd.DataFrame([
+        row(0, 0.95, [], size=10.0, latency=0.1),  # a teacher trial that dominates everything: the need is 0.95
+        row(1, 0.45, slow), row(2, 0.46, slow),
+        row(3, 0.90, [[0.25, 0.60], [0.5, 0.80], [1.0, 0.90]]),  # learns fast: forecast at 25% ~0.64, ends at 0.90
+    ])
+    out = replay(df, EarlyStopping(min_curves=2, slack=0.01)).set_index("number")
+    assert out.loc[3, "stopped_at"] == 0.25
+    assert out.loc[3, "forecast_at_stop"] < 0.7 < out.loc[3, "accuracy"]
+    assert not out.loc[3, "forecast_held"]
+    assert out.loc[[1, 2], "forecast_held"].all()
