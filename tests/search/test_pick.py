@@ -207,3 +207,19 @@ def test_unverified_bundle_exits_non_zero(picked, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         main(cfg)  # hydra.main passes a given config straight through
     assert exc.value.code == 1 and "not verified" in capsys.readouterr().err
+
+
+def test_verify_bundle_times_the_example_inputs_it_is_given_and_says_which(picked, tmp_path):
+    """The search timed real images; a re-verification without them times random normal inputs (some int8
+    kernels run at data-dependent speed), and the report says which it used."""
+    from objectives import OrtCpuCostModel
+
+    files = shutil.copytree(picked.path, tmp_path / "files")
+    cost = OrtCpuCostModel(batch_size=8, warmup=1, repeats=3, rounds=1, settle_s=0.0, retries=0)
+    shape = tuple(json.loads((files / "report.json").read_text())["input_shape"])
+    images = np.random.default_rng(1).random((5, *shape[1:]), dtype=np.float32)
+    given = verify_bundle(files, cost_model=cost, example=images)["latency_ms"]
+    assert given["inputs"].startswith("5 example inputs") and given["measured"] > 0
+    plain = verify_bundle(files, cost_model=cost)["latency_ms"]
+    assert plain["inputs"].startswith("random normal") and plain["measured"] > 0
+    assert json.loads((files / "report.json").read_text())["latency_ms"]["inputs"] == plain["inputs"]
