@@ -118,6 +118,7 @@ def make_objective(
         params = space.sample(trial)
         try:
             monitor = monitor_for(trial, params)
+            # a pipeline that trains no students may take params alone (evaluate(params))
             evaluation = pipeline.evaluate(params, monitor) if monitor is not None else pipeline.evaluate(params)
         except optuna.TrialPruned:
             raise  # the monitor recorded why and when

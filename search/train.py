@@ -27,7 +27,7 @@ def batches(n: int, batch_size: int, *, seed: int, steps: int | None = None) -> 
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float, alpha: float
+    student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, *, temperature: float, alpha: float
 ) -> torch.Tensor:
     """``alpha`` * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels) (Hinton et al. 2015).
 
@@ -72,6 +72,34 @@ def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torc
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def _fit(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None, *,
+    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, steps: int, batch_size: int,
+    temperature: float, alpha: float, seed: int, what: str, lr_key: str, lr: float,
+    checkpoints: Sequence[int] = (), on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+) -> nn.Module:
+    """The loop ``recover`` and ``distill`` share: ``steps`` seeded batches of ``distillation_loss`` (hard labels
+    only at ``alpha = 0``), gradients clipped, ``on_checkpoint`` after each step in ``checkpoints``."""
+    wanted = set(checkpoints)
+    model.train()
+    for step, idx in enumerate(batches(len(x), batch_size, seed=seed, steps=steps), start=1):
+        teacher = teacher_logits[idx] if teacher_logits is not None else None
+        loss = distillation_loss(model(x[idx]), teacher, y[idx], temperature=temperature, alpha=alpha)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what} diverged at step {step} of {steps} (loss {loss.item()}); "
+                                     f"lower {lr_key} ({lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # Factorized layers without BatchNorm can take huge steps early on; clipping keeps them stable.
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
+        opt.step()
+        sched.step()
+        if step in wanted and on_checkpoint is not None:
+            on_checkpoint(step, model)
+            model.train()
+    return model.eval()
+
+
 def recover(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor, *, steps: int,
     lr: float, batch_size: int, temperature: float, alpha: float, seed: int,
@@ -82,20 +110,8 @@ def recover(
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    model.train()
-    for step, idx in enumerate(batches(len(x), batch_size, seed=seed, steps=steps)):
-        loss = distillation_loss(model(x[idx]), teacher_logits[idx], y[idx], temperature=temperature, alpha=alpha)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"recovery diverged at step {step} of {steps} (loss {loss.item()}); lower recovery.lr ({lr})"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # Factorized layers without BatchNorm can take huge steps early on; clipping keeps them stable.
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
-        opt.step()
-        sched.step()
-    return model.eval()
+    return _fit(model, x, y, teacher_logits, opt=opt, sched=sched, steps=steps, batch_size=batch_size,
+                temperature=temperature, alpha=alpha, seed=seed, what="recovery", lr_key="recovery.lr", lr=lr)
 
 
 def distill(
@@ -117,23 +133,6 @@ def distill(
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    wanted = set(checkpoints)
-    model.train()
-    for step, idx in enumerate(batches(len(x), batch_size, seed=seed, steps=steps), start=1):
-        out = model(x[idx])
-        if alpha > 0:
-            loss = distillation_loss(out, teacher_logits[idx], y[idx], temperature=temperature, alpha=alpha)
-        else:
-            loss = F.cross_entropy(out, y[idx])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"student training diverged at step {step} of {steps} (loss {loss.item()}); "
-                                     f"lower distill.lr ({lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
-        opt.step()
-        sched.step()
-        if step in wanted and on_checkpoint is not None:
-            on_checkpoint(step, model)
-            model.train()
-    return model.eval()
+    return _fit(model, x, y, teacher_logits, opt=opt, sched=sched, steps=steps, batch_size=batch_size,
+                temperature=temperature, alpha=alpha, seed=seed, what="student training", lr_key="distill.lr", lr=lr,
+                checkpoints=checkpoints, on_checkpoint=on_checkpoint)
