@@ -1,0 +1,35 @@
+"""A study recorded before the knobs became plug-ins (commit 7af8161) replays today: every completed trial's
+stored params give the same packed size, byte for byte, and the same validation accuracy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+DATA = Path(__file__).resolve().parent / "data" / "legacy"
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+RECORDED = json.loads((DATA / "trials.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from search.run import prepare
+
+    results = tmp_path_factory.mktemp("legacy")
+    overrides = ["experiment=smoke", "+model.net.width_mult=0.5", "hardware=analytic", f"results_dir={results}",
+                 f"model.checkpoint={DATA / 'teacher.pt'}", "study.name=legacy"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return prepare(cfg).pipeline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", RECORDED["trials"], ids=lambda t: f"trial{t['number']}")
+def test_recorded_trial_replays_to_the_same_size_and_accuracy(pipeline, trial):
+    model = pipeline.build(dict(trial["params"]))
+    artifact = pipeline.materialize(model)
+    accuracy, size = trial["values"][0], trial["values"][1]
+    assert len(artifact.packed) == size
+    assert pipeline.accuracy(model) == pytest.approx(accuracy, abs=1e-9)
