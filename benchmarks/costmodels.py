@@ -11,7 +11,7 @@ to ``results/benchmarks/costmodels.csv``:
   reference point (1.1 x the worst re-measured value of each objective over both studies; accuracy
   is maximised, so its reference is 0.9 x the worst), and the ratio lut / cpu.
 The studies are ``results/bench-cpu`` and ``results/bench-lut`` (a second run resumes them). Needs the
-table: ``python -m search.lut build`` first. Takes about 15-20 minutes at the defaults below.
+table: ``python -m search.hardware build`` first. Takes about 15-20 minutes at the defaults below.
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ import numpy as np
 import optuna
 import pandas as pd
 from hydra import compose, initialize_config_dir
-from optuna._hypervolume import compute_hypervolume  # no public function in Optuna 5 (see ENVIRONMENT.md)
+from search._optuna import compute_hypervolume
 
 from objectives import OrtCpuCostModel
 from search.outputs import atomic_write
-from search.run import prepare, run
+from search.app import prepare
+from search.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ["study.n_trials=20", "recovery.steps=150", "recovery.qat_steps=40", "png=false"]
@@ -44,7 +45,7 @@ def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     inside = np.all(points * signs < reference * signs, axis=1)
     if not inside.any():
         return 0.0
-    return float(compute_hypervolume(points[inside] * signs, reference * signs, assume_pareto=False))
+    return compute_hypervolume(points[inside] * signs, reference * signs)
 
 
 def main(overrides: list[str]) -> None:

@@ -24,8 +24,8 @@ from hydra import compose, initialize_config_dir
 from objectives import Accuracy
 from search.models import SmallCNN
 from search.outputs import atomic_write
-from search.run import prepare
-from search.train import distill
+from search.app import prepare
+from search.training.loops import distill
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"width_mult": 0.25, "epochs": 2.0, "seeds": "0,1,2", "temperature": 4.0, "alpha": 0.7, "lr": 0.1,
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
             distill(student, s.train_x, s.train_y, p.pipeline.teacher_logits, steps=steps, lr=settings["lr"],
                     batch_size=settings["batch_size"], temperature=settings["temperature"], alpha=alpha, seed=seed)
             took = time.perf_counter() - start
-            rows.append({"method": method, "seed": seed, "accuracy": test(student), "val_accuracy": val(student),
+            rows.append({"method": method, "seed": seed, "accuracy": test.of(student), "val_accuracy": val.of(student),
                          "seconds": round(took, 1), "steps": steps, "width_mult": settings["width_mult"],
                          "params": sum(t.numel() for t in student.parameters()), "temperature": settings["temperature"],
                          "alpha": alpha, "teacher": cfg.model.name, "teacher_test_accuracy": p.test_accuracy})

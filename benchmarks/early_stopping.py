@@ -7,7 +7,7 @@ then prints and writes ``results/benchmarks/early_stopping.csv`` (``early_stoppi
 with overrides):
 - the student trials' training time, seconds and steps, summed over each study, and the share early stopping
   saved (acceptance: at least 30%);
-- the hypervolume of each final front (``search/analysis.py``: each study against its own uncompressed
+- the hypervolume of each final front (``search/front.py``: each study against its own uncompressed
   baseline, which cancels latency drift between the runs), and the ratio on / off (acceptance: within 2%);
 - the rule replayed offline on the study without it (every curve ran to the end there): what it would have
   stopped and saved, and whether any trial on that study's front would have been stopped (it must not).
@@ -24,11 +24,11 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from search import analysis
-from search.early_stopping import EarlyStopping, replay
+from search import front
+from search.training.early_stopping import EarlyStopping, replay
 from search.outputs import atomic_write, students_summary, trials_frame
 from search.run import run
-from search.teacher import cache_key
+from search.training.teacher import cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
 # results_dir stays the default, so the search's cached teacher is reused; the studies are
@@ -58,7 +58,7 @@ def main(overrides: list[str]) -> None:
             "student_on_front": students.get("student_on_front", 0),
             "student_train_seconds": students.get("student_train_seconds", 0.0),
             "student_train_steps": steps.get("done", 0), "student_train_steps_budget": steps.get("budget", 0),
-            "hypervolume": analysis.hypervolume(df, analysis.reference(df)), "front": int(df["on_front"].sum()),
+            "hypervolume": front.hypervolume(df, front.reference(df)), "front": int(df["on_front"].sum()),
         })
     s = pd.DataFrame(rows).set_index("early_stopping")
     off, on = s.loc[False], s.loc[True]

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from search.browser import Browser
+from search.report.browser import Browser
 
 SECTIONS = {"front": "report-front.png", "policy": "report-policy.png"}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -167,11 +168,21 @@ def kernels(onnx_bytes: bytes, batch: np.ndarray, *, threads: int) -> list[Kerne
     return profile(optimized(onnx_bytes, threads=threads), batch, threads=threads, warmup=0, repeats=1).kernels
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+
 def fingerprint(*, threads: int, batch_size: int) -> dict[str, Any]:
     """What a latency measured here depends on: the CPU, its instruction set, the runtime and its settings."""
     import onnxruntime as ort
-
-    from .latency import cpu_name
 
     flags: list[str] = []
     try:

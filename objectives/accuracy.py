@@ -7,23 +7,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import BaseObjective
+from ._base import BaseObjective, Outcome
 
 
 class Accuracy(BaseObjective):
-    """Fraction of ``images`` whose arg-max prediction equals ``labels`` (maximise)."""
+    """Fraction of ``images`` whose arg-max prediction equals ``labels`` (maximise): the trial's PyTorch model
+    (``of(model)``) or an ONNX Runtime session (``onnx(session)``)."""
 
     name: ClassVar[str] = "accuracy"
     direction = "maximize"
     unit = "top-1"
+    label = "accuracy (%)"
+    display = 100.0
+    structural = False
+    relative = False
 
     def __init__(self, *, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> None:
         if len(images) != len(labels):
             raise ValueError(f"accuracy: {len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.batch_size = images, labels, batch_size
 
+    def __call__(self, outcome: Outcome) -> float:
+        return self.of(outcome.model)
+
     @torch.no_grad()
-    def __call__(self, model: nn.Module) -> float:
+    def of(self, model: nn.Module) -> float:
         was_training = model.training
         model.eval()
         correct = 0

@@ -152,7 +152,7 @@ class AnalyticCostModel(BaseCostModel):
         return Measurement((self.base_us + sum(layer["us"] for layer in self.layers(artifact.onnx))) / 1e3)
 
     def reference(self) -> BaseCostModel:
-        from .latency import OrtCpuCostModel
+        from .cpu import OrtCpuCostModel
 
         return OrtCpuCostModel(batch_size=self.batch_size, threads=self.reference_threads)
 

@@ -52,6 +52,10 @@ class CudaCostModel(BaseCostModel):
         self.batch_size, self.dtype, self.warmup, self.repeats = batch_size, dtype, warmup, repeats
         self.device, self.channels_last = device, channels_last
 
+    def quick(self, *, warmup: int, repeats: int) -> CudaCostModel:
+        return CudaCostModel(batch_size=self.batch_size, dtype=self.dtype, warmup=warmup, repeats=repeats,
+                             device=self.device, channels_last=self.channels_last)
+
     def latency_ms(self, artifact: Any) -> Measurement:
         import copy
 

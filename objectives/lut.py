@@ -3,8 +3,8 @@
 The table maps each kernel ONNX Runtime runs (operator, attributes, types and shapes: see
 ``_ort.profile``) to its median time measured inside whole models on the device, plus one calibrated
 constant (the runtime's own cost per run, from whole-model measurements). A trial's latency is the
-sum of its kernels' entries plus that constant. ``python -m search.lut build`` fills a table;
-``python -m search.lut validate`` states how good it is.
+sum of its kernels' entries plus that constant. ``python -m search.hardware build`` fills a table;
+``python -m search.hardware validate`` states how good it is.
 
 A kernel the table has not seen is measured on demand and added when this machine is the table's
 device; on any other machine it is refused with a message, since a time measured here says nothing
@@ -116,7 +116,7 @@ class LutCostModel(BaseCostModel):
         if not self.path.is_file():
             raise ValueError(
                 f"hardware.device: no latency table for device {self.device!r} at {self.path} "
-                f"(batch {batch_size}, {threads} thread(s)); build it there with `python -m search.lut build`"
+                f"(batch {batch_size}, {threads} thread(s)); build it there with `python -m search.hardware build`"
             )
         self.table = LatencyTable.load(self.path)
         settings = {k: self.table.fingerprint.get(k) for k in ("threads", "batch_size")}
@@ -152,7 +152,7 @@ class LutCostModel(BaseCostModel):
                    f"({self.table.fingerprint['cpu']}, {self.table.fingerprint['runtime']})")
             raise LookupError(
                 f"latency table {self.path} has no entry for {len(missing)} kernel(s) of this model ({example}) "
-                f"and {why}; extend the table on its device with `python -m search.lut build`"
+                f"and {why}; extend the table on its device with `python -m search.hardware build`"
             )
         batch = _ort.example_batch(getattr(artifact, "example", None), artifact.input_shape, self.batch_size)
         profile = _ort.profile(_ort.optimized(artifact.onnx, threads=self.threads), batch, threads=self.threads,
@@ -162,7 +162,7 @@ class LutCostModel(BaseCostModel):
         self.table.save(self.path)
 
     def reference(self) -> BaseCostModel:
-        from .latency import OrtCpuCostModel
+        from .cpu import OrtCpuCostModel
 
         return OrtCpuCostModel(batch_size=self.batch_size, threads=self.threads)
 

@@ -1,9 +1,9 @@
 """Size: the byte count of the packed weights file the engine writes for a trial."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ._base import BaseObjective
+from ._base import BaseObjective, Outcome
 
 
 class ArtifactSize(BaseObjective):
@@ -12,6 +12,9 @@ class ArtifactSize(BaseObjective):
     name: ClassVar[str] = "size_bytes"
     direction = "minimize"
     unit = "bytes"
+    label = "size (KB, log)"
+    display = 1 / 1024
+    log_axis = True
 
-    def __call__(self, artifact: Any) -> float:
-        return float(len(artifact.packed))
+    def __call__(self, outcome: Outcome) -> float:
+        return float(len(outcome.artifact.packed))

@@ -1,21 +1,13 @@
-"""``python -m search [overrides]``: the Hydra entry point of a compression search."""
+"""``python -m search [overrides]``: a compression search (``search.run.run``)."""
 from __future__ import annotations
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
+from .cli import entry
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main() -> None:
     from .run import run
 
-    try:
-        run(cfg)
-    except (ValueError, FileNotFoundError) as exc:  # bad input: one line, non-zero exit
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    entry(run)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import numpy as np
 import optuna
 import pandas as pd
 
-OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
-DIRECTIONS = ("maximize", "minimize", "minimize")
-FIRST_COLUMNS = ["number", "state", *OBJECTIVES, "baseline", "feasible", "on_front"]
+from .front import objective_names, pareto_mask, signs
+
+DEFAULT_OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")  # conf/config.yaml: objectives
 
 
 def atomic_write(path: Path, data: str | bytes) -> Path:
@@ -34,47 +34,53 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in values)
 
 
-def pareto_mask(points: np.ndarray) -> np.ndarray:
-    """Non-dominated rows of ``points``, every column minimised."""
-    keep = np.ones(len(points), dtype=bool)
-    for i, p in enumerate(points):
-        dominated = np.all(points <= p, axis=1) & np.any(points < p, axis=1)
-        keep[i] = not dominated.any()
-    return keep
+def objective_names_of(study: optuna.Study) -> list[str]:
+    """The study's objectives, by the metric names it was created with."""
+    names = study.metric_names
+    if not names or len(names) != len(study.directions):
+        raise ValueError(f"study {study.study_name!r} has no metric names; it was not created by this engine")
+    return list(names)
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: objectives, baseline name, recorded attributes, then the parameters."""
+    """One row per trial: number, state, the objectives (by the study's metric names), baseline name, feasible,
+    on_front, recorded attributes, then the parameters."""
+    names = objective_names_of(study)
+    first = ["number", "state", *names, "baseline", "feasible", "on_front"]
     rows = []
     for t in study.get_trials(deepcopy=False):
-        values = t.values if t.values is not None else [np.nan] * len(OBJECTIVES)
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name, **dict(zip(OBJECTIVES, values))}
+        values = t.values if t.values is not None else [np.nan] * len(names)
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, **dict(zip(names, values))}
         row["baseline"] = t.user_attrs.get("baseline", "")
         row["feasible"] = feasible(t)
-        row.update({k: v for k, v in t.user_attrs.items() if k != "baseline"})
+        row.update({k: v for k, v in t.user_attrs.items() if k != "baseline" and k not in names})
         row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=FIRST_COLUMNS)
+        return pd.DataFrame(columns=first)
     done = (df["state"] == "COMPLETE") & df["feasible"]
-    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in DIRECTIONS])
+    if "fidelity" in df.columns:  # screened-only trials are never on the front
+        done &= df["fidelity"].fillna("full").astype(str) != "screen"
     df["on_front"] = False
     if done.any():
-        points = df.loc[done, list(OBJECTIVES)].to_numpy(float) * signs
+        points = df.loc[done, names].to_numpy(float) * signs(names)
         df.loc[done, "on_front"] = pareto_mask(points)
     students = [c for c in df.columns if c.startswith("param:student.")]
     if students:  # a space of students only records no `arch` for them: say which trials trained a student
         inferred = pd.Series(np.where(df[students].notna().any(axis=1), "student", "teacher"), index=df.index)
         df["param:arch"] = df["param:arch"].fillna(inferred) if "param:arch" in df.columns else inferred
     params = sorted(c for c in df.columns if c.startswith("param:"))
-    others = [c for c in df.columns if c not in FIRST_COLUMNS and c not in params]
-    df = df[FIRST_COLUMNS + others + params]
+    others = [c for c in df.columns if c not in first and c not in params]
+    df = df[first + others + params]
     return df.rename(columns={c: c.removeprefix("param:") for c in params})
 
 
 def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    front = df[df["on_front"]].sort_values("accuracy", ascending=False)
+    first = objective_names(df)[0] if len(df.columns) else None
+    front = df[df["on_front"].astype(bool)]
+    if first is not None:
+        front = front.sort_values(first, ascending=bool(signs([first])[0] > 0))
     return {
         "trials": atomic_write(out_dir / "trials.csv", df.to_csv(index=False)),
         "pareto": atomic_write(out_dir / "pareto.csv", front.to_csv(index=False)),
@@ -83,20 +89,6 @@ def write_tables(df: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     return atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def baseline_dominance(df: pd.DataFrame) -> dict[str, int | None]:
-    """For each baseline, a searched front trial that is no worse on all three objectives (or None)."""
-    ok = df[(df["state"] == "COMPLETE") & df["feasible"]]
-    searched = ok[(ok["baseline"] == "") & ok["on_front"]]
-    out: dict[str, int | None] = {}
-    for _, b in ok[ok["baseline"] != ""].iterrows():
-        better = searched[
-            (searched["accuracy"] >= b["accuracy"]) & (searched["size_bytes"] <= b["size_bytes"])
-            & (searched["latency_ms"] <= b["latency_ms"])
-        ]
-        out[b["baseline"]] = int(better["number"].iloc[0]) if len(better) else None
-    return out
 
 
 def students_summary(df: pd.DataFrame) -> dict[str, Any]:

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from objectives import Accuracy, ArtifactSize, BaseCostModel, Measurement, count_macs, count_params
+from objectives import Accuracy, BaseCostModel, BaseObjective, Measurement, Outcome, count_macs, count_params
 from spaces import Artifact, JointSpace, StudentSpace, calibrate, materialize, to_plain
 
 from .data import Splits
-from .early_stopping import Monitor
-from .train import distill, recover
+from .training.early_stopping import Monitor
+from .training.loops import distill, recover
 
 
 @dataclass(frozen=True)
@@ -96,20 +96,20 @@ class Distillation:
 
 @dataclass
 class Evaluation:
-    accuracy: float
-    size_bytes: int
-    latency: Measurement
+    """What one trial produced: its objective values by name, and what it records beside them."""
+
+    values: dict[str, float]
     params: int
     nonzero_params: int
     macs: int
     int8_layers: int
     seconds: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the objectives' own attributes (a latency's spread)
 
     def attrs(self) -> dict[str, Any]:
-        """What a trial records beside its three values."""
-        # accuracy and size are the trial's values already; only what they don't hold goes here
-        out = {k: v for k, v in asdict(self).items() if k not in ("accuracy", "size_bytes", "latency", "seconds")}
-        out["latency_spread_ms"] = self.latency.spread_ms
+        """What a trial records beside its values."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("values", "seconds", "extra")}
+        out.update(self.extra)
         out.update({f"seconds_{k}": round(v, 3) for k, v in self.seconds.items()})
         return out
 
@@ -121,17 +121,18 @@ class Pipeline:
 
     def __init__(
         self, *, teacher: nn.Module, space: JointSpace | StudentSpace, splits: Splits, teacher_logits: torch.Tensor,
-        recovery: Recovery, cost_model: BaseCostModel, calibration_samples: int = 256,
-        distillation: Distillation | None = None, student_logits: torch.Tensor | None = None,
+        recovery: Recovery, cost_model: BaseCostModel, objectives: list[BaseObjective],
+        calibration_samples: int = 256, distillation: Distillation | None = None,
+        student_logits: torch.Tensor | None = None,
     ) -> None:
         self.teacher, self.space, self.splits = teacher, space, splits
         self.teacher_logits, self.recovery, self.cost_model = teacher_logits, recovery, cost_model
+        self.objectives = list(objectives)
         self.distillation = distillation or Distillation()
         # an ensemble's averaged logits when several teachers are given; the model's own otherwise
         self.student_logits = student_logits if student_logits is not None else teacher_logits
         self.calibration = splits.train_x[:calibration_samples]
-        self.accuracy = Accuracy(images=splits.val_x, labels=splits.val_y)
-        self.size = ArtifactSize()
+        self.accuracy = Accuracy(images=splits.val_x, labels=splits.val_y)  # recorded beside any objectives
 
     def is_student(self, params: Mapping[str, Any]) -> bool:
         return isinstance(self.space, StudentSpace) and self.space.is_student(params)
@@ -158,7 +159,7 @@ class Pipeline:
         start = time.perf_counter()
 
         def scored(step: int, m: nn.Module) -> None:
-            monitor.check(step=step, total_steps=total, fraction=checkpoints[step], accuracy=subset(m),
+            monitor.check(step=step, total_steps=total, fraction=checkpoints[step], accuracy=subset.of(m),
                           seconds=time.perf_counter() - start)
 
         distill(
@@ -199,8 +200,19 @@ class Pipeline:
     def materialize(self, model: nn.Module) -> Artifact:
         return materialize(model, input_shape=self.splits.input_shape, calibration=self.calibration.numpy())
 
+    def measure(self, objectives: list[BaseObjective], outcome: Outcome, values: dict[str, float],
+                extra: dict[str, Any]) -> None:
+        """Each objective's value of ``outcome`` into ``values`` (a measurement's median), its attributes into
+        ``extra``."""
+        for objective in objectives:
+            value = objective(outcome)
+            values[objective.name] = float(value.value_ms if isinstance(value, Measurement) else value)
+            extra.update(objective.attrs(value))
+
     def evaluate(self, params: dict[str, Any], monitor: Monitor | None = None) -> Evaluation:
         seconds: dict[str, float] = {}
+        values: dict[str, float] = {}
+        extra: dict[str, Any] = {}
 
         @contextmanager
         def stage(name: str):
@@ -208,31 +220,34 @@ class Pipeline:
             yield
             seconds[name] = time.perf_counter() - start
 
-        student, early = self.is_student(params), None
+        structural = [o for o in self.objectives if o.structural]
+        student = self.is_student(params)
         if student:
-            # Size and latency depend on the structure only: measured before training (early stopping needs
-            # them) on the untrained student, and kept as the trial's values (the trained one has the same graph).
+            # The structural objectives (size, latency, ...) depend on the structure only: measured before
+            # training (early stopping needs them) on the untrained student, and kept as the trial's values (the
+            # trained one has the same graph).
             with stage("latency"):
-                early = self.materialize(self.untrained(params))
-                latency = self.cost_model.latency_ms(early)
+                untrained = self.untrained(params)
+                early = self.materialize(untrained)
+                self.measure(structural, Outcome(untrained, early), values, extra)
             if monitor is not None:
-                monitor.start(size_bytes=float(self.size(early)), latency_ms=latency.value_ms,
+                monitor.start(values={o.name: values[o.name] for o in structural},
                               total_steps=self.distillation.total_steps(len(self.splits.train_x)))
         with stage("build"):
             model = self.build(params, monitor, seconds)
-        with stage("accuracy"):
-            accuracy = self.accuracy(model)
         with stage("materialize"):
             artifact = self.materialize(model)
             plain = to_plain(model)
-        if early is None:
+        outcome = Outcome(model, artifact)
+        with stage("accuracy"):
+            self.measure([o for o in self.objectives if not o.structural], outcome, values, extra)
+        if not student:
             with stage("latency"):
-                latency = self.cost_model.latency_ms(artifact)
+                self.measure(structural, outcome, values, extra)
         else:
             assert len(artifact.packed) == len(early.packed), "a student's size changed in training"
         total, nonzero = count_params(plain)
         return Evaluation(
-            accuracy=accuracy, size_bytes=int(self.size(artifact)), latency=latency, params=total,
-            nonzero_params=nonzero, macs=count_macs(plain, self.splits.input_shape),
-            int8_layers=len(artifact.int8_layers), seconds=seconds,
+            values=values, params=total, nonzero_params=nonzero, macs=count_macs(plain, self.splits.input_shape),
+            int8_layers=len(artifact.int8_layers), seconds=seconds, extra=extra,
         )

@@ -1,9 +1,9 @@
-"""The Optuna study: three objectives, baselines enqueued first, failures recorded, resumable by name."""
+"""The Optuna study: the configured objectives, baselines enqueued first, failures recorded, resumable by name."""
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,12 +11,14 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from objectives import BaseObjective
 from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 
-from .analysis import hypervolume, reference
-from .early_stopping import EarlyStopping, Monitor
-from .outputs import DIRECTIONS, OBJECTIVES, trials_frame
+from . import _optuna
+from .front import hypervolume, reference
+from .outputs import trials_frame
 from .pipeline import Pipeline
+from .training.early_stopping import EarlyStopping, Monitor
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -25,44 +27,64 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 class Constraints:
     """Optional limits; a trial past one is stored as infeasible (``trial.set_constraint``, <= 0 is feasible)."""
 
-    max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 point) below the uncompressed model
+    max_accuracy_drop: float | None = None  # accuracy fraction (0.01 = 1 point) below the uncompressed model
     max_latency_ms: float | None = None
     max_size_bytes: float | None = None
 
     def __post_init__(self) -> None:
         for key, value in vars(self).items():
-            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise ValueError(f"study.constraints.{key} must be a number >= 0 or null, got {value!r}")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop >= 1:
+            raise ValueError(f"study.constraints.max_accuracy_drop is a fraction in [0, 1) (0.01 = 1 point), got "
+                             f"{self.max_accuracy_drop!r}")
 
-    def violations(self, values: tuple[float, float, float], reference_accuracy: float) -> dict[str, float]:
-        accuracy, size, latency = values
+    def limits(self) -> dict[str, float]:
+        """{objective name: the largest value allowed} of the ``max_<objective>`` limits set."""
+        return {k.removeprefix("max_"): v for k, v in vars(self).items()
+                if v is not None and k != "max_accuracy_drop"}
+
+    def check(self, objectives: list[str]) -> None:
+        """Every constraint must name one of the study's objectives."""
+        needed = [*self.limits(), *(["accuracy"] if self.max_accuracy_drop is not None else [])]
+        for name in needed:
+            if name not in objectives:
+                key = "max_accuracy_drop" if name == "accuracy" else f"max_{name}"
+                raise ValueError(f"study.constraints.{key}: {name} is not an objective of this study {objectives}")
+
+    def violations(self, values: Mapping[str, float], reference_accuracy: float) -> dict[str, float]:
+        """{constraint: excess} (<= 0 is feasible), by objective name."""
         out = {}
         if self.max_accuracy_drop is not None:
-            out["accuracy_drop"] = (reference_accuracy - accuracy) - self.max_accuracy_drop
-        if self.max_latency_ms is not None:
-            out["latency_ms"] = latency - self.max_latency_ms
-        if self.max_size_bytes is not None:
-            out["size_bytes"] = size - self.max_size_bytes
+            out["accuracy_drop"] = (reference_accuracy - values["accuracy"]) - self.max_accuracy_drop
+        for name, limit in self.limits().items():
+            out[name] = values[name] - limit
         return out
 
 
-def open_study(*, name: str, storage: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, directions=list(DIRECTIONS), load_if_exists=True
-    )
-    if study.directions != [optuna.study.StudyDirection[d.upper()] for d in DIRECTIONS]:
-        raise ValueError(f"study.name: {name!r} exists in {storage} with other objectives; choose another name")
+def open_study(*, name: str, storage: str, sampler: optuna.samplers.BaseSampler,
+               objectives: Sequence[BaseObjective]) -> optuna.Study:
+    """The study ``name`` (created, or loaded to resume): one direction and metric name per objective."""
+    names = [o.name for o in objectives]
+    directions = [o.direction for o in objectives]
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
+                                load_if_exists=True)
+    if study.metric_names is not None and list(study.metric_names) != names or \
+            study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions]:
+        raise ValueError(f"objectives: study {name!r} in {storage} has objectives {study.metric_names}, not {names}; "
+                         "choose another study.name")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(OBJECTIVES))
+        study.set_metric_names(names)
     return study
 
 
-def fail_interrupted(study: optuna.Study) -> int:
+def fail_interrupted(study: optuna.Study, storage: str) -> int:
     """Trials left RUNNING by a killed search are closed as FAIL; finished ones are kept as they are."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted: the search stopped during this trial")
+        _optuna.set_user_attr(storage, study.study_name, t.number, "error",
+                              "interrupted: the search stopped during this trial")
         study.tell(t.number, state=TrialState.FAIL)
     return len(stale)
 
@@ -91,8 +113,8 @@ def searched_done(study: optuna.Study) -> int:
 
 
 def progress(study: optuna.Study) -> dict[str, Any]:
-    """What the progress bar shows after each trial: failures, front size and hypervolume (``analysis.py``:
-    share of the box up to the reference point 1.1 x the uncompressed model's size and latency, accuracy 0)."""
+    """What the progress bar shows after each trial: failures, front size and hypervolume (``front.py``: share of
+    the box up to the reference point 1.1 x the uncompressed model's value of each relative objective)."""
     df = trials_frame(study)
     return {"failed": int((df["state"] == "FAIL").sum()), "pruned": int((df["state"] == "PRUNED").sum()),
             "front": int(df["on_front"].sum()),
@@ -102,7 +124,7 @@ def progress(study: optuna.Study) -> dict[str, Any]:
 def make_objective(
     pipeline: Pipeline, space: JointSpace | StudentSpace, constraints: Constraints, reference_accuracy: float,
     early_stopping: EarlyStopping | None = None,
-) -> Callable[[optuna.Trial], tuple[float, float, float]]:
+) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The trial function: sample, evaluate, record. A student trial runs under a ``Monitor`` that records its
     learning curve and, with ``early_stopping.enabled``, stops it (PRUNED) when it cannot reach the front."""
     rule = early_stopping or EarlyStopping()
@@ -112,9 +134,9 @@ def make_objective(
             return None
         drop = constraints.max_accuracy_drop
         return Monitor(rule=rule, trial=trial, floor=None if drop is None else reference_accuracy - drop,
-                       max_size_bytes=constraints.max_size_bytes, max_latency_ms=constraints.max_latency_ms)
+                       limits=constraints.limits(), objectives=pipeline.objectives)
 
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         params = space.sample(trial)
         try:
             monitor = monitor_for(trial, params)
@@ -127,10 +149,9 @@ def make_objective(
             raise
         for key, value in evaluation.attrs().items():
             trial.set_user_attr(key, value)
-        values = (evaluation.accuracy, float(evaluation.size_bytes), evaluation.latency.value_ms)
-        for key, value in constraints.violations(values, reference_accuracy).items():
+        for key, value in constraints.violations(evaluation.values, reference_accuracy).items():
             trial.set_constraint(key, value)
-        return values
+        return tuple(evaluation.values[o.name] for o in pipeline.objectives)
 
     return objective
 

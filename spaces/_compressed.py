@@ -1,41 +1,21 @@
-"""Conv2d/Linear that carry a sparsity mask, a weight bit-width and an input activation quantizer.
+"""Conv2d/Linear that carry a sparsity mask, a weight quantizer and an input activation quantizer.
 
-The swap is done by class (``layer.__class__ = CompressedConv2d``) on a model the caller already
-copied, so fqns and parameter names stay those of the teacher. ``effective_weight`` is exactly
-what the packed artifact stores: masked, then affine per-channel quantized.
+The swap is done by class (``layer.__class__ = CompressedConv2d``) on a model the caller already copied, so
+fqns and parameter names stay those of the teacher. ``effective_weight`` is exactly what the packed
+artifact stores: masked, then quantized by the layer's ``WeightQuantizer`` (a knob's, e.g. linear per-channel
+or k-means weight sharing), which also says how the weight is packed and whether ONNX runs it on int8 kernels.
 """
 from __future__ import annotations
+
+import abc
+import copy
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLOAT_BITS = 32  # "bits = 32" means the tensor stays float32
-
-
-def weight_qparams(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel affine scale and zero point; the range always holds 0 so pruned weights stay 0."""
-    flat = w.detach().reshape(w.shape[0], -1)
-    qmax = 2**bits - 1
-    lo = flat.min(dim=1).values.clamp(max=0.0)
-    hi = flat.max(dim=1).values.clamp(min=0.0)
-    scale = (hi - lo) / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero_point = torch.round(-lo / scale).clamp(0, qmax)
-    return scale, zero_point
-
-
-def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(integer codes in [0, 2**bits - 1], scale, zero point), codes shaped like ``w``."""
-    scale, zp = weight_qparams(w, bits)
-    view = (-1,) + (1,) * (w.dim() - 1)
-    codes = torch.clamp(torch.round(w.detach() / scale.view(view)) + zp.view(view), 0, 2**bits - 1)
-    return codes, scale, zp
-
-
-def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
-    view = (-1,) + (1,) * (codes.dim() - 1)
-    return (codes - zp.view(view)) * scale.view(view)
+from .packing import FLOAT_BITS, PackedTensor, dequantize_weight, quantize_weight
 
 
 def fake_quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -44,6 +24,45 @@ def fake_quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if not (w.requires_grad and torch.is_grad_enabled()):
         return q  # bit-exact with what the packed file decodes to
     return w + (q - w).detach()
+
+
+class WeightQuantizer(nn.Module, abc.ABC):
+    """How a compressed layer's weight is stored (a submodule ``wq`` of the layer, set by a quantize-phase knob).
+
+    ``forward(w)`` returns the values the packed file decodes to (differentiable for fine-tuning);
+    ``packed(name, w, mask)`` the tensor to write; ``int8`` whether ONNX Runtime runs the layer on int8 kernels
+    (with 8-bit inputs) and reproduces those values there.
+    """
+
+    bits: int
+    int8: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def forward(self, w: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def packed(self, name: str, w: torch.Tensor, mask: torch.Tensor | None) -> PackedTensor: ...
+
+
+class LinearQuantizer(WeightQuantizer):
+    """Affine per-output-channel quantization at ``bits`` (2-8): integer codes, a scale and a zero point per
+    channel; ONNX runs it as int8 QDQ (the codes fit int8's grid exactly only at 8 bits, but the engine's
+    export reproduces the dequantized values, see ``materialize``)."""
+
+    int8 = True
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = int(bits)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_weight(w, self.bits)
+
+    def packed(self, name: str, w: torch.Tensor, mask: torch.Tensor | None) -> PackedTensor:
+        return PackedTensor(name, w, bits=self.bits, mask=mask)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
 
 
 class ActFakeQuant(nn.Module):
@@ -81,16 +100,26 @@ class ActFakeQuant(nn.Module):
 class _Compressed:
     weight: nn.Parameter
     weight_mask: torch.Tensor | None
-    wbits: int
+    wq: WeightQuantizer | None
     act: ActFakeQuant | None
 
     def effective_weight(self) -> torch.Tensor:
         w = self.weight
         if self.weight_mask is not None:
             w = w * self.weight_mask
-        if self.wbits < FLOAT_BITS:
-            w = fake_quantize_weight(w, self.wbits)
+        if self.wq is not None:
+            w = self.wq(w)
         return w
+
+    @property
+    def wbits(self) -> int:
+        """The stored bit-width of the weights (32 = float)."""
+        return self.wq.bits if self.wq is not None else FLOAT_BITS
+
+    @property
+    def runs_int8(self) -> bool:
+        """Weights and inputs both quantized in a form ONNX Runtime's int8 kernels reproduce."""
+        return self.wq is not None and self.wq.int8 and self.act is not None and self.act.bits <= 8
 
 
 class CompressedConv2d(_Compressed, nn.Conv2d):
@@ -113,7 +142,7 @@ def compressed(layer: nn.Module) -> _Compressed:
         return layer
     layer.__class__ = CompressedConv2d if isinstance(layer, nn.Conv2d) else CompressedLinear
     layer.register_buffer("weight_mask", None)
-    layer.wbits, layer.act = FLOAT_BITS, None
+    layer.wq, layer.act = None, None
     return layer
 
 
@@ -126,15 +155,13 @@ def layer_bits(layer: nn.Module) -> tuple[int, int]:
 
 def to_plain(model: nn.Module) -> nn.Module:
     """A copy where every compressed layer is a plain Conv2d/Linear holding its effective weight."""
-    import copy
-
     model = copy.deepcopy(model).eval()
     for module in model.modules():
         if isinstance(module, _Compressed):
             with torch.no_grad():
                 w = module.effective_weight().detach().clone()
             module.__class__ = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
-            del module.act, module.wbits
+            del module.act, module.wq
             delattr(module, "weight_mask")
             module.weight = nn.Parameter(w)
     return model

@@ -10,18 +10,19 @@ import io
 import logging
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from ._compressed import FLOAT_BITS, _Compressed, layer_bits, to_plain
-from .packing import PackedTensor, pack
+from ._compressed import WeightQuantizer, _Compressed, to_plain
+from .packing import FLOAT_BITS, PackedTensor, pack
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -39,29 +40,35 @@ class Artifact:
 
 
 def packed_tensors(model: nn.Module) -> list[PackedTensor]:
-    """Every tensor needed to run ``model``, with the bits and mask each is stored at."""
+    """Every tensor needed to run ``model``, each as its layer's weight quantizer stores it.
+
+    A weight quantizer's own state (a k-means codebook and assignment) is not stored beside the weight: the
+    weight's packed form holds it."""
     compressed = {n: m for n, m in model.named_modules() if isinstance(m, _Compressed)}
+    quantizers = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, WeightQuantizer))
     out = []
     for key, value in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
-        if leaf == "num_batches_tracked" or key.endswith((".weight_mask", ".act.calibrated")):
+        if leaf == "num_batches_tracked" or key.endswith((".weight_mask", ".act.calibrated")) \
+                or key.startswith(quantizers):
             continue
         layer = compressed.get(owner)
         if layer is not None and leaf == "weight":
             mask = layer.weight_mask
             raw = value * mask if mask is not None else value
-            out.append(PackedTensor(key, raw, bits=layer.wbits, mask=mask))
+            if layer.wq is None:
+                out.append(PackedTensor(key, raw, bits=FLOAT_BITS, mask=mask))
+            else:
+                with torch.no_grad():
+                    out.append(layer.wq.packed(key, raw, mask))
         else:
             out.append(PackedTensor(key, value.float()))
     return out
 
 
 def int8_layers(model: nn.Module) -> list[str]:
-    """Layers whose weights (<= 8 bits) and inputs (8 bits) are both quantized."""
-    return [
-        name for name, m in model.named_modules()
-        if isinstance(m, _Compressed) and m.wbits <= 8 and layer_bits(m)[1] <= 8
-    ]
+    """Layers whose weights and inputs are both quantized for ONNX Runtime's int8 kernels."""
+    return [name for name, m in model.named_modules() if isinstance(m, _Compressed) and m.runs_int8]
 
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
@@ -75,6 +82,26 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     return buf.getvalue()
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Drop the root logger's records below ERROR for the duration, then restore it exactly as it was.
+
+    ONNX Runtime calls ``logging.warning`` on the root logger, which would also install a stderr handler
+    (``logging.basicConfig``) on a root without one: a null handler stands in while it runs."""
+    root = logging.getLogger()
+    level, stand_in = root.level, None
+    if not root.handlers:
+        stand_in = logging.NullHandler()
+        root.addHandler(stand_in)
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
 def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.ndarray) -> bytes:
@@ -105,15 +132,12 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model_bytes)
-        logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger each call
-        try:
+        with _quiet_root_logger():  # its advice to pre-process goes to the root logger each call
             quantize_static(
                 str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
             )
-        finally:
-            logging.disable(logging.NOTSET)
         return dst.read_bytes()
 
 

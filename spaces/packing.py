@@ -7,20 +7,24 @@ Layout: ``b"CPZ1"``, a little-endian u32 header length, a compact JSON header li
 - quantized weights (bits b <= 8): per output channel float32 scale and uint8 zero point, then the
   kept values' integer codes packed at b bits;
 - sparse tensors: before the values, either a bitmask (1 bit per weight) or the kept positions'
-  indices at ceil(log2 n) bits each, whichever is smaller.
+  indices at ceil(log2 n) bits each, whichever is smaller;
+- a tensor of another codec (header key ``"c"``, e.g. ``"kmeans"`` for shared values): its payload is the
+  codec's own, after the sparse encoding. A knob that stores weights its own way registers a codec
+  (``register_codec``) in its module; files without one are unchanged.
 """
 from __future__ import annotations
 
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 MAGIC = b"CPZ1"
-FLOAT_BITS = 32
+FLOAT_BITS = 32  # "bits = 32" means the tensor stays float32
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,54 @@ class PackedTensor:
     values: torch.Tensor  # float values before quantization (masked weights, biases, ranges)
     bits: int = FLOAT_BITS
     mask: torch.Tensor | None = None  # 1 = kept; None = dense
+    codec: str | None = None  # None: float (bits 32) or linear per-channel (bits <= 8); else a registered codec
 
 
-def _pack_bits(values: np.ndarray, width: int) -> bytes:
+@dataclass(frozen=True)
+class Codec:
+    """A way to store a tensor's kept values: ``encode(kept values, bits) -> (header entries, payload)`` and
+    ``decode(data, pos, header, kept count) -> (kept values, next pos)``."""
+
+    encode: Callable[[torch.Tensor, int], tuple[dict, bytes]]
+    decode: Callable[[bytes, int, dict, int], tuple[torch.Tensor, int]]
+
+
+CODECS: dict[str, Codec] = {}
+
+
+def register_codec(name: str, codec: Codec) -> None:
+    """Make ``name`` a codec of packed files (a knob module does this once, at import)."""
+    if name in CODECS and CODECS[name] != codec:
+        raise ValueError(f"packing codec {name!r} is already registered")
+    CODECS[name] = codec
+
+
+def weight_qparams(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel affine scale and zero point; the range always holds 0 so pruned weights stay 0."""
+    flat = w.detach().reshape(w.shape[0], -1)
+    qmax = 2**bits - 1
+    lo = flat.min(dim=1).values.clamp(max=0.0)
+    hi = flat.max(dim=1).values.clamp(min=0.0)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(-lo / scale).clamp(0, qmax)
+    return scale, zero_point
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(integer codes in [0, 2**bits - 1], scale, zero point), codes shaped like ``w``."""
+    scale, zp = weight_qparams(w, bits)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    codes = torch.clamp(torch.round(w.detach() / scale.view(view)) + zp.view(view), 0, 2**bits - 1)
+    return codes, scale, zp
+
+
+def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    view = (-1,) + (1,) * (codes.dim() - 1)
+    return (codes - zp.view(view)) * scale.view(view)
+
+
+def pack_bits(values: np.ndarray, width: int) -> bytes:
     """Unsigned ints in [0, 2**width) packed ``width`` bits each, little-endian bit order."""
     if values.size == 0:
         return b""
@@ -39,13 +88,13 @@ def _pack_bits(values: np.ndarray, width: int) -> bytes:
     return np.packbits(bits.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
 
 
-def _unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
+def unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
     bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: count * width]
     weights = (1 << np.arange(width, dtype=np.uint64))
     return (bits.reshape(count, width).astype(np.uint64) * weights).sum(axis=1)
 
 
-def _nbytes(count: int, width: int) -> int:
+def nbytes(count: int, width: int) -> int:
     return math.ceil(count * width / 8)
 
 
@@ -57,12 +106,10 @@ def sparse_encoding(n: int, kept: int) -> str:
     """'dense', 'bitmask' or 'index': the cheapest way to say which of ``n`` weights are kept."""
     if kept == n:
         return "dense"
-    return "index" if _nbytes(kept, _index_width(n)) < _nbytes(n, 1) else "bitmask"
+    return "index" if nbytes(kept, _index_width(n)) < nbytes(n, 1) else "bitmask"
 
 
 def _encode(t: PackedTensor) -> tuple[dict, bytes]:
-    from ._compressed import quantize_weight
-
     values = t.values.detach().float()
     flat_mask = (t.mask.reshape(-1) > 0) if t.mask is not None else torch.ones(values.numel(), dtype=torch.bool)
     n, kept = values.numel(), int(flat_mask.sum())
@@ -70,19 +117,29 @@ def _encode(t: PackedTensor) -> tuple[dict, bytes]:
     head = {"n": t.name, "s": list(values.shape), "b": t.bits, "e": encoding}
     parts = []
     if encoding == "bitmask":
-        parts.append(_pack_bits(flat_mask.numpy().astype(np.uint64), 1))
+        parts.append(pack_bits(flat_mask.numpy().astype(np.uint64), 1))
     elif encoding == "index":
         head["k"] = kept
         idx = torch.nonzero(flat_mask).flatten().numpy()
-        parts.append(_pack_bits(idx, _index_width(n)))
-    if t.bits >= FLOAT_BITS:
+        parts.append(pack_bits(idx, _index_width(n)))
+    if t.codec is not None:
+        extra, payload = _codec(t.codec).encode(values.reshape(-1)[flat_mask], t.bits)
+        head.update({"c": t.codec, **extra})
+        parts.append(payload)
+    elif t.bits >= FLOAT_BITS:
         parts.append(values.reshape(-1)[flat_mask].numpy().astype("<f4").tobytes())
     else:
         codes, scale, zp = quantize_weight(values, t.bits)
         parts.append(scale.numpy().astype("<f4").tobytes())
         parts.append(zp.numpy().astype(np.uint8).tobytes())
-        parts.append(_pack_bits(codes.reshape(-1)[flat_mask].numpy().astype(np.uint64), t.bits))
+        parts.append(pack_bits(codes.reshape(-1)[flat_mask].numpy().astype(np.uint64), t.bits))
     return head, b"".join(parts)
+
+
+def _codec(name: str) -> Codec:
+    if name not in CODECS:
+        raise ValueError(f"unknown packing codec {name!r}; registered: {sorted(CODECS)}")
+    return CODECS[name]
 
 
 def pack(tensors: list[PackedTensor]) -> bytes:
@@ -110,30 +167,31 @@ def _unpack(data: bytes) -> dict[str, torch.Tensor]:
         n = math.prod(shape)
         mask = np.ones(n, dtype=bool)
         if enc == "bitmask":
-            mask = _unpack_bits(data[pos : pos + _nbytes(n, 1)], n, 1).astype(bool)
-            pos += _nbytes(n, 1)
+            mask = unpack_bits(data[pos : pos + nbytes(n, 1)], n, 1).astype(bool)
+            pos += nbytes(n, 1)
         elif enc == "index":
             k, width = h["k"], _index_width(n)
             mask = np.zeros(n, dtype=bool)
-            mask[_unpack_bits(data[pos : pos + _nbytes(k, width)], k, width).astype(np.int64)] = True
-            pos += _nbytes(k, width)
+            mask[unpack_bits(data[pos : pos + nbytes(k, width)], k, width).astype(np.int64)] = True
+            pos += nbytes(k, width)
         kept = int(mask.sum())
         flat = torch.zeros(n)
-        if bits >= FLOAT_BITS:
+        if "c" in h:
+            kept_values, pos = _codec(h["c"]).decode(data, pos, h, kept)
+            flat[torch.from_numpy(mask)] = kept_values
+        elif bits >= FLOAT_BITS:
             flat[torch.from_numpy(mask)] = torch.from_numpy(
                 np.frombuffer(data[pos : pos + 4 * kept], "<f4").copy()
             )
             pos += 4 * kept
         else:
-            from ._compressed import dequantize_weight
-
             rows = shape[0]
             scale = torch.from_numpy(np.frombuffer(data[pos : pos + 4 * rows], "<f4").copy())
             zp = torch.from_numpy(np.frombuffer(data[pos + 4 * rows : pos + 5 * rows], np.uint8).astype(np.float32))
             pos += 5 * rows
             codes = np.zeros(n, dtype=np.float32)
-            codes[mask] = _unpack_bits(data[pos : pos + _nbytes(kept, bits)], kept, bits)
-            pos += _nbytes(kept, bits)
+            codes[mask] = unpack_bits(data[pos : pos + nbytes(kept, bits)], kept, bits)
+            pos += nbytes(kept, bits)
             flat = dequantize_weight(torch.from_numpy(codes).reshape(shape), scale, zp).reshape(-1)
             flat[~torch.from_numpy(mask)] = 0.0
         if pos > len(data):

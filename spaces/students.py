@@ -21,7 +21,7 @@ import optuna
 import torch
 from torch import nn
 
-from ._base import BaseFamily, BaseSpace
+from ._base import BaseFamily, BaseKnob
 from .fold import fold_batchnorm
 from .joint import JointSpace
 
@@ -128,10 +128,10 @@ class StudentSpace:
 
     # ---------------------------------------------------------------- what a teacher trial needs
     @property
-    def spaces(self) -> list[BaseSpace]:
+    def spaces(self) -> list[BaseKnob]:
         return self.teacher.spaces
 
-    def __getitem__(self, knob: str) -> BaseSpace:
+    def __getitem__(self, knob: str) -> BaseKnob:
         return self.teacher[knob]
 
     def __contains__(self, knob: str) -> bool:

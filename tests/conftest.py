@@ -13,7 +13,8 @@ import numpy as np
 import optuna
 import pytest
 
-from search.outputs import DIRECTIONS, OBJECTIVES
+OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
+DIRECTIONS = ("maximize", "minimize", "minimize")
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +113,7 @@ def synthetic_study(tmp_path) -> Callable[..., optuna.Study]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     """One headless Chromium per test module; skipped where there is none (nothing is downloaded)."""
-    from search.browser import Browser, find_chromium
+    from search.report.browser import Browser, find_chromium
 
     if find_chromium() is None:
         pytest.skip("no Chromium/Chrome found on PATH or at /usr/bin/chromium (apt-get install -y chromium)")

@@ -6,7 +6,7 @@ import re
 import pandas as pd
 import pytest
 
-from search import plots
+from search.report import plots
 
 BASELINES = ("uncompressed", "uniform_int8")
 FAIL_NUMBER = 9

@@ -33,8 +33,8 @@ def artifact_of(width: int, int8: bool = False) -> spaces.Artifact:
     model = toy(width)
     calibration = np.random.default_rng(0).standard_normal((32, *SHAPE[1:]), dtype=np.float32)
     if int8:
-        space = spaces.JointSpace([spaces.QuantSpace(model=model, weight_bits=[8, 32], act_bits=[8, 32])])
-        model = space.apply(model, space.with_values(bits=space["bits"].uniform(8, 8)))
+        space = spaces.JointSpace([spaces.BitsKnob(model=model, choices=[8, 32]), spaces.ActivationBitsKnob(model=model)])
+        model = space.apply(model, space.with_values(bits=space["bits"].uniform(8), abits=space["abits"].uniform(8)))
         spaces.calibrate(model, [torch.from_numpy(calibration)])
     return spaces.materialize(model.eval(), input_shape=SHAPE, calibration=calibration)
 
@@ -50,7 +50,7 @@ def large() -> spaces.Artifact:
 
 
 def build_table(root, artifacts, *, threads: int = 1) -> LatencyTable:
-    """A table from profiled runs of ``artifacts`` (what ``python -m search.lut build`` does per configuration)."""
+    """A table from profiled runs of ``artifacts`` (what ``python -m search.hardware build`` does per configuration)."""
     table = LatencyTable(_ort.fingerprint(threads=threads, batch_size=BATCH), meta={"built": "test"})
     residuals = []
     cpu = OrtCpuCostModel(batch_size=BATCH, threads=threads, warmup=3, repeats=15, settle_s=0)
@@ -71,64 +71,99 @@ def lut_root(tmp_path_factory, small, large):
     return root
 
 
-def factories(lut_root):
-    yield "cpu", lambda: OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0)
-    yield "cpu-isolated", lambda: OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0,
-                                                   isolate=True)
-    yield "cpu-torch", lambda: OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0,
-                                                runtime="torch")
-    yield "lut", lambda: LutCostModel(table=str(lut_root), batch_size=BATCH, threads=1)
-    yield "analytic", lambda: AnalyticCostModel(device="test CPU", peak_tops={"fp32": 0.1, "int8": 0.3},
-                                                memory_gbs=10.0, overhead_us=2.0, batch_size=BATCH)
-    yield "gpu", lambda: CudaCostModel(batch_size=BATCH, warmup=3, repeats=10)
-
-
-NAMES = ["cpu", "cpu-isolated", "cpu-torch", "lut", "analytic", "gpu"]
-
-
-@pytest.fixture(params=NAMES)
-def cost_model(request, lut_root) -> BaseCostModel:
-    if request.param == "gpu" and not cuda_available()[0]:
-        pytest.skip(f"gpu cost model: {cuda_available()[1]}")
-    model = dict(factories(lut_root))[request.param]()
-    yield model
-    if hasattr(model, "close"):
-        model.close()
-
-
 # --------------------------------------------------------------------------- the contract
 
 
-def test_contract_latency_is_a_positive_finite_measurement(cost_model, small, large):
-    for a in (small, large):
-        m = cost_model.latency_ms(a)
-        assert isinstance(m, Measurement)
-        assert math.isfinite(m.value_ms) and m.value_ms > 0
-        assert math.isfinite(m.spread_ms) and m.spread_ms >= 0
+class CostModelContract:
+    """What every cost model honours; one subclass per cost model (and per runtime setting worth covering)
+    implements ``make(lut_root)``."""
+
+    def make(self, lut_root) -> BaseCostModel:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def cost_model(self, lut_root) -> BaseCostModel:
+        model = self.make(lut_root)
+        yield model
+        if hasattr(model, "close"):
+            model.close()
+
+    def test_latency_is_a_positive_finite_measurement(self, cost_model, small, large):
+        for a in (small, large):
+            m = cost_model.latency_ms(a)
+            assert isinstance(m, Measurement)
+            assert math.isfinite(m.value_ms) and m.value_ms > 0
+            assert math.isfinite(m.spread_ms) and m.spread_ms >= 0
+
+    def test_a_16x_wider_model_costs_more(self, cost_model, small, large):
+        # 4 vs 64 channels: about 250x the multiply-accumulates in the second convolution
+        assert cost_model.latency_ms(large).value_ms > 1.5 * cost_model.latency_ms(small).value_ms
+
+    def test_measure_many_gives_one_reading_per_artifact(self, cost_model, small, large):
+        both = cost_model.measure_many([small, large])
+        assert len(both) == 2 and both[1].value_ms > both[0].value_ms > 0
+
+    def test_quick_is_the_same_cost_model_with_a_short_protocol(self, cost_model, large):
+        quick = cost_model.quick(warmup=1, repeats=3)
+        assert isinstance(quick, type(cost_model)) and quick.describe()["cost_model"] == cost_model.name
+        assert quick.latency_ms(large).value_ms > 0
+        assert (quick is cost_model) == (not cost_model.measures)
+
+    def test_describe_is_json_and_names_the_model_and_device(self, cost_model):
+        d = cost_model.describe()
+        json.dumps(d)
+        assert d["cost_model"] == cost_model.name and isinstance(d["device"], str) and d["device"]
+
+    def test_reference_measures_on_a_real_runtime(self, cost_model, small):
+        ref = cost_model.reference()
+        assert isinstance(ref, BaseCostModel) and ref.measures
+        assert (ref is cost_model) == cost_model.measures
+        assert ref.latency_ms(small).value_ms > 0
+
+    def test_predictors_are_deterministic(self, cost_model, large):
+        if cost_model.measures:
+            pytest.skip("a measurement varies from run to run")
+        assert cost_model.latency_ms(large).value_ms == cost_model.latency_ms(large).value_ms
 
 
-def test_contract_a_16x_wider_model_costs_more(cost_model, small, large):
-    # 4 vs 64 channels: about 250x the multiply-accumulates in the second convolution
-    assert cost_model.latency_ms(large).value_ms > 1.5 * cost_model.latency_ms(small).value_ms
+class TestOrtCpuCostModel(CostModelContract):
+    def make(self, lut_root):
+        return OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0)
 
 
-def test_contract_describe_is_json_and_names_the_model_and_device(cost_model):
-    d = cost_model.describe()
-    json.dumps(d)
-    assert d["cost_model"] == cost_model.name and isinstance(d["device"], str) and d["device"]
+class TestOrtCpuCostModelIsolated(CostModelContract):
+    def make(self, lut_root):
+        return OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0, isolate=True)
 
 
-def test_contract_reference_measures_on_a_real_runtime(cost_model, small):
-    ref = cost_model.reference()
-    assert isinstance(ref, BaseCostModel) and ref.measures
-    assert (ref is cost_model) == cost_model.measures
-    assert ref.latency_ms(small).value_ms > 0
+class TestOrtCpuCostModelTorchRuntime(CostModelContract):
+    def make(self, lut_root):
+        return OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0, runtime="torch")
 
 
-def test_contract_predictors_are_deterministic(cost_model, large):
-    if cost_model.measures:
-        pytest.skip("a measurement varies from run to run")
-    assert cost_model.latency_ms(large).value_ms == cost_model.latency_ms(large).value_ms
+class TestLutCostModel(CostModelContract):
+    def make(self, lut_root):
+        return LutCostModel(table=str(lut_root), batch_size=BATCH, threads=1)
+
+
+class TestAnalyticCostModel(CostModelContract):
+    def make(self, lut_root):
+        return AnalyticCostModel(device="test CPU", peak_tops={"fp32": 0.1, "int8": 0.3}, memory_gbs=10.0,
+                                 overhead_us=2.0, batch_size=BATCH)
+
+
+class TestCudaCostModel(CostModelContract):
+    def make(self, lut_root):
+        if not cuda_available()[0]:
+            pytest.skip(f"gpu cost model: {cuda_available()[1]}")
+        return CudaCostModel(batch_size=BATCH, warmup=3, repeats=10)
+
+
+def test_every_cost_model_class_has_a_contract_test():
+    names = {c.__name__ for c in CostModelContract.__subclasses__()}
+    for cls in (OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel):
+        assert f"Test{cls.__name__}" in names, cls.__name__
+    assert set(BaseCostModel.__subclasses__()) <= {OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel}
 
 
 # --------------------------------------------------------------------------- the lookup table
@@ -182,13 +217,13 @@ def test_a_table_from_another_device_is_used_but_never_extended(tmp_path, small,
     lut = LutCostModel(table=str(tmp_path), device="some-other-cpu-9000", batch_size=BATCH, threads=1)
     assert not lut.same_device
     assert lut.latency_ms(small).value_ms > 0  # every kernel is in the table: a plain lookup
-    with pytest.raises(LookupError, match=r"no entry for \d+ kernel.*Some Other CPU 9000.*search.lut build"):
+    with pytest.raises(LookupError, match=r"no entry for \d+ kernel.*Some Other CPU 9000.*search.hardware build"):
         lut.latency_ms(large)
     assert LatencyTable.load(foreign).entries == table.entries  # nothing was added
 
 
 def test_no_table_is_a_one_line_error_naming_the_device_and_the_command(tmp_path):
-    with pytest.raises(ValueError, match=r"hardware.device: no latency table for device 'nowhere'.*search.lut build") as e:
+    with pytest.raises(ValueError, match=r"hardware.device: no latency table for device 'nowhere'.*search.hardware build") as e:
         LutCostModel(table=str(tmp_path), device="nowhere", batch_size=BATCH, threads=1)
     assert "\n" not in str(e.value)
 
@@ -286,7 +321,7 @@ def test_analytic_narrow_layers_fill_part_of_the_vector_width_and_activations_fu
 
 def test_analytic_charges_an_int8_pool_that_starts_an_int8_region_at_its_own_bandwidth():
     model = toy(8)
-    space = spaces.JointSpace([spaces.QuantSpace(model=model, weight_bits=[8, 32], act_bits=[8, 32])])
+    space = spaces.JointSpace([spaces.BitsKnob(model=model, choices=[8, 32]), spaces.ActivationBitsKnob(model=model)])
     params = space.identity()
     params.update({"bits.3": 8, "abits.3": 8})  # only the second convolution int8: the pool before it enters int8
     q = space.apply(model, params)

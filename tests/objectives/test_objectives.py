@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import spaces
-from objectives import Accuracy, ArtifactSize, Latency, Measurement, OrtCpuCostModel, count_macs, count_params
+from objectives import Accuracy, ArtifactSize, Latency, Measurement, OrtCpuCostModel, Outcome, count_macs, count_params
 from spaces.materialize import export_onnx
 
 
@@ -45,11 +45,11 @@ def test_accuracy_of_a_constant_predictor_is_the_share_of_that_label():
     images = torch.randn(len(labels), 1, 4, 4)
     acc = Accuracy(images=images, labels=labels, batch_size=3)
     model = Constant(3).train()
-    assert acc(model) == pytest.approx(0.4)
+    assert acc.of(model) == pytest.approx(0.4)
     assert model.calls == [3, 3, 3, 1]  # batched, every image seen once
     assert model.training  # the mode is given back
-    assert Accuracy(images=images, labels=labels)(Constant(0)) == pytest.approx(0.2)
-    assert Accuracy(images=images, labels=labels)(Constant(2)) == pytest.approx(0.1)
+    assert Accuracy(images=images, labels=labels)(Outcome(Constant(0), None)) == pytest.approx(0.2)
+    assert Accuracy(images=images, labels=labels).of(Constant(2)) == pytest.approx(0.1)
 
 
 def test_accuracy_rejects_mismatched_lengths():
@@ -65,7 +65,7 @@ def test_accuracy_of_an_onnx_session_matches_pytorch():
     labels = predicted.clone()
     labels[:10] = (labels[:10] + 1) % 5  # exactly 10 of 50 wrong
     acc = Accuracy(images=images, labels=labels, batch_size=16)
-    assert acc(model) == pytest.approx(0.8)
+    assert acc.of(model) == pytest.approx(0.8)
     session = ort.InferenceSession(export_onnx(model, (1, 1, 4, 4)), providers=["CPUExecutionProvider"])
     assert acc.onnx(session) == pytest.approx(0.8)
 
@@ -91,7 +91,7 @@ def test_cost_model_measures_a_positive_median_over_repeats(artifact):
     assert m.value_ms == pytest.approx(float(np.median(m.samples)))
     q1, q3 = np.percentile(m.samples, [25, 75])
     assert m.spread_ms >= 0 and m.spread_ms == pytest.approx(float(q3 - q1))
-    assert Latency(cost_model=OrtCpuCostModel(batch_size=1, threads=1, warmup=0, repeats=3, retries=0, settle_s=0))(artifact) > 0
+    assert Latency(cost_model=OrtCpuCostModel(batch_size=1, threads=1, warmup=0, repeats=3, retries=0, settle_s=0))(Outcome(None, artifact)).value_ms > 0
 
 
 def test_cost_model_feeds_a_batch_of_the_configured_size(artifact, monkeypatch):
@@ -157,7 +157,7 @@ def test_cost_model_rejects_bad_protocol():
 
 
 def test_artifact_size_is_the_packed_length(artifact):
-    assert ArtifactSize()(artifact) == float(len(artifact.packed))
+    assert ArtifactSize()(Outcome(None, artifact)) == float(len(artifact.packed))
     assert ArtifactSize.direction == "minimize" and Accuracy.direction == "maximize"
     assert Latency.direction == "minimize"
 

@@ -21,7 +21,7 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
     ("overrides", "expected"),
     [
         (["space.knobs.sparsity.include=[nolayer.*]"], ["space.knobs.sparsity.include", "nolayer.*", "features.0"]),
-        (["space.knobs.bits.weight_bits=[4,9]"], ["space.knobs.bits.weight_bits", "9", "allowed"]),
+        (["space.knobs.bits.choices=[4,9]"], ["space.knobs.bits.choices", "9", "allowed"]),
         (["space.knobs.sparsity.high=1.0"], ["space.knobs.sparsity.high", "1.0", "[0, 1)"]),
         (["space.knobs.channels.high=1.5"], ["space.knobs.channels", "1.5"]),
         (["data.root=/nonexistent/fmnist", "data.download_dir=null"], ["data.root", "/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
@@ -36,7 +36,7 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
         (["early_stopping.checkpoints=[0.5,1.5]"], ["early_stopping.checkpoints", "1.5", "(0, 1)"]),
         (["space=all", "distill.teachers=[nosuchmodel]"], ["distill.teachers[0]", "nosuchmodel", "resnet8"]),
         (["hardware.batch_size=0"], ["hardware", "batch_size", "0"]),
-        (["hardware=lut", "hardware.device=nowhere"], ["hardware.device", "nowhere", "python -m search.lut build"]),
+        (["hardware=lut", "hardware.device=nowhere"], ["hardware.device", "nowhere", "python -m search.hardware build"]),
         (["hardware=analytic", "hardware.peak_tops.fp32=-1"], ["hardware.peak_tops", "-1", "fp32"]),
         pytest.param(["hardware=gpu"], ["hardware=gpu", "no CUDA device", "hardware=cpu"], marks=pytest.mark.skipif(
             __import__("torch").cuda.is_available(), reason="a GPU is present: hardware=gpu is valid here")),
@@ -60,15 +60,58 @@ def test_unknown_sampler_is_refused_by_hydra(tmp_path, cli_env):
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    ([], "usage: python -m search.lut {build|validate}"),
+    ([], "usage: python -m search.hardware {build|validate}"),
     (["rebuild"], "'rebuild'"),
-    (["build", "hardware=cpu"], "python -m search.lut needs hardware=lut"),
+    (["build", "hardware=cpu"], "python -m search.hardware needs hardware=lut"),
 ])
 def test_lut_command_errors_are_one_line(tmp_path, cli_env, args, expected):
-    proc = subprocess.run([sys.executable, "-m", "search.lut", *args, f"results_dir={tmp_path / 'results'}"]
-                          if args else [sys.executable, "-m", "search.lut"],
+    proc = subprocess.run([sys.executable, "-m", "search.hardware", *args, f"results_dir={tmp_path / 'results'}"]
+                          if args else [sys.executable, "-m", "search.hardware"],
                           cwd=tmp_path, capture_output=True, text=True, env=cli_env, timeout=300)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- every entry point, one shared helper
+
+WRONG = [
+    (["study=smoke"], ["study=smoke", "config section", "experiment=smoke", "study.name=smoke"]),
+    (["study.n_trial=5"], ["study.n_trial=5", "no such key", "study.n_trials"]),
+    (["stdy.name=x"], ["stdy.name=x", "did you mean study.name"]),
+    (["recovery.steps=abc"], ["recovery.steps=abc", "integer"]),
+    (["png=maybe"], ["png=maybe", "true or false"]),
+    (["model=nonexistent"], ["model=nonexistent", "cnn", "resnet8"]),
+    (["sampler=foo"], ["sampler=foo", "tpe", "nsga2"]),
+    (["space=ful"], ["space=ful", "full", "compress"]),
+    (["study.seed=1.5"], ["study.seed=1.5", "integer"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), WRONG)
+def test_a_wrong_override_is_one_line_naming_key_value_and_what_is_allowed(overrides, expected, capsys):
+    from search.cli import entry
+
+    ran = []
+    with pytest.raises(SystemExit) as exc:
+        entry(ran.append, argv=["experiment=smoke", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and ran == [] and len(err) == 1, err
+    for word in expected:
+        assert word in err[0], (word, err[0])
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    ("search", ["study.n_trial=5"]),
+    ("search.pick", ["study=smoke"]),
+    ("search.report", ["recovery.steps=abc"]),
+    ("search.report.dashboard", ["model=nonexistent"]),
+    ("search.hardware", ["build", "stdy.name=x"]),
+])
+def test_every_entry_point_answers_a_wrong_override_in_one_line(tmp_path, cli_env, module, args):
+    proc = subprocess.run([sys.executable, "-m", module, *args, f"results_dir={tmp_path / 'results'}"],
+                          cwd=tmp_path, capture_output=True, text=True, env=cli_env, timeout=300)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert list(tmp_path.iterdir()) == []

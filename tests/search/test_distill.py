@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from search.data import Splits
 from search.models import SmallCNN
 from search.pipeline import Distillation
-from search.teacher import build_model, ensemble_logits
-from search.train import distill, distillation_loss, logits_of
+from search.training.teacher import build_model, ensemble_logits
+from search.training.loops import distill, distillation_loss, logits_of
 
 
 @pytest.fixture(autouse=True)

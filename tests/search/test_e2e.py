@@ -9,8 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from search.outputs import OBJECTIVES
-from search.run import prepare, run
+from search.outputs import DEFAULT_OBJECTIVES as OBJECTIVES
+from search.app import prepare
+from search.run import run
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -62,7 +63,7 @@ def test_recorded_size_is_the_written_file_byte_for_byte(smoke, tmp_path):
         path = tmp_path / f"trial{trial.number}.cpz"
         path.write_bytes(artifact.packed)
         assert path.stat().st_size == trial.values[1]
-        assert prepared.pipeline.accuracy(model) == pytest.approx(trial.values[0], abs=1e-9)
+        assert prepared.pipeline.accuracy.of(model) == pytest.approx(trial.values[0], abs=1e-9)
 
 
 def test_interrupted_search_resumes_without_losing_finished_trials(smoke):
@@ -90,8 +91,8 @@ def test_lut_build_validate_then_search_and_pick_on_the_real_runtime(smoke):
     """The table flow on the real space: build (tiny budget), validate, search on it, pick re-measures."""
     import json
 
-    from search import lut
-    from search.pick import pick
+    from search.hardware import table as lut
+    from search.pick.picker import pick
 
     results, _ = smoke
     table = lut.build(smoke_cfg(results, "hardware=lut", "lut.max_configs=6", "lut.patience=6",
@@ -169,8 +170,8 @@ def test_student_trials_flow_through_the_outputs(students):
 
 
 def test_a_student_trial_replays_byte_for_byte_and_is_picked(students):
-    from search.bundle import load_model
-    from search.pick import pick
+    from search.pick.bundle import load_model
+    from search.pick.picker import pick
 
     results, out, overrides = students
     study = optuna.load_study(study_name="smoke-students", storage=f"sqlite:///{out / 'study.db'}")
@@ -178,7 +179,7 @@ def test_a_student_trial_replays_byte_for_byte_and_is_picked(students):
     prepared = prepare(smoke_cfg(results, *overrides))
     model = prepared.pipeline.build(trial.params)  # the student trained again from its params alone
     assert len(prepared.pipeline.materialize(model).packed) == trial.values[1]
-    assert prepared.pipeline.accuracy(model) == pytest.approx(trial.values[0], abs=1e-9)
+    assert prepared.pipeline.accuracy.of(model) == pytest.approx(trial.values[0], abs=1e-9)
 
     picked = pick(smoke_cfg(results, *overrides, f"pick.trial={trial.number}"))
     report = picked.report
@@ -191,7 +192,7 @@ def test_a_student_trial_replays_byte_for_byte_and_is_picked(students):
 
 
 def test_space_all_holds_teacher_and_student_trials(smoke):
-    from search.run import setup
+    from search.app import setup
     from spaces import StudentSpace
 
     results, _ = smoke

@@ -14,32 +14,44 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import objectives
 from objectives import AnalyticCostModel
 from search.data import Splits
-from search.early_stopping import EarlyStopping, Monitor, need, replay
+from search.training.early_stopping import EarlyStopping, Monitor, need, replay
 from search.models import SmallCNN
 from search.outputs import trials_frame, write_tables
 from search.pipeline import Distillation, Pipeline, Recovery
 from search.study import Constraints, make_objective, open_study, optimize, progress
-from spaces import JointSpace, QuantSpace, StudentFamily, StudentSpace
+from spaces import JointSpace, BitsKnob, ActivationBitsKnob, StudentFamily, StudentSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RECORDED = Path(__file__).parent / "data" / "recorded_students.csv"
 D = optuna.distributions
 
 
+OBJECTIVES = ("accuracy", "size_bytes", "latency_ms")
+DIRECTIONS = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+
+
 def points(*rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["number", "accuracy", "size_bytes", "latency_ms"])
+    return pd.DataFrame(rows, columns=["number", *OBJECTIVES])
+
+
+def need_at(front: pd.DataFrame, size: float, latency: float, **kw):
+    return need(front, values={"size_bytes": size, "latency_ms": latency}, directions=DIRECTIONS, **kw)
 
 
 def test_need_is_the_best_accuracy_no_larger_and_no_slower():
     front = points((0, 0.93, 1000, 5.0), (1, 0.90, 300, 2.0), (2, 0.85, 100, 3.0), (3, 0.80, 50, 0.5))
-    assert need(front, size_bytes=400, latency_ms=2.5).accuracy == 0.90  # trial 1 covers it; 2 is slower
-    assert need(front, size_bytes=120, latency_ms=3.0).accuracy == 0.85
-    assert need(front, size_bytes=40, latency_ms=9.0).accuracy == -math.inf  # smaller than everything: any will do
-    assert need(front, size_bytes=40, latency_ms=9.0, floor=0.92).accuracy == 0.92  # max_accuracy_drop
-    assert "max_size_bytes" in need(front, size_bytes=2000, latency_ms=1, max_size_bytes=1500).impossible
-    assert "max_latency_ms" in need(front, size_bytes=20, latency_ms=4, max_latency_ms=3).impossible
+    assert need_at(front, 400, 2.5).accuracy == 0.90  # trial 1 covers it; 2 is slower
+    assert need_at(front, 120, 3.0).accuracy == 0.85
+    assert need_at(front, 40, 9.0).accuracy == -math.inf  # smaller than everything: any will do
+    assert need_at(front, 40, 9.0, floor=0.92).accuracy == 0.92  # max_accuracy_drop
+    assert "max_size_bytes" in need_at(front, 2000, 1, limits={"size_bytes": 1500}).impossible
+    assert "max_latency_ms" in need_at(front, 20, 4, limits={"latency_ms": 3}).impossible
+    # any objectives: with latency alone, a trial is covered by one no slower
+    alone = need(front, values={"latency_ms": 2.5}, directions=DIRECTIONS)
+    assert alone.accuracy == 0.90
 
 
 def test_forecast_is_learned_from_finished_curves_once_enough_exist():
@@ -85,12 +97,13 @@ def toy():
     teacher = SmallCNN(widths=(8, 16, 32), hidden=16).eval()
     family = StudentFamily(net=functools.partial(SmallCNN, widths=(8, 16, 32), hidden=16),
                            choices={"width_mult": [0.5], "separable": [False, True]})
-    space = StudentSpace(teacher=JointSpace([QuantSpace(model=teacher)]), family=family,
-                         knobs=lambda m: JointSpace([QuantSpace(model=m, weight_bits=[8, 32])]), arch=["student"])
+    space = StudentSpace(teacher=JointSpace([BitsKnob(model=teacher), ActivationBitsKnob(model=teacher)]), family=family,
+                         knobs=lambda m: JointSpace([BitsKnob(model=m, choices=[8, 32]), ActivationBitsKnob(model=m)]), arch=["student"])
     splits = toy_splits()
     cost = AnalyticCostModel(device="toy", peak_tops={"fp32": 0.1, "int8": 0.2}, memory_gbs=8.0, batch_size=8)
     pipeline = Pipeline(teacher=teacher, space=space, splits=splits, teacher_logits=F.one_hot(splits.train_y, 10) * 5.0,
                         recovery=Recovery(steps=0, qat_steps=2, batch_size=32), cost_model=cost, calibration_samples=32,
+                        objectives=objectives.build(OBJECTIVES, images=splits.val_x, labels=splits.val_y, cost_model=cost),
                         distillation=Distillation(steps=40, lr=0.05, batch_size=32))
     yield space, pipeline
     torch.set_num_threads(threads)
@@ -99,7 +112,8 @@ def toy():
 def seeded_study(*, dominator: tuple[float, float, float] | None, curves: int) -> optuna.Study:
     """A study holding one completed trial ``dominator`` (accuracy, size, latency) and ``curves`` finished
     student trials, each of which kept at least 0.73 of its error from the first checkpoint to the end."""
-    study = open_study(name="es", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = open_study(name="es", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0),
+                       objectives=[objectives.objective_class(n) for n in OBJECTIVES])
     if dominator is not None:
         study.add_trial(optuna.trial.create_trial(values=list(dominator)))
     for i in range(curves):
@@ -154,7 +168,7 @@ def test_a_student_that_may_still_reach_the_front_trains_to_the_end(toy, tmp_pat
     assert trial.user_attrs["seconds_train"] > 0 and trial.values[0] > 0.3
     # the monitor only scores: the trial's model is the one a replay without it builds
     replayed = pipeline.build(trial.params)
-    assert pipeline.accuracy(replayed) == pytest.approx(trial.values[0], abs=1e-9)
+    assert pipeline.accuracy.of(replayed) == pytest.approx(trial.values[0], abs=1e-9)
     write_tables(trials_frame(study), tmp_path)
     assert (tmp_path / "trials.csv").stat().st_size > 0
 
@@ -170,7 +184,7 @@ def test_replay_of_a_recorded_search_never_stops_a_trial_that_ended_on_the_front
     df["on_front"] = df["on_front"].astype(str) == "True"
     for col in ("accuracy", "size_bytes", "latency_ms"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    out = replay(df, EarlyStopping())
+    out = replay(df, EarlyStopping(), objectives=OBJECTIVES)
     students = df[(df["arch"] == "student") & (df["state"] == "COMPLETE")]
     assert len(out) == len(students) >= 10
     assert out["on_front"].any(), "the recording should hold students on the front"
@@ -181,7 +195,7 @@ def test_replay_of_a_recorded_search_never_stops_a_trial_that_ended_on_the_front
     stopped = out[out["stopped_at"].notna()]
     assert (stopped["forecast_at_stop"] < stopped["needed"]).all()
 
-    assert (replay(df, EarlyStopping(min_curves=10**6))["stopped_at"].isna()).all()  # no margin yet: no stop
+    assert (replay(df, EarlyStopping(min_curves=10**6), objectives=OBJECTIVES)["stopped_at"].isna()).all()  # no margin yet: no stop
 
 
 def test_replay_flags_a_forecast_that_undershot_the_final_accuracy():
@@ -196,7 +210,7 @@ def test_replay_flags_a_forecast_that_undershot_the_final_accuracy():
         row(1, 0.45, slow), row(2, 0.46, slow),
         row(3, 0.90, [[0.25, 0.60], [0.5, 0.80], [1.0, 0.90]]),  # learns fast: forecast at 25% ~0.64, ends at 0.90
     ])
-    out = replay(df, EarlyStopping(min_curves=2, slack=0.01)).set_index("number")
+    out = replay(df, EarlyStopping(min_curves=2, slack=0.01), objectives=OBJECTIVES).set_index("number")
     assert out.loc[3, "stopped_at"] == 0.25
     assert out.loc[3, "forecast_at_stop"] < 0.7 < out.loc[3, "accuracy"]
     assert not out.loc[3, "forecast_held"]

@@ -15,7 +15,7 @@ RECORDED = json.loads((DATA / "trials.json").read_text())
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    from search.run import prepare
+    from search.app import prepare
 
     results = tmp_path_factory.mktemp("legacy")
     overrides = ["experiment=smoke", "+model.net.width_mult=0.5", "hardware=analytic", f"results_dir={results}",
@@ -32,4 +32,4 @@ def test_recorded_trial_replays_to_the_same_size_and_accuracy(pipeline, trial):
     artifact = pipeline.materialize(model)
     accuracy, size = trial["values"][0], trial["values"][1]
     assert len(artifact.packed) == size
-    assert pipeline.accuracy(model) == pytest.approx(accuracy, abs=1e-9)
+    assert pipeline.accuracy.of(model) == pytest.approx(accuracy, abs=1e-9)

@@ -8,8 +8,8 @@ from torch import nn
 
 from search.data import Splits
 from search.models import ResNet, SmallCNN, torchvision_model
-from search.teacher import build_model, trained_teacher
-from spaces import ChannelSpace, JointSpace, QuantSpace
+from search.training.teacher import build_model, trained_teacher
+from spaces import ChannelKnob, JointSpace, BitsKnob, ActivationBitsKnob
 
 
 def tiny_splits(n: int = 64) -> Splits:
@@ -29,7 +29,7 @@ def test_torchvision_model_is_adapted_and_prunable():
     torch.manual_seed(0)
     net = torchvision_model(name="resnet18", num_classes=10, in_channels=1).eval()
     assert net.conv1.in_channels == 1 and net.fc.out_features == 10
-    space = JointSpace([ChannelSpace(model=net, input_shape=(1, 1, 28, 28)), QuantSpace(model=net)])
+    space = JointSpace([ChannelKnob(model=net, input_shape=(1, 1, 28, 28)), BitsKnob(model=net), ActivationBitsKnob(model=net)])
     params = space.identity() | space["channels"].uniform(0.5)
     small = space.apply(net, params)
     assert small(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

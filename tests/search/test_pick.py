@@ -16,14 +16,14 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from search import data as data_module
-from search.bundle import load_model
+from search.pick.bundle import load_model
 from search.models import SmallCNN
 from search.outputs import trials_frame
-from search.pick import Picked, main, pick
+from search.pick.picker import Picked, _pick_and_report, pick
 from search.run import run
-from search.selection import Rule, choose, knee, reference_accuracy
-from search.train import train_teacher
-from search.verify import verify_bundle
+from search.pick.selection import Rule, choose, knee, reference_accuracy
+from search.training.loops import train_teacher
+from search.pick.verify import verify_bundle
 from spaces import to_plain, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,9 +97,9 @@ def test_knee_is_the_front_point_nearest_the_ideal():
     import pandas as pd
 
     df = pd.DataFrame({  # an L-shaped front: the corner (1) is the knee, the ends are extreme
-        "number": [0, 1, 2, 3], "state": "COMPLETE", "feasible": True, "on_front": [True, True, True, False],
-        "baseline": "", "accuracy": [0.90, 0.89, 0.50, 0.40], "size_bytes": [1e6, 1e4, 1e3, 1e6],
-        "latency_ms": [10.0, 1.1, 1.0, 10.0],
+        "number": [0, 1, 2, 3], "state": "COMPLETE", "accuracy": [0.90, 0.89, 0.50, 0.40],
+        "size_bytes": [1e6, 1e4, 1e3, 1e6], "latency_ms": [10.0, 1.1, 1.0, 10.0], "baseline": "", "feasible": True,
+        "on_front": [True, True, True, False],
     })
     assert int(knee(df)["number"]) == 1
 
@@ -201,11 +201,11 @@ def test_verification_catches_a_tampered_bundle(picked, tmp_path):
 
 def test_unverified_bundle_exits_non_zero(picked, monkeypatch, capsys):
     report = {**picked.report, "verified": False, "reasons": ["size: made up for this test"]}
-    monkeypatch.setattr("search.pick.pick", lambda cfg: Picked(picked.path, report, picked.model))
+    monkeypatch.setattr("search.pick.picker.pick", lambda cfg: Picked(picked.path, report, picked.model))
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke"])
     with pytest.raises(SystemExit) as exc:
-        main(cfg)  # hydra.main passes a given config straight through
+        _pick_and_report(cfg)
     assert exc.value.code == 1 and "not verified" in capsys.readouterr().err
 
 

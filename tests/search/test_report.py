@@ -13,7 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from plotly.offline import get_plotlyjs
 
-from search import analysis as an
+from search import front as fr
+from search.report import analysis as an
 from search import report as rp
 from search.outputs import trials_frame
 from search.study import progress
@@ -34,40 +35,40 @@ def frame(rows) -> pd.DataFrame:
 
 def test_hypervolume_of_one_point_against_the_fixed_reference():
     df = frame([(0, "COMPLETE", 0.9, 1000.0, 2.0, "uncompressed", True, True)])
-    ref = an.reference(df)
-    assert (ref.size_bytes, ref.latency_ms) == (1000.0, 2.0) and "uncompressed" in ref.source
+    ref = fr.reference(df)
+    assert ref.values == {"size_bytes": 1000.0, "latency_ms": 2.0} and "uncompressed" in ref.source
     # scaled point (-0.9, 1, 1), reference (0, 1.1, 1.1): 0.9 x 0.1 x 0.1 of the 1 x 1.1 x 1.1 box
-    assert an.hypervolume(df, ref) == pytest.approx(0.9 * 0.1 * 0.1 / 1.21)
+    assert fr.hypervolume(df, ref) == pytest.approx(0.9 * 0.1 * 0.1 / 1.21)
 
 
 def test_hypervolume_ignores_failed_infeasible_and_out_of_box_trials():
     base = (0, "COMPLETE", 0.9, 1000.0, 2.0, "uncompressed", True, True)
-    alone = an.hypervolume(frame([base]), an.reference(frame([base])))
+    alone = fr.hypervolume(frame([base]), fr.reference(frame([base])))
     more = frame([base, (1, "FAIL", 0.99, 1.0, 0.1, "", True, False),
                   (2, "COMPLETE", 0.99, 1.0, 0.1, "", False, False),  # infeasible
                   (3, "COMPLETE", 0.99, 5000.0, 0.1, "", True, True)])  # larger than 1.1 x the reference
-    assert an.hypervolume(more, an.reference(more)) == pytest.approx(alone)
+    assert fr.hypervolume(more, fr.reference(more)) == pytest.approx(alone)
     better = frame([base, (1, "COMPLETE", 0.95, 100.0, 1.0, "", True, True)])
-    assert an.hypervolume(better, an.reference(better)) > alone
+    assert fr.hypervolume(better, fr.reference(better)) > alone
 
 
 def test_reference_without_baseline():
     df = frame([(0, "COMPLETE", 0.9, 1000.0, 2.0, "", True, True), (1, "COMPLETE", 0.8, 500.0, 3.0, "", True, True)])
-    ref = an.reference(df)
-    assert (ref.size_bytes, ref.latency_ms) == (1000.0, 3.0) and "no uncompressed" in ref.source
-    assert an.reference(frame([])) is None and an.hypervolume(frame([]), None) == 0.0
+    ref = fr.reference(df)
+    assert ref.values == {"size_bytes": 1000.0, "latency_ms": 3.0} and "no uncompressed" in ref.source
+    assert fr.reference(frame([])) is None and fr.hypervolume(frame([]), None) == 0.0
     with pytest.raises(ValueError, match="size_bytes"):
-        an.Reference(0.0, 1.0, "x")
+        fr.Reference({"size_bytes": 0.0, "latency_ms": 1.0}, "x")
 
 
 def test_history_is_monotone_and_ends_at_the_study_values(synthetic_study):
     study = synthetic_study(n_trials=12, failed=2)
     df = trials_frame(study)
-    ref = an.reference(df)
-    hist = an.history(df, ref)
+    ref = fr.reference(df)
+    hist = fr.history(df, ref)
     assert list(hist["number"]) == sorted(df["number"])  # every finished trial, failures included
     assert np.all(np.diff(hist["hypervolume"]) >= -1e-12)
-    assert hist["hypervolume"].iloc[-1] == pytest.approx(an.hypervolume(df, ref))
+    assert hist["hypervolume"].iloc[-1] == pytest.approx(fr.hypervolume(df, ref))
     assert hist["front_size"].iloc[-1] == df["on_front"].sum()
     assert set(hist.loc[hist["baseline"] != "", "number"]) == {0, 1}
 
@@ -77,7 +78,7 @@ def test_policy_tables_hold_the_front_params_in_model_order(synthetic_study):
     df, names = trials_frame(study), an.param_names(study)
     assert an.layers_of(names) == ["features.0", "features.4", "fc1", "fc2"]  # model order, not alphabetical
     tables = an.policy(df, names)
-    assert list(tables) == ["bits", "abits", "sparsity", "rank", "channels"]
+    assert list(tables) == ["channels", "rank", "sparsity", "bits", "abits"]
     front = an.front_rows(df)
     for knob, table in tables.items():
         assert list(table.columns) == front["number"].tolist()
@@ -94,7 +95,7 @@ def test_short_config_one_line_per_knob():
     row = {"channels.a": 0.25, "bits.a": 8, "abits.a": 8, "bits.b": 4, "abits.b": 32, "sparsity.a": 0.5,
            "sparsity.b": 0.0}
     assert an.short_config(row, names) == [
-        "layers: a · b", "w bits: 8 · 4", "a bits: 8 · 32", "sparsity: .5 · 0", "channels cut: .25 · –"]
+        "layers: a · b", "channels cut: .25 · –", "sparsity: .5 · 0", "w bits: 8 · 4", "a bits: 8 · 32"]
 
 
 def test_short_config_of_a_student_names_its_architecture_first():
@@ -145,7 +146,7 @@ def test_progress_bar_shows_failed_front_and_hypervolume(synthetic_study):
     shown = progress(study)
     df = trials_frame(study)
     assert shown["failed"] == 2 and shown["front"] == df["on_front"].sum()
-    assert shown["hv"] == f"{an.hypervolume(df, an.reference(df)):.1%}"
+    assert shown["hv"] == f"{fr.hypervolume(df, fr.reference(df)):.1%}"
 
 
 def test_report_html_is_one_offline_file_with_every_section(synthetic_study, tmp_path):
@@ -174,7 +175,7 @@ def test_comparison_report(synthetic_study, tmp_path):
     assert "its own reference point" in html
     for name in ("a", "b"):  # each study's hypervolume is the one its own report shows
         df = trials_frame(optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/{name}/study.db"))
-        assert f"{an.hypervolume(df, an.reference(df)) * 100:.2f}%" in html
+        assert f"{fr.hypervolume(df, fr.reference(df)) * 100:.2f}%" in html
     named = rp.report(cfg_for(tmp_path / "results", "report.studies=[a,b]", "report.name=samplers"))
     assert named["html"].parent.name == "samplers"
 
@@ -189,7 +190,7 @@ def test_joint_front_is_the_union_front(synthetic_study, tmp_path):
 
 def test_png_export_without_chromium_still_writes_the_html(synthetic_study, tmp_path, monkeypatch):
     synthetic_study("s1")
-    monkeypatch.setattr(rp, "find_chromium", lambda: None)
+    monkeypatch.setattr("search.report.write.find_chromium", lambda: None)
     result = rp.report(cfg_for(tmp_path / "results", "study.name=s1", "png=true", "report.importances=false"))
     assert result["html"].is_file() and result["files"] == []
     assert "apt-get install -y chromium" in result["skipped"]

@@ -78,7 +78,7 @@ def _sigint_ignored() -> None:
 def test_dashboard_serves_its_page_on_localhost_and_stops_cleanly(results, browser, cli_env):
     # started with SIGINT ignored, as a parent process may leave it: Ctrl-C must still stop it (it hung in CI)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.dashboard", "study.name=tpe", f"results_dir={results}", "dashboard.port=0"],
+        [sys.executable, "-m", "search.report.dashboard", "study.name=tpe", f"results_dir={results}", "dashboard.port=0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env, cwd=results.parent,
         preexec_fn=_sigint_ignored,
     )

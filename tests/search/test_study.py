@@ -4,15 +4,17 @@ from __future__ import annotations
 import optuna
 from torch import nn
 
-from objectives import Measurement
+from objectives import Measurement, objective_class
 from search.outputs import trials_frame
 from search.pipeline import Evaluation
 from search.study import Constraints, make_objective, open_study, optimize
-from spaces import JointSpace, SparsitySpace
+from spaces import JointSpace, SparsityKnob
 
 
 class FlakyPipeline:
     """Evaluates like the real one would report, but raises on every third call."""
+
+    objectives = [objective_class(n) for n in ("accuracy", "size_bytes", "latency_ms")]
 
     def __init__(self) -> None:
         self.calls = 0
@@ -22,14 +24,15 @@ class FlakyPipeline:
         if self.calls % 3 == 0:
             raise RuntimeError("ONNX export failed for this configuration")
         s = sum(params.values())
-        return Evaluation(accuracy=0.9 - s / 10, size_bytes=int(1000 * (1 - s / 2)), latency=Measurement(1.0 + s),
-                          params=10, nonzero_params=5, macs=100, int8_layers=0)
+        return Evaluation(values={"accuracy": 0.9 - s / 10, "size_bytes": float(int(1000 * (1 - s / 2))),
+                                  "latency_ms": 1.0 + s}, params=10, nonzero_params=5, macs=100, int8_layers=0)
 
 
 def test_failing_trial_is_recorded_and_search_goes_on():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    space = JointSpace([SparsitySpace(model=model)])
-    study = open_study(name="t", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0))
+    space = JointSpace([SparsityKnob(model=model)])
+    study = open_study(name="t", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0),
+                       objectives=FlakyPipeline.objectives)
     objective = make_objective(FlakyPipeline(), space, Constraints(max_accuracy_drop=0.05), 0.9)
     optimize(study, objective, n_trials=6, timeout_s=None)
     df = trials_frame(study)

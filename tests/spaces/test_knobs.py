@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import spaces
-from spaces import ChannelSpace, JointSpace, QuantSpace, RankSpace, SparsitySpace
+from spaces import ChannelKnob, JointSpace, BitsKnob, ActivationBitsKnob, RankKnob, SparsityKnob
 from spaces._compressed import ActFakeQuant, layer_bits
 from spaces.materialize import int8_layers
 
@@ -41,7 +41,7 @@ class OddNet(nn.Module):
 @pytest.mark.parametrize("sparsity", [0.5, 0.3, 0.9])
 def test_sparsity_zeroes_exactly_floor_of_the_fraction_smallest_weights(fqn, sparsity):
     model = OddNet().eval()
-    space = SparsitySpace(model=model)
+    space = SparsityKnob(model=model)
     out = space.apply(model, {**space.identity(), f"sparsity.{fqn}": sparsity})
     teacher = model.get_submodule(fqn).weight.detach()
     assert int((teacher == 0).sum()) == 0
@@ -58,7 +58,7 @@ def test_sparsity_zeroes_exactly_floor_of_the_fraction_smallest_weights(fqn, spa
 
 
 def test_sparsity_on_a_small_cnn_layer(small_cnn):
-    space = SparsitySpace(model=small_cnn)
+    space = SparsityKnob(model=small_cnn)
     out = space.apply(small_cnn, {**space.identity(), "sparsity.features.4": 0.5})
     w = _weights(out)["features.4"]
     assert w.numel() == 16 * 8 * 9
@@ -67,7 +67,7 @@ def test_sparsity_on_a_small_cnn_layer(small_cnn):
 
 
 def test_sparsity_zeros_survive_quantization(small_cnn):
-    space = JointSpace([SparsitySpace(model=small_cnn), QuantSpace(model=small_cnn)])
+    space = JointSpace([SparsityKnob(model=small_cnn), BitsKnob(model=small_cnn), ActivationBitsKnob(model=small_cnn)])
     params = space.with_values(sparsity={"sparsity.fc1": 0.75}, bits={"bits.fc1": 3, "abits.fc1": 32})
     out = space.apply(small_cnn, params)
     layer = out.fc1
@@ -91,7 +91,7 @@ def _rows_of(pruned: torch.Tensor, full: torch.Tensor) -> list[int]:
 
 
 def test_channel_ratio_halves_a_conv_and_the_next_layers_inputs(small_cnn, batch):
-    space = ChannelSpace(model=small_cnn, input_shape=INPUT_SHAPE)
+    space = ChannelKnob(model=small_cnn, input_shape=INPUT_SHAPE)
     assert "features.0" in space.layers and "fc2" not in space.layers  # the classifier is never pruned
     out = space.apply(small_cnn, {**space.identity(), "channels.features.0": 0.5})
     conv, bn, nxt = out.features[0], out.features[1], out.features[4]
@@ -106,14 +106,14 @@ def test_channel_ratio_halves_a_conv_and_the_next_layers_inputs(small_cnn, batch
 
 
 def test_channel_ratio_on_a_linear_hidden_layer(small_cnn, batch):
-    space = ChannelSpace(model=small_cnn, input_shape=INPUT_SHAPE)
+    space = ChannelKnob(model=small_cnn, input_shape=INPUT_SHAPE)
     out = space.apply(small_cnn, {**space.identity(), "channels.fc1": 0.5})
     assert out.fc1.out_features == 16 and out.fc2.in_features == 16 and out.fc2.out_features == 10
     assert out(batch).shape == (len(batch), 10)
 
 
 def test_channel_uniform_ratio_prunes_every_group(small_cnn, batch):
-    space = ChannelSpace(model=small_cnn, input_shape=INPUT_SHAPE)
+    space = ChannelKnob(model=small_cnn, input_shape=INPUT_SHAPE)
     out = space.apply(small_cnn, space.uniform(0.75))
     assert [out.features[i].out_channels for i in (0, 4, 8)] == [2, 4, 8]
     assert [out.features[i].in_channels for i in (4, 8)] == [2, 4]
@@ -122,7 +122,7 @@ def test_channel_uniform_ratio_prunes_every_group(small_cnn, batch):
 
 
 def test_resnet_residual_groups_are_pruned_consistently(resnet8, batch):
-    space = ChannelSpace(model=resnet8, input_shape=INPUT_SHAPE)
+    space = ChannelKnob(model=resnet8, input_shape=INPUT_SHAPE)
     # the residual stream of each stage is one group: conv2 of a block is coupled, not a root
     assert "conv1" in space.layers and "layers.1.shortcut.0" in space.layers
     assert "layers.0.conv2" not in space.layers and "layers.1.conv2" not in space.layers
@@ -152,10 +152,10 @@ def test_resnet_residual_groups_are_pruned_consistently(resnet8, batch):
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_weight_bits_limit_distinct_values_per_output_channel(small_cnn, bits):
-    space = QuantSpace(model=small_cnn, weight_bits=(2, 3, 4, 8, 32))
+    space = BitsKnob(model=small_cnn, choices=(2, 3, 4, 8, 32))  # the knob alone: no BN folding
     teacher = small_cnn.fc1.weight.detach()  # 288 inputs per output: more than 2**8 values
     assert all(len(torch.unique(row)) > 2**bits for row in teacher)  # so the limit means something
-    out = space.apply(small_cnn, {**space.identity(), "bits.fc1": bits, "abits.fc1": 32})
+    out = space.apply(small_cnn, {**space.identity(), "bits.fc1": bits})
     w = _weights(out)
     for row_q, row in zip(w["fc1"], teacher):
         assert len(torch.unique(row_q)) <= 2**bits
@@ -166,7 +166,7 @@ def test_weight_bits_limit_distinct_values_per_output_channel(small_cnn, bits):
 
 
 def test_act_bits_install_a_quantizer_only_where_weights_are_quantized(small_cnn):
-    space = QuantSpace(model=small_cnn)
+    space = JointSpace([BitsKnob(model=small_cnn), ActivationBitsKnob(model=small_cnn)])
     params = {
         **space.identity(),
         "bits.features.4": 8, "abits.features.4": 8,
@@ -184,7 +184,7 @@ def test_act_bits_install_a_quantizer_only_where_weights_are_quantized(small_cnn
 
 
 def test_act_quantizer_rounds_inputs_to_256_levels(small_cnn, batch):
-    space = QuantSpace(model=small_cnn)
+    space = JointSpace([BitsKnob(model=small_cnn), ActivationBitsKnob(model=small_cnn)])
     out = space.apply(small_cnn, {**space.identity(), "bits.fc2": 8, "abits.fc2": 8})
     seen = []
     out.fc2.act.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
@@ -201,7 +201,7 @@ def test_act_quantizer_rounds_inputs_to_256_levels(small_cnn, batch):
 def test_rank_quarter_of_a_linear_is_two_linears_of_rank_32():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 128)).eval()
-    space = RankSpace(model=model)
+    space = RankKnob(model=model)
     out = space.apply(model, {"rank.0": 0.25})
     seq = out[0]
     assert isinstance(seq, nn.Sequential) and len(seq) == 2
@@ -219,7 +219,7 @@ def test_rank_error_is_the_svd_optimum_and_decreases_with_rank():
     model = nn.Sequential(nn.Linear(256, 128)).eval()
     w = model[0].weight.detach()
     sv = torch.linalg.svdvals(w)
-    space = RankSpace(model=model, ratios=(0.0625, 0.125, 0.25, 0.5, 0.75))
+    space = RankKnob(model=model, ratios=(0.0625, 0.125, 0.25, 0.5, 0.75))
     errors = []
     for ratio in (0.0625, 0.125, 0.25, 0.5):
         first, second = space.apply(model, {"rank.0": ratio})[0]
@@ -239,7 +239,7 @@ def test_rank_factorizes_a_conv_into_kxk_then_1x1():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 32, 3, padding=1, stride=2)
     model = nn.Sequential(conv).eval()
-    out = RankSpace(model=model).apply(model, {"rank.0": 0.25})
+    out = RankKnob(model=model).apply(model, {"rank.0": 0.25})
     first, second = out[0]
     assert first.weight.shape == (8, 16, 3, 3) and first.stride == (2, 2) and first.padding == (1, 1)
     assert second.weight.shape == (32, 8, 1, 1)
@@ -263,7 +263,7 @@ class StemNet(nn.Module):
 
 def test_rank_leaves_layers_alone_where_factorizing_saves_nothing(batch):
     model = StemNet().eval()
-    space = RankSpace(model=model)
+    space = RankKnob(model=model)
     assert space.layers == ["conv", "fc"]
     assert "rank.stem" not in space.identity() and "rank.dw" not in space.identity()
     out = space.apply(model, space.uniform(0.125))
@@ -272,12 +272,12 @@ def test_rank_leaves_layers_alone_where_factorizing_saves_nothing(batch):
     assert isinstance(out.conv, nn.Sequential) and isinstance(out.fc, nn.Sequential)
     # a ratio whose rank would store more weights than the layer leaves that layer alone too
     wide = nn.Sequential(nn.Linear(8, 8)).eval()
-    space = RankSpace(model=wide, ratios=(0.5, 0.75))  # r=4: 4*16 = 64 = 64 saves nothing; r=6 neither
+    space = RankKnob(model=wide, ratios=(0.5, 0.75))  # r=4: 4*16 = 64 = 64 saves nothing; r=6 neither
     assert space.layers == []
 
 
 def test_rank_follows_the_saving_rule_exactly():
-    from spaces.lowrank import rank_for
+    from spaces.knobs.rank import rank_for
 
     cases = [
         # layer, ratio, expected rank (None = left alone)
@@ -336,7 +336,7 @@ def test_folding_skips_a_conv_whose_output_is_also_used_elsewhere(batch):
 
 
 def test_sparsity_survives_conv_bn_folding_in_a_joint_space(small_cnn):
-    space = JointSpace([SparsitySpace(model=small_cnn), QuantSpace(model=small_cnn)])
+    space = JointSpace([SparsityKnob(model=small_cnn), BitsKnob(model=small_cnn), ActivationBitsKnob(model=small_cnn)])
     out = space.apply(small_cnn, space.with_values(sparsity={"sparsity.features.4": 0.5}))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in out.modules())
     w = _weights(out)["features.4"]

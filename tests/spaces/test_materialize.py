@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from torch import nn
 
 import spaces
-from spaces import ChannelSpace, JointSpace, QuantSpace, RankSpace, SparsitySpace
+from spaces import ChannelKnob, JointSpace, BitsKnob, ActivationBitsKnob, RankKnob, SparsityKnob
 
 INPUT_SHAPE = (1, 1, 28, 28)
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -19,10 +19,10 @@ WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 def _joint(model: nn.Module) -> JointSpace:
     return JointSpace([
-        ChannelSpace(model=model, input_shape=INPUT_SHAPE),
-        RankSpace(model=model),
-        SparsitySpace(model=model),
-        QuantSpace(model=model),
+        ChannelKnob(model=model, input_shape=INPUT_SHAPE),
+        RankKnob(model=model),
+        SparsityKnob(model=model),
+        BitsKnob(model=model), ActivationBitsKnob(model=model),
     ])
 
 
@@ -169,7 +169,7 @@ def test_int8_onnx_agrees_with_the_pytorch_simulation(int8_case):
 def test_uniform_int8_onnx_agrees_with_the_pytorch_simulation(trained_cnn):
     teacher, data = trained_cnn
     space = _joint(teacher)
-    model = space.apply(teacher, space.with_values(bits=space["bits"].uniform(8)))
+    model = space.apply(teacher, space.with_values(bits=space["bits"].uniform(8), abits=space["abits"].uniform(8)))
     calibration, _ = data.sample(256, seed=3)
     spaces.calibrate(model, calibration.split(64))
     artifact = spaces.materialize(model, input_shape=INPUT_SHAPE, calibration=calibration.numpy())
@@ -219,8 +219,8 @@ def test_pruned_channels_and_factorized_layers_are_gone_from_the_graph(small_cnn
 def test_every_int8_layer_has_a_quantized_weight_in_onnx(batch):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 8, bias=False), nn.ReLU(), nn.Linear(8, 4)).eval()
-    space = QuantSpace(model=model)
-    q = space.apply(model, space.uniform(8))
+    space = JointSpace([BitsKnob(model=model), ActivationBitsKnob(model=model)])
+    q = space.apply(model, space.with_values(bits=space["bits"].uniform(8), abits=space["abits"].uniform(8)))
     x = torch.randn(64, 16)
     spaces.calibrate(q, [x])
     artifact = spaces.materialize(q, input_shape=(1, 16), calibration=x.numpy())

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import spaces
-from objectives import ArtifactSize
-from spaces import JointSpace, QuantSpace, RankSpace, SparsitySpace
+from objectives import ArtifactSize, Outcome
+from spaces import JointSpace, BitsKnob, ActivationBitsKnob, RankKnob, SparsityKnob
 from spaces.materialize import packed_tensors
 from spaces.packing import MAGIC, PackedTensor, pack, unpack
 
@@ -36,7 +36,7 @@ class Net(nn.Module):
 
 
 def _compress(model: nn.Module, *, sparsity: float = 0.0, bits: int = 32, abits: int = 32) -> nn.Module:
-    space = JointSpace([SparsitySpace(model=model), QuantSpace(model=model, weight_bits=(2, 3, 4, 8, 32))])
+    space = JointSpace([SparsityKnob(model=model), BitsKnob(model=model, choices=(2, 3, 4, 8, 32)), ActivationBitsKnob(model=model)])
     return space.apply(model, {"sparsity.fc": sparsity, "bits.fc": bits, "abits.fc": abits})
 
 
@@ -61,7 +61,7 @@ def _check_size(model: nn.Module, payload: int, header: list[dict], tmp_path: Pa
     path = tmp_path / "model.cpz"
     path.write_bytes(packed)
     assert path.stat().st_size == 8 + header_len + payload
-    assert ArtifactSize()(artifact) == float(8 + header_len + payload)
+    assert ArtifactSize()(Outcome(model, artifact)) == float(8 + header_len + payload)
     _assert_unpacks_to_plain(packed, model)
     return packed
 
@@ -181,10 +181,10 @@ def test_3bit_codes_are_packed_lsb_first_byte_for_byte():
 
 def test_unpack_reproduces_a_joint_compressed_small_cnn_bit_exactly(small_cnn, batch):
     space = JointSpace([
-        spaces.ChannelSpace(model=small_cnn, input_shape=(1, 1, 28, 28)),
-        RankSpace(model=small_cnn),
-        SparsitySpace(model=small_cnn),
-        QuantSpace(model=small_cnn),
+        spaces.ChannelKnob(model=small_cnn, input_shape=(1, 1, 28, 28)),
+        RankKnob(model=small_cnn),
+        SparsityKnob(model=small_cnn),
+        BitsKnob(model=small_cnn), ActivationBitsKnob(model=small_cnn),
     ])
     params = space.with_values(
         channels={"channels.features.4": 0.25},

@@ -11,7 +11,7 @@ from torch import nn
 
 from search.models import ResNet, SmallCNN, torchvision_model
 from spaces import (
-    FIXED_ARCH, ChannelSpace, JointSpace, QuantSpace, RankSpace, SparsitySpace, StudentFamily, StudentSpace,
+    FIXED_ARCH, ChannelKnob, JointSpace, BitsKnob, ActivationBitsKnob, RankKnob, SparsityKnob, StudentFamily, StudentSpace,
 )
 from spaces._compressed import _Compressed
 
@@ -26,13 +26,13 @@ def family(**kw) -> StudentFamily:
 
 
 def knobs_for(model: nn.Module) -> JointSpace:
-    return JointSpace([RankSpace(model=model), SparsitySpace(model=model), QuantSpace(model=model)])
+    return JointSpace([RankKnob(model=model), SparsityKnob(model=model), BitsKnob(model=model), ActivationBitsKnob(model=model)])
 
 
 @pytest.fixture
 def space(small_cnn) -> StudentSpace:
-    teacher = JointSpace([ChannelSpace(model=small_cnn, input_shape=INPUT_SHAPE), RankSpace(model=small_cnn),
-                          SparsitySpace(model=small_cnn), QuantSpace(model=small_cnn)])
+    teacher = JointSpace([ChannelKnob(model=small_cnn, input_shape=INPUT_SHAPE), RankKnob(model=small_cnn),
+                          SparsityKnob(model=small_cnn), BitsKnob(model=small_cnn), ActivationBitsKnob(model=small_cnn)])
     return StudentSpace(teacher=teacher, family=family(), knobs=knobs_for, searched={"temperature": [2.0, 4.0]})
 
 
@@ -116,7 +116,7 @@ def test_a_student_trial_replays_to_the_untrained_student_with_its_knobs(space, 
     before = {k: v.clone() for k, v in small_cnn.state_dict().items()}
     params = student_params(space)
     knobs = space.student_knobs(params)
-    params.update(knobs["bits"].uniform(4, act=8))
+    params.update({**knobs["bits"].uniform(4), **knobs["abits"].uniform(8)})
     params.update(knobs["sparsity"].uniform(0.5))
     a, b = space.apply(small_cnn, params), space.apply(small_cnn, dict(params))
     assert all(torch.equal(v, small_cnn.state_dict()[k]) for k, v in before.items())  # teacher untouched

@@ -1,0 +1,272 @@
+"""From a config to the objects a search runs with: the data, the model, the space, the sampler, the cost model,
+the objectives and the pipeline of one trial. ``setup`` checks everything and writes nothing; ``prepare`` adds
+the trained teacher (trained once, cached) and its logits."""
+from __future__ import annotations
+
+import inspect
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import objectives
+from objectives import Accuracy, BaseCostModel, BaseObjective
+from spaces import STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
+
+from . import data as data_module
+from .cli import CONF
+from .pipeline import Distillation, Pipeline, Recovery
+from .study import Constraints
+from .training.early_stopping import EarlyStopping
+from .training.teacher import build_model, cache_key, cached_logits, ensemble_logits, trained_teacher, weights_key
+
+log = logging.getLogger("search")
+
+
+
+@dataclass
+class Setup:
+    cfg: DictConfig
+    splits: data_module.Splits
+    net: nn.Module
+    space: JointSpace
+    sampler: optuna.samplers.BaseSampler
+    cost_model: BaseCostModel
+    recovery: Recovery
+    constraints: Constraints
+    out_dir: Path
+    cache_dir: Path
+    storage: str
+    distillation: Distillation
+    early_stopping: EarlyStopping
+    teachers: list[DictConfig]  # distill.teachers: more teachers whose logits students learn from (averaged)
+    objectives: list[BaseObjective]  # ``objectives=[...]``, in the study's order
+
+
+def _first_line(exc: Exception) -> str:
+    """The message of the error Hydra wrapped (a constructor's ValueError), on one line."""
+    cause = exc.__cause__ or exc
+    return str(cause).splitlines()[0] if str(cause) else repr(cause)
+
+
+def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], **override: Any) -> BaseKnob:
+    target = knob_cfg.get("_target_")
+    try:
+        cls = get_class(target)
+    except Exception as exc:
+        raise ValueError(f"space.knobs.{name}._target_: cannot import {target!r} ({exc})") from exc
+    extra: dict[str, Any] = {"model": model, **override}
+    if "input_shape" in inspect.signature(cls).parameters:
+        extra["input_shape"] = input_shape
+    try:
+        knob = instantiate(knob_cfg, **extra, _convert_="all")
+    except Exception as exc:  # the knobs' own messages already name their keys
+        raise ValueError(_first_line(exc)) from exc
+    if not isinstance(knob, BaseKnob):
+        raise ValueError(f"space.knobs.{name}: {target!r} is not a spaces.BaseKnob")
+    if knob.knob != name:
+        raise ValueError(f"space.knobs.{name}: {target!r} is the {knob.knob!r} knob; configure it as "
+                         f"space.knobs.{knob.knob}")
+    return knob
+
+
+def _family(cfg: DictConfig) -> BaseFamily:
+    """The student family: ``space.student.family`` if set, else the model's own (``model.student``)."""
+    family_cfg, key = cfg.space.student.get("family"), "space.student.family"
+    if family_cfg is None:
+        family_cfg, key = cfg.model.get("student"), "model.student"
+    if family_cfg is None:
+        raise ValueError(f"model.student: model {cfg.model.get('name')!r} names no student family, and space="
+                         f"{cfg.space.get('name')} trains students: set model.student or space.student.family "
+                         "(a spaces.StudentFamily config, see conf/model/cnn.yaml)")
+    try:
+        cls = get_class(family_cfg.get("_target_"))
+        extra = {"key": key} if "key" in inspect.signature(cls).parameters else {}
+        family = instantiate(family_cfg, **extra, _convert_="all")
+    except Exception as exc:
+        message = _first_line(exc)
+        raise ValueError(message if message.startswith(key) else f"{key}: {message}") from exc
+    if not isinstance(family, BaseFamily):
+        raise ValueError(f"{key}: {family_cfg.get('_target_')!r} is not a spaces.BaseFamily")
+    return family
+
+
+def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...]) -> JointSpace | StudentSpace:
+    """The space of ``cfg.space`` for ``model``: its knobs (a ``JointSpace``), behind the choice of a student
+    architecture when the space has a ``student`` section (a ``StudentSpace``)."""
+    space_cfg = cfg.space
+    knob_cfgs = {name: c for name, c in (space_cfg.get("knobs") or {}).items() if c is not None}
+    if not knob_cfgs:
+        raise ValueError(f"space.knobs: no knob configured in space {space_cfg.get('name')!r}")
+    teacher = JointSpace([_knob(name, c, model, input_shape) for name, c in knob_cfgs.items()])
+    student_cfg = space_cfg.get("student")
+    if student_cfg is None:
+        return teacher
+    names = list(student_cfg.get("knobs") or [])
+    unknown = [n for n in names if n not in knob_cfgs]
+    if unknown:
+        raise ValueError(f"space.student.knobs: {unknown} not among the knobs of this space {list(knob_cfgs)}")
+
+    def knobs_for(student: nn.Module) -> JointSpace | None:
+        # a student's layers have their own names: every layer is eligible, the rest of each knob's config holds
+        chosen = [_knob(n, knob_cfgs[n], student, input_shape, include=["*"], exclude=[]) for n in names]
+        return JointSpace(chosen) if chosen else None
+
+    arch = space_cfg.get("arch") or [TEACHER, STUDENT]
+    return StudentSpace(teacher=teacher, family=_family(cfg), knobs=knobs_for, arch=list(arch),
+                        searched=distillation(cfg).searched())
+
+
+def distillation(cfg: DictConfig) -> Distillation:
+    settings = OmegaConf.to_container(cfg.get("distill") or {}, resolve=True)
+    settings.pop("teachers", None)
+    known = {f.name for f in fields(Distillation)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"distill: unknown key(s) {unknown}; allowed: {sorted(known | {'teachers'})}")
+    return Distillation(**settings)
+
+
+def ensemble_members(cfg: DictConfig, splits: data_module.Splits) -> list[DictConfig]:
+    """The extra teachers of ``distill.teachers``: a conf/model option name or a model config each, checked."""
+    members = []
+    for i, entry in enumerate(cfg.get("distill", {}).get("teachers") or []):
+        key = f"distill.teachers[{i}]"
+        if isinstance(entry, str):
+            path = CONF / "model" / f"{entry}.yaml"
+            if not path.is_file():
+                options = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+                raise ValueError(f"{key}: no model config {entry!r}; options: {options}, or a model config mapping")
+            entry = OmegaConf.create({"model": OmegaConf.load(path)}).model  # resolves ${model.*} within itself
+        if not isinstance(entry, DictConfig) or "net" not in entry or "train" not in entry:
+            raise ValueError(f"{key}: need a conf/model option name or a mapping with net and train, got {entry!r}")
+        member = OmegaConf.create(OmegaConf.to_container(entry, resolve=True))
+        member.setdefault("name", f"teacher{i + 1}")
+        try:
+            build_model(member, splits)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from exc
+        members.append(member)
+    return members
+
+
+def _instantiate(cfg: DictConfig, key: str) -> Any:
+    try:
+        return instantiate(cfg, _convert_="all")
+    except Exception as exc:
+        raise ValueError(f"{key}: {_first_line(exc)}") from exc
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """PyTorch's (process-wide) thread count set to ``n`` for the duration, then restored (``threads=`` in the
+    config: training and evaluation; latency is timed at the cost model's own thread count)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def objective_names(cfg: DictConfig) -> list[str]:
+    names = cfg.get("objectives")
+    names = list(names) if names is not None and not isinstance(names, str) else names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"objectives must be a list of objective names, e.g. [accuracy,latency_ms], got {names!r}; "
+                         f"known: {sorted(objectives.BaseObjective.registry)}")
+    for name in names:
+        objectives.objective_class(name)
+    return names
+
+
+def setup(cfg: DictConfig) -> Setup:
+    """Check and build everything from ``cfg``; writes nothing."""
+    name = str(cfg.study.name)
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"study.name must be a plain folder name, got {name!r}")
+    names = objective_names(cfg)
+    n_trials = cfg.study.n_trials
+    if not isinstance(n_trials, int) or n_trials < 0:
+        raise ValueError(f"study.n_trials must be an integer >= 0, got {n_trials!r}")
+    results = Path(cfg.results_dir)
+    splits = data_module.load(
+        root=cfg.data.root, download_dir=cfg.data.get("download_dir"), val_size=cfg.data.val_size, seed=cfg.data.seed
+    )
+    net = build_model(cfg.model, splits)
+    out_dir = results / name
+    storage = cfg.study.storage or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
+    stopping = OmegaConf.to_container(cfg.get("early_stopping") or {}, resolve=True)
+    try:
+        early_stopping = EarlyStopping(**stopping)
+    except TypeError as exc:
+        raise ValueError(f"early_stopping: {exc}; allowed keys: {[f.name for f in fields(EarlyStopping)]}") from exc
+    constraints = Constraints(**OmegaConf.to_container(cfg.study.constraints, resolve=True))
+    constraints.check(names)
+    cost_model = _instantiate(cfg.hardware, "hardware")
+    return Setup(
+        cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape),
+        sampler=_instantiate(cfg.sampler, "sampler"), cost_model=cost_model,
+        recovery=Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True)), constraints=constraints,
+        out_dir=out_dir, cache_dir=results / "cache", storage=storage,
+        distillation=distillation(cfg), early_stopping=early_stopping, teachers=ensemble_members(cfg, splits),
+        objectives=objectives.build(names, images=splits.val_x, labels=splits.val_y, cost_model=cost_model,
+                                    input_shape=splits.input_shape),
+    )
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch_pruning
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
+        "onnxruntime": onnxruntime.__version__, "torch_pruning": torch_pruning.__version__,
+    }
+
+
+@dataclass
+class Prepared:
+    """Everything a trial needs: the checked setup, the trained teacher and the trial pipeline."""
+
+    setup: Setup
+    teacher: nn.Module
+    source: str
+    pipeline: Pipeline
+    val_accuracy: float
+    test_accuracy: float
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Check the config, then get the teacher (trained once, cached) and its logits."""
+    s = setup(cfg)
+    data_key = cache_key(cfg.data.name, cfg.data.val_size, cfg.data.seed)
+    teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
+    folded = fold_batchnorm(teacher)
+    val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y).of(folded)
+    test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y).of(folded)
+    log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}, test {test_acc:.4f}")
+    logits = cached_logits(teacher, s.splits.train_x, cache_key(weights_key(teacher), data_key), s.cache_dir)
+    student_logits = None
+    if s.teachers and isinstance(s.space, StudentSpace):
+        student_logits = ensemble_logits(logits, s.teachers, s.splits, data_key, s.cache_dir, log=log.info)
+    pipeline = Pipeline(
+        teacher=teacher, space=s.space, splits=s.splits, teacher_logits=logits, recovery=s.recovery,
+        cost_model=s.cost_model, objectives=s.objectives, calibration_samples=int(cfg.calibration_samples),
+        distillation=s.distillation, student_logits=student_logits,
+    )
+    return Prepared(s, teacher, source, pipeline, val_acc, test_acc)
+
+

@@ -1,0 +1,7 @@
+"""Picking one trial of a finished study and shipping it: selection rules, the bundle, its verification and
+its model card. ``python -m search.pick [overrides]``."""
+from .bundle import load_model
+from .selection import Rule, choose, knee
+from .verify import Tolerances, verify_bundle
+
+__all__ = ["Rule", "choose", "knee", "load_model", "verify_bundle", "Tolerances"]

@@ -1,0 +1,139 @@
+"""A picked model as a folder: ``model.onnx``, ``weights.cpz``, ``config.yaml``, ``report.json``, ``README.md``.
+
+``load_model(bundle_dir)`` rebuilds the PyTorch model from the folder alone: the architecture from
+``config.yaml`` (random weights, no trained teacher needed), the trial's params applied to get the
+compressed shapes, then the weights from ``weights.cpz``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from spaces import Artifact, to_plain, unpack
+
+from ..outputs import atomic_write
+
+# Keys of weights.cpz that a plain model has no place for: the input activation ranges of int8 layers
+# (the ONNX model carries them as QDQ scales).
+_ACTIVATION_RANGES = (".act.lo", ".act.hi")
+
+
+@contextmanager
+def staging(final: Path) -> Iterator[Path]:
+    """A temporary folder beside ``final`` that becomes ``final`` on success and is removed on error.
+
+    Nothing half-written is ever at ``final``: an older bundle there is swapped out only once the new one is whole.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o755)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_spec(*, study: str, number: int, baseline: str, params: dict[str, Any], input_shape: tuple[int, ...],
+                config: DictConfig) -> dict[str, Any]:
+    """What config.yaml holds: enough to rebuild the model (``load_model``) or replay the trial (``pick``)."""
+    resolved = OmegaConf.to_container(config, resolve=True)
+    resolved.pop("pick", None)
+    return {"study": study, "trial": number, "baseline": baseline, "input_shape": list(input_shape),
+            "params": dict(params), "config": resolved}
+
+
+def write_model_files(folder: Path, artifact: Artifact, spec: dict[str, Any]) -> None:
+    """model.onnx (checked, one self-contained file), weights.cpz and config.yaml."""
+    proto = onnx.load_from_string(artifact.onnx)
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ValueError(f"the ONNX model keeps {len(external)} tensor(s) in external files; a bundle needs one file")
+    onnx.checker.check_model(proto)
+    atomic_write(folder / "model.onnx", artifact.onnx)
+    atomic_write(folder / "weights.cpz", artifact.packed)
+    header = "# The trial's params and the study's resolved config. The model: search.bundle.load_model(<folder>)\n"
+    atomic_write(folder / "config.yaml", header + OmegaConf.to_yaml(OmegaConf.create(spec)))
+
+
+def read_spec(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundle at {str(bundle_dir)!r}: config.yaml is missing")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def architecture(spec: dict[str, Any]) -> nn.Module:
+    """The compressed model's shapes with untrained weights: teacher architecture + ``space.apply`` (for a
+    student trial, the student's architecture with its compression)."""
+    from ..app import build_space  # the same space the search built, from the same config
+
+    cfg = OmegaConf.create(spec["config"])
+    with torch.random.fork_rng():  # building and tracing draw random numbers; leave the caller's stream alone
+        torch.manual_seed(int(cfg.model.train.seed))
+        net = instantiate(cfg.model.net)
+        space = build_space(cfg, net, tuple(spec["input_shape"]))
+        return space.apply(net.eval(), spec["params"])
+
+
+def load_model(bundle_dir: str | Path) -> nn.Module:
+    """The bundle's plain PyTorch model (Conv2d/Linear holding the decoded weights), in eval mode.
+
+    Activations run in float here; the int8 layers' input ranges are in weights.cpz and in model.onnx.
+    """
+    bundle_dir = Path(bundle_dir)
+    spec = read_spec(bundle_dir)
+    model = to_plain(architecture(spec))
+    state = unpack((bundle_dir / "weights.cpz").read_bytes())
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape that does not fit
+        raise ValueError(f"{bundle_dir}/weights.cpz does not fit the architecture of config.yaml: {exc}") from exc
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(_ACTIVATION_RANGES)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{bundle_dir}/weights.cpz does not match config.yaml: missing {missing}, unexpected {unexpected}"
+        )
+    return model.eval()
+
+
+def _dims(layer: nn.Module) -> tuple[int, int]:
+    return (layer.weight.shape[0], layer.weight.shape[1]) if layer.weight.dim() > 1 else (layer.weight.shape[0], 1)
+
+
+def layer_table(reference: nn.Module, model: nn.Module, knobs: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """One row per Conv2d/Linear of ``reference`` (the teacher, or a student's own architecture): what the
+    compressed ``model`` (``pipeline.build``) made of it, its shapes and then one column per knob of the space, as
+    the knob describes it (``BaseKnob.describe``; empty where it left the layer alone)."""
+    rows = []
+    for fqn, layer in reference.named_modules():
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        built = model.get_submodule(fqn)
+        factors = [m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        (out_t, in_t), first, last = _dims(layer), factors[0], factors[-1]
+        row = {"layer": fqn, "type": type(layer).__name__, "out": f"{out_t} -> {_dims(last)[0]}",
+               "in": f"{in_t} -> {_dims(first)[1]}", "layers now": len(factors)}
+        for knob in knobs:
+            row[knob.knob] = knob.describe(layer, built) if fqn in knob.layers else ""
+        rows.append(row)
+    return rows

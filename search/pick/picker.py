@@ -1,0 +1,329 @@
+"""``python -m search.pick [overrides]``: choose one trial of a finished study and ship it as a bundle.
+
+The same config tree as ``python -m search``: the overrides that named the study (``experiment=``,
+``results_dir=``, ``model=`` ...) find it again, and ``pick.*`` says which trial (``search/selection.py``).
+The trial is replayed from its stored params with the config the study recorded, written to
+``results/<study>/picked/<trial>/`` (``search/bundle.py``) and measured again on the written files
+(``search/verify.py``). Exit status: 0 verified, 1 written but not verified, 2 bad input.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from objectives import Measurement, Outcome, cpu_name
+from spaces import Artifact, JointSpace, StudentSpace
+
+from . import card
+from .bundle import bundle_spec, layer_table, staging, write_model_files
+from ..cli import entry
+from ..front import objective_names
+from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
+from ..app import Prepared, prepare, threads, versions
+from .selection import Rule, choose, describe, front_table
+from ..training.loops import recover
+from .verify import Tolerances, accuracies, check, files_now, latency
+
+log = logging.getLogger("search")
+
+# Keys that may differ between the search and the pick without changing the replay.
+_NOT_REPLAYED = (
+    "pick", "results_dir", "png", "study.n_trials", "study.timeout_s", "study.storage", "data.download_dir",
+    "early_stopping",  # decides which students finish, not how a finished one is built
+)
+
+
+@dataclass
+class Picked:
+    path: Path
+    report: dict[str, Any]
+    model: nn.Module  # the replayed (and fine-tuned) PyTorch model the bundle was materialized from
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.report["verified"])
+
+
+def open_recorded(cfg: DictConfig) -> tuple[optuna.Study, Path]:
+    """The study the search wrote for this config (never creates one)."""
+    name, out_dir = str(cfg.study.name), Path(cfg.results_dir) / str(cfg.study.name)
+    if not cfg.study.storage and not (out_dir / "study.db").is_file():
+        raise FileNotFoundError(
+            f"no study at {out_dir / 'study.db'}; run `python -m search` with the same overrides first"
+        )
+    storage = cfg.study.storage or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
+    try:
+        return optuna.load_study(study_name=name, storage=storage), out_dir
+    except KeyError as exc:
+        raise ValueError(f"study.name: no study {name!r} in {storage}") from exc
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d:
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def _replayed(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in _NOT_REPLAYED)
+
+
+def replay_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """The config the study was searched with (its config.yaml) over this command's, whose ``pick`` and
+    ``results_dir`` win; a key the study's file lacks (written by an older version) keeps this command's value."""
+    path = out_dir / "config.yaml"
+    if not path.is_file():
+        log.info(f"note: {path} is missing; replaying with this command's config")
+        return cfg
+    recorded = OmegaConf.load(path)
+    now, then = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (cfg, recorded))
+    differ = [k for k in sorted(set(now) | set(then)) if _replayed(k) and now.get(k) != then.get(k)]
+    if differ:
+        pairs = (f"{k} (study {then.get(k, '<absent>')!r}, here {now.get(k, '<absent>')!r})" for k in differ)
+        log.info("note: replaying with the study's recorded config, which differs from this command at "
+                 + ", ".join(pairs))
+    return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), recorded,
+                           {"results_dir": cfg.results_dir, "pick": OmegaConf.to_container(cfg.pick)})
+
+
+def fine_tune(p: Prepared, model: nn.Module, params: dict[str, Any], epochs: float) -> int:
+    """``epochs`` more distillation epochs in place (steps = epochs * len(train) / batch); returns the steps.
+
+    The built model is already in its final form (BN folded, quantizers calibrated), as in the recovery's
+    quantization-aware phase, so this continues at that phase's ``qat_lr``.
+    """
+    if epochs <= 0:
+        return 0
+    if params == p.setup.space.identity():
+        log.info("note: pick.finetune_epochs ignored: the uncompressed model is the teacher itself")
+        return 0
+    r, s = p.setup.recovery, p.setup.splits
+    steps = max(1, round(epochs * len(s.train_x) / r.batch_size))
+    log.info(f"fine-tuning {steps} steps ({epochs} epochs) by distillation")
+    logits, temperature, alpha = p.pipeline.teacher_logits, r.temperature, r.alpha
+    if p.pipeline.is_student(params):  # a student keeps its own teacher(s), temperature and alpha
+        d = p.setup.distillation
+        logits, temperature, alpha = p.pipeline.student_logits, d.value("temperature", params), d.value("alpha", params)
+    recover(model, s.train_x, s.train_y, logits, steps=steps, lr=r.qat_lr, batch_size=r.batch_size,
+            temperature=temperature, alpha=alpha, seed=r.seed + 1)
+    return steps
+
+
+def uncompressed(df, p: Prepared) -> dict[str, Any]:
+    """The uncompressed baseline's recorded values (by objective name) and the teacher's accuracies."""
+    ref = df[(df["baseline"] == "uncompressed") & (df["state"] == "COMPLETE")]
+    row = ref.iloc[0] if len(ref) else None
+    out: dict[str, Any] = {"trial": int(row["number"]) if row is not None else None, "val_accuracy": p.val_accuracy,
+                           "test_accuracy": p.test_accuracy, "size_bytes": None, "latency_ms": None}
+    if row is not None:
+        out.update({name: float(row[name]) for name in objective_names(df)})
+    return out
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def summary(report: dict[str, Any]) -> str:
+    a, s, lat = report["accuracy"], report["size_bytes"], report["latency_ms"]
+    return "\n".join([
+        f"{'':26}{'recorded':>12}{'measured now':>14}",
+        f"{'val accuracy (PyTorch)':26}{_num(a['val']['recorded'], '.4f'):>12}{a['val']['pytorch_replay']:>14.4f}",
+        *([f"{'  after fine-tune':26}{'':>12}{a['val']['pytorch']:>14.4f}"] if report["finetune"]["steps"] else []),
+        f"{'val accuracy (ONNX)':26}{'':>12}{a['val']['onnx']:>14.4f}",
+        f"{'test accuracy (ONNX)':26}{'':>12}{a['test']['onnx']:>14.4f}",
+        f"{'size (bytes)':26}{_num(s['recorded'], ',.0f'):>12}{s['measured']:>14,}",
+        f"{'latency (ms)':26}{_num(lat['recorded'], '.3f'):>12}{lat['measured']:>14.3f}",
+        *(f"{name:26}{_num(v['recorded'], ',.6g'):>12}{v['measured']:>14,.6g}"
+          for name, v in report.get("objectives", {}).items()),
+    ])
+
+
+def announce(picked: Picked) -> None:
+    log.info(summary(picked.report))
+    if picked.verified:
+        log.info(f"verified; bundle in {picked.path}/")
+        return
+    bar = "!" * 78
+    log.error("\n".join([bar, f"BUNDLE NOT VERIFIED: {picked.path}", *(f"  - {r}" for r in picked.report["reasons"]),
+                         "  (the bundle is written; report.json says verified: false)", bar]))
+
+
+@dataclass
+class Replay:
+    """One trial rebuilt from its stored params: what the bundle is written from."""
+
+    study: optuna.Study
+    trial: optuna.trial.FrozenTrial
+    rule: str
+    cfg: DictConfig  # the config replayed (the study's own)
+    prepared: Prepared
+    model: nn.Module
+    artifact: Artifact
+    replay_val: float  # validation accuracy of the replay, before any extra fine-tune
+    finetune: dict[str, float]
+
+
+def replay(study: optuna.Study, number: int, rule: str, run_cfg: DictConfig, epochs: float) -> Replay:
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    p = prepare(run_cfg)
+    model = p.pipeline.build(trial.params)
+    replay_val = p.pipeline.accuracy.of(model)
+    steps = fine_tune(p, model, trial.params, epochs)
+    artifact = p.pipeline.materialize(model)
+    return Replay(study, trial, rule, run_cfg, p, model, artifact, replay_val, {"epochs": epochs, "steps": steps})
+
+
+def recorded_values(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> dict[str, float]:
+    """The trial's values by the study's objective names."""
+    return dict(zip(objective_names_of(study), trial.values))
+
+
+def measurements(r: Replay, folder: Path, tol: Tolerances) -> dict[str, Any]:
+    """Accuracy, size and latency, recorded by the search (where they are objectives of the study) and measured now
+    on the files in ``folder``; every other objective of the study recomputed on the replayed model."""
+    s, spread = r.prepared.setup, float(r.trial.user_attrs.get("latency_spread_ms", 0.0))
+    recorded = recorded_values(r.trial, r.study)
+    measuring = s.cost_model.reference()  # a study searched on a predictor is verified on the real runtime
+    acc, files = accuracies(r.model, folder, splits=s.splits, cost_model=measuring), files_now(folder)
+    others = {o.name: {"recorded": recorded[o.name], "measured": _value(o(Outcome(r.model, r.artifact)))}
+              for o in s.objectives if o.name not in ("accuracy", "size_bytes", "latency_ms")}
+    return {
+        "accuracy": {"val": {"recorded": recorded.get("accuracy"), "pytorch_replay": r.replay_val, **acc["val"]},
+                     "test": {"recorded": None, **acc["test"]}},
+        "size_bytes": {"recorded": recorded.get("size_bytes"), "measured": files["weights.cpz"]["bytes"],
+                       "onnx_bytes": files["model.onnx"]["bytes"]},
+        "latency_ms": latency(folder, cost_model=measuring, input_shape=r.artifact.input_shape, tol=tol,
+                              recorded=recorded.get("latency_ms"), spread=spread, example=r.artifact.example),
+        "objectives": others,
+        "loader": {"max_abs_diff": acc["loader_max_abs_diff"]}, "files": files,
+    }
+
+
+def _value(v: Any) -> float:
+    return float(v.value_ms if isinstance(v, Measurement) else v)
+
+
+def student(r: Replay) -> dict[str, Any] | None:
+    """A student trial's architecture and training, for the card; None for a trial of the teacher itself."""
+    p, params = r.prepared, r.trial.params
+    if not p.pipeline.is_student(params):
+        return None
+    d = p.setup.distillation
+    return {"architecture": {k.removeprefix("student."): v for k, v in params.items() if k.startswith("student.")},
+            "steps": d.total_steps(len(p.setup.splits.train_x)), "temperature": d.value("temperature", params),
+            "alpha": d.value("alpha", params), "ensemble": len(p.setup.teachers) + 1}
+
+
+def trial_knobs(r: Replay) -> JointSpace | None:
+    """The knobs the trial's params belong to: the teacher's, or those built for a student's layers."""
+    space, params = r.prepared.setup.space, r.trial.params
+    return space.student_knobs(params) if r.prepared.pipeline.is_student(params) else \
+        (space.teacher if isinstance(space, StudentSpace) else space)
+
+
+def knobs_summary(r: Replay) -> dict[str, list[Any]]:
+    """{knob: [layers it changed in this trial, what it does]}, for the model card."""
+    knobs = trial_knobs(r)
+    if knobs is None:
+        return {}
+    rest = {k: v for k, v in r.trial.params.items() if k.split(".", 1)[0] not in ("arch", "student", "distill")}
+    values = knobs.resolve(rest)
+    return {k.knob: [sum(v != k.identity_value for v in values[k.knob].values()), k.technique] for k in knobs.knobs}
+
+
+def reference_model(r: Replay) -> nn.Module:
+    """What the layer table compares the picked model with: the teacher, or a student's own architecture."""
+    space = r.prepared.setup.space
+    return space.family.build(r.trial.params) if r.prepared.pipeline.is_student(r.trial.params) else r.prepared.teacher
+
+
+def context(r: Replay, df) -> dict[str, Any]:
+    """What the figures are about: the trial, the reference, the machine and the software."""
+    p = r.prepared
+    return {
+        "study": r.study.study_name, "trial": r.trial.number, "baseline": r.trial.user_attrs.get("baseline", ""),
+        "rule": r.rule, "model": r.cfg.model.name, "data": r.cfg.data.name, "input_shape": list(r.artifact.input_shape),
+        "num_classes": p.setup.splits.num_classes, "onnx_input": "input", "uncompressed": uncompressed(df, p),
+        "finetune": r.finetune, "recovery": asdict(p.setup.recovery), "int8_layers": list(r.artifact.int8_layers),
+        "student": student(r), "knobs": knobs_summary(r),
+        "machine": machine(), "cost_model": p.setup.cost_model.reference().describe(),
+        "recorded_cost_model": r.study.user_attrs.get("cost_model"), "versions": versions_now(),
+        "study_figures": [f"../../{n}" for n in ("pareto.html", "pareto.png") if (p.setup.out_dir / n).is_file()],
+    }
+
+
+def write_bundle(r: Replay, df, final: Path, tol: Tolerances) -> Picked:
+    """Files first, then measured on them, then report.json and README.md; all moved into ``final`` at once."""
+    spec = bundle_spec(study=r.study.study_name, number=r.trial.number, baseline=r.trial.user_attrs.get("baseline", ""),
+                       params=r.trial.params, input_shape=r.artifact.input_shape, config=r.cfg)
+    with staging(final) as folder:
+        write_model_files(folder, r.artifact, spec)
+        report = {**context(r, df), "verified": None, "reasons": [], "tolerances": asdict(tol),
+                  **measurements(r, folder, tol)}
+        report["reasons"] = check(report, tol)
+        report["verified"] = not report["reasons"]
+        write_json(folder / "report.json", report)
+        knobs = trial_knobs(r)
+        table = layer_table(reference_model(r), r.model, knobs.knobs if knobs is not None else ())
+        atomic_write(folder / "README.md", card.render(report, table))
+    return Picked(final, report, r.model)
+
+
+def pick(cfg: DictConfig, tol: Tolerances | None = None) -> Picked:
+    """Choose a trial by ``cfg.pick``, replay it, write and verify its bundle; see the module docstring.
+    PyTorch runs at ``cfg.threads`` threads, restored after."""
+    with threads(cfg.threads):
+        return _pick(cfg, tol or Tolerances())
+
+
+def _pick(cfg: DictConfig, tol: Tolerances) -> Picked:
+    rule, epochs = Rule.from_cfg(cfg.get("pick")), cfg.get("pick", {}).get("finetune_epochs") or 0
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0:
+        raise ValueError(f"pick.finetune_epochs must be a number >= 0, got {epochs!r}")
+    study, out_dir = open_recorded(cfg)
+    df = trials_frame(study)
+    log.info(f"study {study.study_name!r}: the front and the baselines\n{front_table(df).to_string(index=False)}")
+    choice = choose(df, rule)
+    log.info(f"picked {describe(df[df['number'] == choice.number].iloc[0])}: {choice.reason}")
+    r = replay(study, choice.number, choice.reason, replay_config(cfg, out_dir), float(epochs))
+    picked = write_bundle(r, df, out_dir / "picked" / str(choice.number), tol)
+    announce(picked)
+    return picked
+
+
+def versions_now() -> dict[str, str]:
+    import numpy
+    import onnx
+
+    return {**versions(), "onnx": onnx.__version__, "numpy": numpy.__version__}
+
+
+def _pick_and_report(cfg: DictConfig) -> None:
+    picked = pick(cfg)
+    if not picked.verified:
+        print(f"error: bundle {picked.path} written but not verified: {'; '.join(picked.report['reasons'])}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def main() -> None:
+    entry(_pick_and_report)

@@ -1,0 +1,106 @@
+"""The model to compress: built from config, loaded from a checkpoint or trained once and cached."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..data import Splits
+from ..outputs import atomic_write
+from .loops import logits_of, train_teacher
+
+
+def cache_key(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_model(model_cfg: DictConfig, splits: Splits) -> nn.Module:
+    """The untrained network of ``model.net`` (any ``_target_``), sized for the data."""
+    torch.manual_seed(int(model_cfg.train.seed))  # the same initial weights on every machine
+    try:
+        net = instantiate(model_cfg.net)
+    except Exception as exc:
+        raise ValueError(f"model.net: cannot build {model_cfg.net.get('_target_')!r}: {exc}") from exc
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"model.net: {model_cfg.net.get('_target_')!r} built a {type(net).__name__}, not an nn.Module")
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(splits.input_shape))
+    if out.shape != (1, splits.num_classes):
+        raise ValueError(
+            f"model.net: output shape {tuple(out.shape)} for input {splits.input_shape}; "
+            f"expected (1, {splits.num_classes})"
+        )
+    return net
+
+
+def _save(path: Path, state: dict[str, torch.Tensor]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def trained_teacher(
+    net: nn.Module, model_cfg: DictConfig, data_key: str, splits: Splits, cache_dir: Path, log=print
+) -> tuple[nn.Module, str]:
+    """Weights from ``model.checkpoint`` if given, else from the cache, else trained now and cached."""
+    if model_cfg.get("checkpoint"):
+        path = Path(model_cfg.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.checkpoint: no file at {str(path)!r}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        return net.eval(), f"checkpoint {path}"
+    train_cfg = OmegaConf.to_container(model_cfg.train, resolve=True)
+    key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True), train_cfg, data_key)
+    path = cache_dir / "teachers" / f"{model_cfg.name}-{key}.pt"
+    if path.is_file():
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net.eval(), f"cache {path}"
+    log(f"training {model_cfg.name} for {train_cfg['epochs']} epoch(s); cached at {path} for later runs")
+    x, y = splits.train_x, splits.train_y
+    train_teacher(net, x, y, epochs=train_cfg["epochs"], lr=train_cfg["lr"],
+                  batch_size=train_cfg["batch_size"], seed=train_cfg["seed"], log=log)
+    _save(path, net.state_dict())
+    return net.eval(), f"trained now, cached at {path}"
+
+
+def cached_logits(teacher: nn.Module, x: torch.Tensor, key: str, cache_dir: Path) -> torch.Tensor:
+    """The teacher's logits on the training split, computed once per (teacher, data)."""
+    path = cache_dir / "logits" / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    logits = logits_of(teacher, x)
+    _save(path, logits)
+    return logits
+
+
+def weights_key(model: nn.Module) -> str:
+    """A fingerprint of a model's weights (what cached teacher logits depend on)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def ensemble_logits(
+    first: torch.Tensor, members: list[DictConfig], splits: Splits, data_key: str, cache_dir: Path, log=print
+) -> torch.Tensor:
+    """The mean of ``first`` (the model's own logits) and each extra teacher's logits on the training split.
+
+    Each member is trained once (or loaded from its checkpoint) and its logits cached, like the model's.
+    """
+    all_logits = [first]
+    for member in members:
+        net, source = trained_teacher(build_model(member, splits), member, data_key, splits, cache_dir, log=log)
+        log(f"ensemble teacher {member.name} ({source})")
+        all_logits.append(cached_logits(net, splits.train_x, cache_key(weights_key(net), data_key), cache_dir))
+    return torch.stack(all_logits).mean(dim=0)

@@ -1,0 +1,77 @@
+"""Per-layer weight bit-width: linear (affine, per output channel) quantization.
+
+Weights at ``b`` bits are simulated in PyTorch (quantize-dequantize, straight-through gradient) and stored as
+b-bit codes with a float32 scale and a uint8 zero point per output channel (``spaces/packing.py``). With 8-bit
+inputs (the ``abits`` knob) the layer is exported as int8 QDQ and runs on integer kernels.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from .._base import BaseKnob, Phase
+from .._compressed import LinearQuantizer, compressed
+from .._layers import targets
+from ..packing import FLOAT_BITS
+
+__all__ = ["BitsKnob"]
+
+ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, FLOAT_BITS)
+
+
+def check_bit_choices(choices: Sequence[int], allowed: Sequence[int], key: str) -> tuple[int, ...]:
+    """The configured bit-widths as ints, each one of ``allowed``; else a ValueError naming ``key``."""
+    if isinstance(choices, (str, bytes)) or not choices:
+        raise ValueError(f"{key} must list at least one bit-width, got {choices!r}")
+    for b in choices:
+        if isinstance(b, bool) or b not in allowed:
+            raise ValueError(f"{key}: bit-width {b!r} is not supported; allowed: {list(allowed)}")
+    return tuple(int(b) for b in choices)
+
+
+class BitsKnob(BaseKnob):
+    """``bits.<fqn>``: the weights' bit-width from ``choices``; 32 leaves them float."""
+
+    knob = "bits"
+    phase = Phase.QUANTIZE
+    label = "weight bits"
+    short = "w bits"
+    harder = "low"
+    unit = "bits"
+    scale = "log2"
+    technique = "store their weights at 8 bits or fewer (affine, per output channel)"
+
+    def __init__(
+        self, *, model: nn.Module, choices: Sequence[int] = (2, 3, 4, 6, 8, FLOAT_BITS),
+        include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+    ) -> None:
+        self.bits = check_bit_choices(choices, ALLOWED_BITS, "space.knobs.bits.choices")
+        super().__init__(model=model, include=include, exclude=exclude)
+
+    @property
+    def identity_value(self) -> int:
+        return FLOAT_BITS
+
+    def choices(self, fqn: str) -> tuple[int, ...]:
+        return self.bits
+
+    def check(self, value: Any, key: str) -> None:
+        if isinstance(value, bool) or value not in self.bits:
+            raise ValueError(f"{key}: bit-width {value!r} is not among the choices {list(self.bits)}")
+
+    def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
+        for fqn, bits in values.items():
+            if bits >= FLOAT_BITS:
+                continue
+            for _, layer in targets(model, fqn):
+                compressed(layer).wq = LinearQuantizer(int(bits))
+
+    def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
+        return {"uniform_int8": {"bits": 8, "abits": 8}, "uniform_w4a8": {"bits": 4, "abits": 8}}
+
+    def describe(self, reference: nn.Module, built: nn.Module) -> str:
+        layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        wq = getattr(layer, "wq", None)
+        return str(wq.bits) if isinstance(wq, LinearQuantizer) else ""

@@ -1,0 +1,108 @@
+"""Structured pruning: whole output channels (conv) or neurons (linear) physically removed.
+
+Torch-Pruning's DependencyGraph finds every layer coupled to a channel (the next layer's input,
+a residual add's other branch) and removes the channel from all of them at once, so the result
+is a smaller dense model that runs faster in any runtime.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .._base import BaseKnob, Phase
+from .._layers import output_layer
+
+__all__ = ["ChannelKnob"]
+
+
+def _dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(*input_shape))
+
+
+def group_roots(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.DependencyGraph, dict[str, Any]]:
+    """The dependency graph and {root layer fqn: pruning group}, one per set of coupled channels."""
+    was_training = model.training
+    graph = _dependency_graph(model, input_shape)
+    model.train(was_training)  # the trace switches the model to eval mode
+    names = {m: n for n, m in model.named_modules()}
+    ignored = [model.get_submodule(output_layer(model))]
+    roots = {}
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        roots[names[group[0].dep.target.module]] = group
+    return graph, roots
+
+
+def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int]) -> None:
+    """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first)."""
+    model.eval()
+    if not any(r > 0 for r in ratios.values()):
+        return
+    importance = tp.importance.MagnitudeImportance(p=2)
+    graph, roots = group_roots(model, input_shape)
+    for fqn, group in roots.items():
+        ratio = ratios.get(fqn, 0.0)
+        if ratio <= 0:
+            continue
+        scores = importance(group)
+        n_prune = min(int(ratio * len(scores)), len(scores) - 1)
+        if n_prune > 0:
+            idxs = torch.argsort(scores)[:n_prune].tolist()
+            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+
+
+class ChannelKnob(BaseKnob):
+    """Per-group ratio of output channels removed: ``channels.<root fqn>`` in [low, high] by ``step``."""
+
+    knob = "channels"
+    phase = Phase.PRUNE
+    label = "channels removed"
+    short = "channels cut"
+    harder = "high"
+    technique = "lost output channels (Torch-Pruning groups, lowest L2 norm first)"
+
+    def __init__(
+        self, *, model: nn.Module, input_shape: Sequence[int], low: float = 0.0, high: float = 0.75,
+        step: float = 0.125, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+    ) -> None:
+        if not 0.0 <= low <= high < 1.0:
+            raise ValueError(f"space.knobs.channels: need 0 <= low <= high < 1, got {low=}, {high=}")
+        if step <= 0:
+            raise ValueError(f"space.knobs.channels.step must be > 0, got {step=}")
+        self.low, self.high, self.step = float(low), float(high), float(step)
+        self.input_shape = tuple(input_shape)
+        super().__init__(model=model, include=include, exclude=exclude)
+
+    def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
+        _, roots = group_roots(model, self.input_shape)
+        return [fqn for fqn in layers if fqn in roots]
+
+    @property
+    def identity_value(self) -> float:
+        return 0.0
+
+    def choices(self, fqn: str) -> tuple[float, ...]:
+        n = int(round((self.high - self.low) / self.step))
+        return tuple(round(self.low + i * self.step, 10) for i in range(n + 1))
+
+    def suggest(self, trial: optuna.Trial, fqn: str) -> float:
+        return trial.suggest_float(self.name(fqn), self.low, self.high, step=self.step)
+
+    def check(self, value: Any, key: str) -> None:
+        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{key}: channel ratio must be in [0, 1), got {value!r}")
+
+    def apply_(self, model: nn.Module, values: Mapping[str, float]) -> None:
+        prune_channels_(model, values, self.input_shape)
+
+    def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
+        return {"channels_50": {"channels": 0.5}, "channels_50_int8": {"channels": 0.5, "bits": 8, "abits": 8}}
+
+    def describe(self, reference: nn.Module, built: nn.Module) -> str:
+        out_now = [m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1].weight.shape[0]
+        out_then = reference.weight.shape[0]
+        return f"{1 - out_now / out_then:.0%}" if out_now != out_then else ""
