@@ -6,11 +6,16 @@ The table has one row per (knob, layer, choice), each the model with that one la
 """
 from __future__ import annotations
 
+from search.sensitivity.anchors import amp_curve, autoquantize, curve_points, greedy_ratio_selection
 from search.sensitivity.solve import MAX_COMBINATIONS, brute_force, nondominated_ranks, solve
 
 __all__ = [
     "MAX_COMBINATIONS",
+    "amp_curve",
+    "autoquantize",
     "brute_force",
+    "curve_points",
+    "greedy_ratio_selection",
     "nondominated_ranks",
     "solve",
 ]

@@ -1,4 +1,5 @@
-"""search.sensitivity: the exact knapsack against enumeration, and Pareto ranks."""
+"""search.sensitivity: the exact knapsack against enumeration, Pareto ranks, and the tools' anchors on
+hand-made tables whose answers are worked out in the comments."""
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,11 @@ from optuna.study._multi_objective import _fast_non_domination_rank
 
 from search.sensitivity import (
     MAX_COMBINATIONS,
+    amp_curve,
+    autoquantize,
     brute_force,
+    curve_points,
+    greedy_ratio_selection,
     nondominated_ranks,
     solve,
 )
@@ -105,7 +110,8 @@ def test_solve_is_exact_where_a_relative_gap_would_stop_early(seed):
     budget = int(cost.mean(axis=1).sum() * 0.8)
     answer = solve(frame, minimize="loss", limits={"bytes": budget})
     assert total(frame, answer, "bytes") <= budget
-    assert total(frame, answer, "loss") == pytest.approx(least_loss_by_dynamic_programming(frame, budget), abs=1e-9)
+    least = least_loss_by_dynamic_programming(frame, budget)
+    assert total(frame, answer, "loss") == pytest.approx(least, abs=1e-9)
 
 
 def test_infeasible_limits_are_named_with_the_closest_reachable_value():
@@ -113,7 +119,8 @@ def test_infeasible_limits_are_named_with_the_closest_reachable_value():
                           "bytes": [8, 4, 8, 4], "ms": [1, 3, 1, 3]})
     for find in (solve, brute_force):
         # bytes alone: at least 4 + 4
-        with pytest.raises(ValueError, match=r"limits\['bytes'\]=7 cannot be met: the smallest achievable bytes is 8"):
+        with pytest.raises(ValueError, match=r"limits\['bytes'\]=7 cannot be met: "
+                                             r"the smallest achievable bytes is 8"):
             find(frame, minimize="loss", limits={"bytes": 7})
         # each limit alone can be met (8 bytes; 2 ms), not both: 12 bytes at most allows one layer at 8
         with pytest.raises(ValueError, match=r"limits\['ms'\]=3 cannot be met together with the limits on "
@@ -207,3 +214,146 @@ def test_nondominated_ranks_agree_with_optuna():
 def test_nondominated_ranks_reject_bad_points(points):
     with pytest.raises(ValueError, match=r"points must be a 2-D array of finite numbers"):
         nondominated_ranks(points)
+
+
+# --------------------------------------------------------------------------- anchors: the table
+
+
+def table(rows: list[tuple]) -> pd.DataFrame:
+    """(knob, layer, choice, identity, loss, saved) rows, ``saved`` both as bytes and MACs; accuracy is
+    0.9 - loss."""
+    frame = pd.DataFrame(rows, columns=["knob", "layer", "choice", "identity", "loss", "saved"])
+    return frame.assign(accuracy=0.9 - frame["loss"], bytes_saved=frame["saved"], macs_saved=frame["saved"])
+
+
+# bits of three layers: a is large and insensitive, b small and sensitive, c in between; 32 = float
+AMP_TABLE = table([
+    ("bits", "a", 32, True, 0.0, 0), ("bits", "a", 8, False, 0.000, 300), ("bits", "a", 6, False, 0.002, 350),
+    ("bits", "a", 4, False, 0.010, 400),
+    ("bits", "b", 32, True, 0.0, 0), ("bits", "b", 8, False, 0.001, 30), ("bits", "b", 6, False, 0.020, 35),
+    ("bits", "b", 4, False, 0.100, 40),
+    ("bits", "c", 32, True, 0.0, 0), ("bits", "c", 8, False, 0.000, 100), ("bits", "c", 6, False, 0.001, 120),
+    ("bits", "c", 4, False, 0.006, 140),
+    ("channels", "a", 0.0, True, 0.0, 0), ("channels", "a", 0.5, False, 0.3, 200),  # another knob: ignored
+])
+
+
+def test_amp_curve_moves_the_layer_with_the_least_loss_per_byte_saved_first():
+    # extra loss per extra byte of each move: a 8->6 0.002/50 = 4e-5, a 6->4 0.008/50 = 1.6e-4,
+    # b 8->6 0.019/5 = 3.8e-3, b 6->4 0.08/5 = 1.6e-2, c 8->6 0.001/20 = 5e-5, c 6->4 0.005/20 = 2.5e-4.
+    # Each layer's moves come in order, so: a6 (4e-5), c6 (5e-5), a4 (1.6e-4), c4 (2.5e-4), b6, b4.
+    # (By the loss alone, as AIMET sorts, c would go before a.)
+    curve = amp_curve(AMP_TABLE, knob="bits", start=8, cost="bytes_saved")
+    assert curve["step"].tolist() == list(range(7))
+    assert curve["layer"].tolist()[1:] == ["a", "c", "a", "c", "b", "b"]
+    assert curve["choice"].tolist()[1:] == [6, 6, 4, 4, 6, 4]
+    assert curve["config"].iloc[0] == {"a": 8, "b": 8, "c": 8}
+    assert curve["config"].iloc[3] == {"a": 4, "b": 8, "c": 6}
+    assert curve["config"].iloc[-1] == {"a": 4, "b": 4, "c": 4}
+    assert curve["predicted_loss"].tolist() == pytest.approx([0.001, 0.003, 0.004, 0.012, 0.017, 0.036, 0.116])
+    assert curve["predicted_saved"].tolist() == [430, 480, 500, 550, 570, 575, 580]
+    assert curve.attrs["cost"] == "bytes_saved"
+
+
+def test_curve_points_take_the_first_point_that_reaches_each_budget():
+    curve = amp_curve(AMP_TABLE, start=8)
+    points = curve_points(curve, [430, 490, 575])
+    assert [p["step"] for p in points] == [0, 2, 5]
+    assert points[1]["config"] == {"a": 6, "b": 8, "c": 6} and points[1]["budget"] == 490
+    with pytest.raises(ValueError, match=r"budget 581 is beyond the curve: its largest predicted saving is 580"):
+        curve_points(curve, [581])
+
+
+def test_amp_curve_needs_the_start_choice_in_every_layer():
+    without = AMP_TABLE[~((AMP_TABLE["layer"] == "b") & (AMP_TABLE["choice"] == 8))]
+    with pytest.raises(ValueError, match=r"start=8 is not a choice of every layer: layers \['b'\] lack it"):
+        amp_curve(without, start=8)
+    with pytest.raises(ValueError, match=r"knob must be one of the table's knobs \['bits', 'channels'\], "
+                                         r"got 'rank'"):
+        amp_curve(AMP_TABLE, knob="rank")
+
+
+# --------------------------------------------------------------------------- anchors: AutoQuantize
+
+QUANT_TABLE = table([
+    ("bits", "big", 32, True, 0.0, 0), ("bits", "big", 8, False, 0.0, 0), ("bits", "big", 4, False, 0.001, 0),
+    ("bits", "big", 2, False, 0.010, 0),
+    ("bits", "small", 32, True, 0.0, 0), ("bits", "small", 8, False, 0.0, 0), ("bits", "small", 4, False, 0.05, 0),
+    ("bits", "small", 2, False, 0.300, 0),
+])
+WEIGHTS = {"big": 1000, "small": 10}
+
+
+@pytest.mark.parametrize(("effective_bits", "expected"), [
+    # (1000 big + 10 small weights) x bits <= 1010 x effective_bits
+    (4.2, {"big": 4, "small": 8}),   # 4,080 <= 4,242; big at 8 would need 8,080
+    (4.3, {"big": 4, "small": 8}),   # small at 32 fits too (4,320 <= 4,343) at the same loss: least bits wins
+    (2.0, {"big": 2, "small": 2}),   # the only choice that fits (2,020)
+    (8.0, {"big": 8, "small": 8}),   # no loss at all; float small (8,320) does not fit
+    (33.0, {"big": 8, "small": 8}),  # all fit: loss ties at 0, the fewest bits win
+])
+def test_autoquantize_puts_the_large_insensitive_layer_low_and_keeps_the_small_one(effective_bits, expected):
+    assert autoquantize(QUANT_TABLE, weights=WEIGHTS, effective_bits=effective_bits) == expected
+
+
+def test_autoquantize_choices_and_errors():
+    # without 8 bits small stays float and big drops to 2 to pay for it: 2,000 + 320 <= 4,242, loss 0.010
+    # (big 4 and small 4 lose 0.051; big 4 and small float need 4,320)
+    assert autoquantize(QUANT_TABLE, weights=WEIGHTS, effective_bits=4.2, choices=(2, 4, 32)) \
+        == {"big": 2, "small": 32}
+    with pytest.raises(ValueError, match=r"effective_bits must be at least 2, the weighted mean .* got 1.9"):
+        autoquantize(QUANT_TABLE, weights=WEIGHTS, effective_bits=1.9)
+    with pytest.raises(ValueError, match=r"weights must give the weight count of each bits layer of the table: "
+                                         r"missing \['small'\], not in the table \['fc'\]"):
+        autoquantize(QUANT_TABLE, weights={"big": 1000, "fc": 5}, effective_bits=4)
+    with pytest.raises(ValueError, match=r"choices=\[3\] leaves layers \['big', 'small'\] "
+                                         r"without any bits choice"):
+        autoquantize(QUANT_TABLE, weights=WEIGHTS, effective_bits=4, choices=[3])
+
+
+# --------------------------------------------------------------------------- anchors: greedy ratio selection
+
+# channels removed (identity 0.0) and rank kept (identity 1.0); base 1,000 MACs; accuracy = 0.9 - loss
+RATIO_TABLE = pd.DataFrame(
+    [("channels", layer, 0.0, True, 0.90, 0) for layer in ("l1", "l2", "l3")]
+    + [("channels", "l1", 0.25, False, 0.89, 100), ("channels", "l1", 0.5, False, 0.85, 200),
+       ("channels", "l1", 0.75, False, 0.70, 300),
+       ("channels", "l2", 0.25, False, 0.895, 50), ("channels", "l2", 0.5, False, 0.88, 100),
+       ("channels", "l2", 0.75, False, 0.80, 150),
+       ("channels", "l3", 0.25, False, 0.60, 80), ("channels", "l3", 0.5, False, 0.55, 160),
+       ("channels", "l3", 0.75, False, 0.50, 240),
+       ("rank", "l1", 1.0, True, 0.90, 0), ("rank", "l1", 0.5, False, 0.88, 250),
+       ("rank", "l1", 0.25, False, 0.60, 350)],
+    columns=["knob", "layer", "choice", "identity", "accuracy", "macs_saved"])
+
+
+def test_greedy_ratio_selection_finds_the_highest_common_accuracy_that_meets_the_target():
+    # threshold 0.89: l1 0.25 + l2 0.25 save 150 -> 850 MACs; 0.88: 100 + 100 -> 800;
+    # 0.85: l1 0.5 (200) + l2 0.5 (100) -> 700 <= 750, and l3 (best 0.60) stays whole
+    assert greedy_ratio_selection(RATIO_TABLE, target_macs=750, base_macs=1000) == \
+        {"channels.l1": 0.5, "channels.l2": 0.5, "channels.l3": 0.0}
+    # 0.7 saves 300 + 150 -> 550 > 500; 0.6 adds l3 at 0.25 (80) -> 470
+    assert greedy_ratio_selection(RATIO_TABLE, target_macs=500, base_macs=1000) == \
+        {"channels.l1": 0.75, "channels.l2": 0.75, "channels.l3": 0.25}
+    # nothing to do
+    assert greedy_ratio_selection(RATIO_TABLE, target_macs=1000, base_macs=1000) == \
+        {"channels.l1": 0.0, "channels.l2": 0.0, "channels.l3": 0.0}
+
+
+def test_greedy_ratio_selection_gives_each_layer_one_knob():
+    # with rank: at 0.88, l1 takes rank 0.5 (saves 250, more than channels 0.25) and l2 channels 0.5 (100):
+    # 650 <= 750 at a higher threshold than channels alone (0.85); l1 keeps all its channels
+    assert greedy_ratio_selection(RATIO_TABLE, knobs=("channels", "rank"), target_macs=750, base_macs=1000) == \
+        {"channels.l1": 0.0, "channels.l2": 0.5, "channels.l3": 0.0, "rank.l1": 0.5}
+
+
+def test_greedy_ratio_selection_errors():
+    # the most compressing choices save 300 + 150 + 240 = 690 of 1,000
+    with pytest.raises(ValueError, match=r"target_macs=200 cannot be met: the most compressing choices of "
+                                         r"\['channels'\] leave 310 MACs"):
+        greedy_ratio_selection(RATIO_TABLE, target_macs=200, base_macs=1000)
+    without_identity = RATIO_TABLE[~((RATIO_TABLE["layer"] == "l2") & RATIO_TABLE["identity"])]
+    with pytest.raises(ValueError, match=r"identity row for each knob and layer; \['channels.l2'\] have none"):
+        greedy_ratio_selection(without_identity, target_macs=750, base_macs=1000)
+    with pytest.raises(ValueError, match=r"knobs must be a non-empty sequence of knob names, got 'channels'"):
+        greedy_ratio_selection(RATIO_TABLE, knobs="channels", target_macs=750, base_macs=1000)
