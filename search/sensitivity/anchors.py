@@ -101,6 +101,8 @@ def amp_curve(table: pd.DataFrame, *, knob: str = "bits", start: float = 8,
     - AIMET's cost is bit-ops (MACs x weight bits x activation bits); ours any saving column of the table.
     - No phase 3 (convert-op reduction).
     """
+    if cost not in getattr(table, "columns", ()):
+        raise ValueError(f"cost must name a saving column of table, such as 'bytes_saved', got {cost!r}")
     rows = _knob_rows(table, knob, ("identity", "loss", cost))
     ladders = _ladders(rows, start, cost)
     position = dict.fromkeys(ladders, 0)

@@ -271,6 +271,8 @@ def test_amp_curve_needs_the_start_choice_in_every_layer():
     with pytest.raises(ValueError, match=r"knob must be one of the table's knobs \['bits', 'channels'\], "
                                          r"got 'rank'"):
         amp_curve(AMP_TABLE, knob="rank")
+    with pytest.raises(ValueError, match=r"cost must name a saving column of table, .* got 'ms_saved'"):
+        amp_curve(AMP_TABLE, cost="ms_saved")
 
 
 # --------------------------------------------------------------------------- anchors: AutoQuantize
