@@ -122,12 +122,23 @@ def test_api_reference_lists_every_public_class_with_its_docstring(site):
         if f'id="{qualname}"' not in source:
             missing.append(f"{qualname}: not on reference/{top}")
             continue
-        own = cls.__dict__.get("__doc__")
-        if own and not own.startswith(f"{cls.__name__}("):  # a dataclass's generated signature is not a docstring
-            first = plain(inspect.cleandoc(own).splitlines()[0])
+        if not undocumented(cls):
+            first = plain(inspect.cleandoc(cls.__doc__).splitlines()[0])
             if squashed(first) not in text:
                 missing.append(f"{qualname}: docstring {first!r} not on reference/{top}")
     assert not missing, "\n".join(missing)
+
+
+def undocumented(cls: type) -> bool:
+    own = cls.__dict__.get("__doc__")
+    return not own or own.startswith(f"{cls.__name__}(")  # a dataclass's generated signature is not a docstring
+
+
+@pytest.mark.xfail(strict=False, reason="some public classes have no docstring of their own yet (this test names "
+                   "them); the API reference still lists them with their signature and fields")
+def test_every_public_class_has_a_docstring():
+    bare = sorted(name for package in PACKAGES for _, name, cls in public_classes(package) if undocumented(cls))
+    assert not bare, f"{len(bare)} public classes without a docstring: {', '.join(bare)}"
 
 
 # --------------------------------------------------------------------------- the README
