@@ -8,8 +8,11 @@ module, each public module's ``__all__`` or else the classes the module defines 
 Commands of ``docs/getting-started.md`` run when marked: a fenced bash block on the line right after
 ``<!-- test: run -->``. Such a block holds one command per line (``#`` lines skipped, no trailing comments); each
 ``python -m search...`` command is smoke-sized (``experiment=smoke``). They run in page order from the repository
-root with ``results_dir=<tmp>`` appended, the ``python3 -m uv run --locked python`` prefix run as this
-interpreter (the same locked environment; inside ``make test`` the venv's ``python3`` has no uv).
+root with ``results_dir=<tmp>`` and ``model.checkpoint=<tmp>/teacher.pt`` appended: a teacher trained here in
+seconds, as ``tests/search/test_pick.py`` does, so the test pays for the commands and not for an epoch of teacher
+training (``test_e2e.py`` trains the smoke teacher from scratch). The ``python3 -m uv run --locked python``
+prefix runs as this interpreter (the same locked environment; inside ``make test`` the venv's ``python3`` has
+no uv).
 """
 from __future__ import annotations
 
@@ -193,17 +196,34 @@ def latency_only_miss(results: Path) -> bool:
     return bool(reasons) and all(r.startswith("latency") for r in reasons)
 
 
+def quick_teacher(path: Path) -> Path:
+    """The default model trained on 6,400 images for one epoch: seconds, and accuracies that still spread."""
+    import torch
+
+    from search import data as data_module
+    from search.models import SmallCNN
+    from search.train import train_teacher
+
+    torch.manual_seed(0)
+    splits = data_module.load(val_size=1000, seed=0)
+    net = train_teacher(SmallCNN(), splits.train_x[:6400], splits.train_y[:6400], epochs=1, lr=0.05,
+                        batch_size=128, seed=0, log=lambda _: None)
+    torch.save(net.state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
 def test_getting_started_commands_run(tmp_path, cli_env):
     commands = marked_commands(ROOT / "docs" / "getting-started.md")
     assert len(commands) >= 3, commands  # the search, the report and the pick: the marker still matches
     results = tmp_path / "results"
+    appended = [f"results_dir={results}", f"model.checkpoint={quick_teacher(tmp_path / 'teacher.pt')}"]
     for command in commands:
         if command.startswith(UV_PREFIX + " "):
             argv = [sys.executable, *shlex.split(command[len(UV_PREFIX):])]
         else:
             argv = shlex.split(command)
-        proc = subprocess.run([*argv, f"results_dir={results}"], cwd=ROOT, capture_output=True, text=True,
+        proc = subprocess.run([*argv, *appended], cwd=ROOT, capture_output=True, text=True,
                               env=cli_env, timeout=1200)
         if proc.returncode == 1 and "search.pick" in command and latency_only_miss(results):
             continue
