@@ -1,6 +1,6 @@
-"""The README's report screenshots, taken in headless Chromium from a study's report.html.
+"""The report screenshots of the docs (docs/img/), taken in headless Chromium from a study's report.html.
 
-    python3 -m uv run python docs/screenshots.py results/fashion-mnist-cnn/report.html docs/
+    python3 -m uv run python docs/screenshots.py results/fashion-mnist-cnn/report.html docs/img/
 
 writes report-page.png (the top of the page), report-front.png (the Pareto front section) and
 report-policy.png (the per-layer policy map) into the folder given, and fails on any JavaScript error.
