@@ -12,7 +12,11 @@ the package, found by reading the source (nothing is imported):
 - a package without ``__all__`` (``search`` today) is documented module by module: its docstring, then
   ``::: package.module`` for every module whose name does not start with ``_`` (a module's own ``__all__``,
   where it has one, again decides what is shown);
-- sub-packages are walked the same way, so a new ``search/report/`` with an ``__all__`` appears by itself.
+- sub-packages are walked the same way, so a new ``search/report/`` with an ``__all__`` appears by itself;
+- a package that gathers plug-ins at import time (``spaces.knobs``, the objectives) lists only some of them in
+  its literal ``__all__``: every module of it whose own ``__all__`` names something the package's literal list
+  does not is a unit of its own (``::: spaces.knobs.kmeans``), so a knob or objective added as one file is
+  documented with no edit here.
 
 ``tests/test_docs.py`` discovers the public classes by the same rules, importing the packages, and checks that
 each one is on the built page with its docstring.
@@ -28,11 +32,13 @@ MARKER = re.compile(r"^<!-- api: ([\w.]+) -->$", re.MULTILINE)
 
 
 def exports(init: Path) -> list[str] | None:
-    """The names a module's top-level ``__all__`` lists, or None where it has none."""
+    """The names a module's top-level ``__all__`` lists literally (a ``*others`` entry, filled at import time, is
+    skipped), or None where it has none."""
     for node in ast.parse(init.read_text(encoding="utf-8")).body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
-            return list(ast.literal_eval(node.value))
+            elements = getattr(node.value, "elts", [])
+            return [e.value for e in elements if isinstance(e, ast.Constant) and isinstance(e.value, str)]
     return None
 
 
@@ -60,7 +66,10 @@ def units(package: str) -> list[str]:
     subpackages = [p for p in public if p.is_dir() and (p / "__init__.py").is_file()]
     found = [package]
     if has_all(folder / "__init__.py"):
+        listed = set(exports(folder / "__init__.py") or [])
         found += shadowed(package)
+        found += [f"{package}.{p.stem}" for p in public if p.suffix == ".py"
+                  and set(exports(p) or []) - listed]  # plug-ins gathered at import time
     else:
         found += [f"{package}.{p.stem}" for p in public if p.suffix == ".py"]
     for sub in subpackages:

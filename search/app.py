@@ -36,6 +36,8 @@ log = logging.getLogger("search")
 
 @dataclass
 class Setup:
+    """Everything built and checked from a config, before anything is trained or written (``setup(cfg)``)."""
+
     cfg: DictConfig
     splits: data_module.Splits
     net: nn.Module

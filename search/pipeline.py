@@ -45,7 +45,7 @@ class Recovery:
 
 @dataclass(frozen=True)
 class Distillation:
-    """How a student trial trains from the teacher (``distill.*`` in the config; ``search/train.py: distill``).
+    """How a student trial trains from the teacher (``distill.*`` in the config; ``search/training/loops.py: distill``).
 
     The budget is ``steps`` batches, or ``epochs`` passes over the training split when ``steps`` is None.
     ``temperature`` and ``alpha`` are numbers, or lists of choices the search samples per student trial

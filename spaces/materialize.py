@@ -29,6 +29,8 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 @dataclass(frozen=True)
 class Artifact:
+    """What a compressed model is shipped as and measured on: the packed weights file and the ONNX model."""
+
     packed: bytes  # the engine's own weights file: len(packed) is the size objective
     onnx: bytes  # self-contained ONNX model, dynamic batch
     int8_layers: tuple[str, ...]  # layers that run on int8 kernels in the ONNX model

@@ -122,7 +122,8 @@ def test_api_reference_lists_every_public_class_with_its_docstring(site):
             path = site / "reference" / top / "index.html"
             pages[top] = (path.read_text(encoding="utf-8"), squashed(page_text(path)))
         source, text = pages[top]
-        if f'id="{qualname}"' not in source:
+        canonical = f"{cls.__module__}.{cls.__qualname__}"  # a plug-in gathered at import: under its own module
+        if f'id="{qualname}"' not in source and f'id="{canonical}"' not in source:
             missing.append(f"{qualname}: not on reference/{top}")
             continue
         if not undocumented(cls):
@@ -137,8 +138,6 @@ def undocumented(cls: type) -> bool:
     return not own or own.startswith(f"{cls.__name__}(")  # a dataclass's generated signature is not a docstring
 
 
-@pytest.mark.xfail(strict=False, reason="some public classes have no docstring of their own yet (this test names "
-                   "them); the API reference still lists them with their signature and fields")
 def test_every_public_class_has_a_docstring():
     bare = sorted(name for package in PACKAGES for _, name, cls in public_classes(package) if undocumented(cls))
     assert not bare, f"{len(bare)} public classes without a docstring: {', '.join(bare)}"

@@ -27,6 +27,9 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 @dataclass(frozen=True)
 class Splits:
+    """The training split, the fixed seeded validation split carved from it (what trials are scored on) and the
+    test split (reports only), as normalised N x C x H x W tensors with their labels, and where they came from."""
+
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor

@@ -71,6 +71,8 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
+    """A ResNet basic block: two k x k conv+BN, ReLU between, a 1x1 conv+BN shortcut where the shape changes."""
+
     def __init__(self, cin: int, cout: int, stride: int, kernel_size: int = 3, separable: bool = False) -> None:
         super().__init__()
         self.conv1 = conv(cin, cout, kernel_size, stride, separable=separable)

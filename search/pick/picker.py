@@ -1,10 +1,10 @@
 """``python -m search.pick [overrides]``: choose one trial of a finished study and ship it as a bundle.
 
 The same config tree as ``python -m search``: the overrides that named the study (``experiment=``,
-``results_dir=``, ``model=`` ...) find it again, and ``pick.*`` says which trial (``search/selection.py``).
+``results_dir=``, ``model=`` ...) find it again, and ``pick.*`` says which trial (``search/pick/selection.py``).
 The trial is replayed from its stored params with the config the study recorded, written to
-``results/<study>/picked/<trial>/`` (``search/bundle.py``) and measured again on the written files
-(``search/verify.py``). Exit status: 0 verified, 1 written but not verified, 2 bad input.
+``results/<study>/picked/<trial>/`` (``search/pick/bundle.py``) and measured again on the written files
+(``search/pick/verify.py``). Exit status: 0 verified, 1 written but not verified, 2 bad input.
 """
 from __future__ import annotations
 

@@ -32,6 +32,8 @@ from ..outputs import write_json
 
 @dataclass(frozen=True)
 class Tolerances:
+    """How far a bundle's figures may be from the search's and still verify (see the module docstring)."""
+
     size_rel: float = 0.01
     accuracy_points: float = 0.3  # percentage points, i.e. 0.003 in accuracy fraction
     latency_spreads: float = 3.0
