@@ -26,6 +26,8 @@ from spaces import STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSp
 from . import data as data_module
 from .cli import CONF
 from .pipeline import Distillation, Pipeline, Recovery
+from .screening import Screening
+from .sensitivity.plan import settings as sensitivity_settings
 from .study import Constraints
 from .training.early_stopping import EarlyStopping
 from .training.teacher import build_model, cache_key, cached_logits, ensemble_logits, trained_teacher, weights_key
@@ -53,6 +55,7 @@ class Setup:
     early_stopping: EarlyStopping
     teachers: list[DictConfig]  # distill.teachers: more teachers whose logits students learn from (averaged)
     objectives: list[BaseObjective]  # ``objectives=[...]``, in the study's order
+    screening: Screening  # ``screening.*``: multi-fidelity (search/screening.py)
 
 
 def _first_line(exc: Exception) -> str:
@@ -217,6 +220,11 @@ def setup(cfg: DictConfig) -> Setup:
         raise ValueError(f"early_stopping: {exc}; allowed keys: {[f.name for f in fields(EarlyStopping)]}") from exc
     constraints = Constraints(**OmegaConf.to_container(cfg.study.constraints, resolve=True))
     constraints.check(names)
+    sensitivity_settings(cfg)  # sensitivity.*, anchors.*, guided.*: checked before anything runs
+    try:
+        screening = Screening(**OmegaConf.to_container(cfg.get("screening") or {}, resolve=True))
+    except TypeError as exc:
+        raise ValueError(f"screening: {exc}; allowed keys: {[f.name for f in fields(Screening)]}") from exc
     cost_model = _instantiate(cfg.hardware, "hardware")
     return Setup(
         cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape),
@@ -226,6 +234,7 @@ def setup(cfg: DictConfig) -> Setup:
         distillation=distillation(cfg), early_stopping=early_stopping, teachers=ensemble_members(cfg, splits),
         objectives=objectives.build(names, images=splits.val_x, labels=splits.val_y, cost_model=cost_model,
                                     input_shape=splits.input_shape),
+        screening=screening,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -133,6 +133,21 @@ class Pipeline:
         self.student_logits = student_logits if student_logits is not None else teacher_logits
         self.calibration = splits.train_x[:calibration_samples]
         self.accuracy = Accuracy(images=splits.val_x, labels=splits.val_y)  # recorded beside any objectives
+
+    def at_low_fidelity(self, *, steps: int, qat_steps: int) -> Pipeline:
+        """The same pipeline with ``steps`` + ``qat_steps`` of recovery and the cost model's short protocol: the
+        screening fidelity (``search/screening.py``)."""
+        import copy
+
+        import objectives
+
+        low = copy.copy(self)
+        low.recovery = replace(self.recovery, steps=steps, qat_steps=qat_steps)
+        low.cost_model = self.cost_model.quick(warmup=3, repeats=15) if self.cost_model.measures else self.cost_model
+        low.objectives = objectives.build([o.name for o in self.objectives], images=self.splits.val_x,
+                                          labels=self.splits.val_y, cost_model=low.cost_model,
+                                          input_shape=self.splits.input_shape)
+        return low
 
     def is_student(self, params: Mapping[str, Any]) -> bool:
         return isinstance(self.space, StudentSpace) and self.space.is_student(params)

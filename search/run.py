@@ -12,13 +12,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from .app import prepare, threads, versions
 from .baselines import policies
-from .front import baseline_dominance
+from .front import baseline_dominance, hypervolume, reference
 from .outputs import atomic_write, students_summary, trials_frame, write_json, write_tables
 from .report.write import after_search
 from .report.plots import write_pareto_figures
-from .study import enqueue_baselines, fail_interrupted, make_objective, open_study, optimize
+from .screening import counts, kendall
+from .sensitivity.plan import guidance, guided
+from .study import (
+    already_guided, enqueue_baselines, enqueue_guided, fail_interrupted, make_objective, open_study, optimize, with_arch,
+)
 
 log = logging.getLogger("search")
+TOLERANCE = {"accuracy": 0.001}  # a searched trial dominates a baseline at up to 0.1 point less accuracy
+
+
+def hypervolumes(df) -> dict[str, float]:
+    """The hypervolume of the searched (full-fidelity) trials alone, of the baselines alone and of all, each against
+    the study's reference point (``front.py``)."""
+    ref = reference(df)
+    searched = df[df["baseline"] == ""]
+    return {"searched": round(hypervolume(searched, ref), 6), "baselines": round(hypervolume(df[df["baseline"] != ""], ref), 6),
+            "all": round(hypervolume(df, ref), 6)}
 
 
 def run(cfg: DictConfig) -> Path:
@@ -49,23 +63,42 @@ def _run(cfg: DictConfig) -> Path:
     atomic_write(s.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if (n := fail_interrupted(study, s.storage)):
         log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
+    guide = guidance(cfg, p, s.out_dir, log=log.info)
     if cfg.study.baselines:
-        enqueue_baselines(study, policies(s.space, p.teacher))
-    objective = make_objective(p.pipeline, s.space, s.constraints, p.val_accuracy, s.early_stopping)
-    optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=cfg.study.timeout_s, log=log.info)
+        enqueue_baselines(study, {**policies(s.space, p.teacher), **with_arch(s.space, guide.anchors)})
+    objective = make_objective(p.pipeline, s.space, s.constraints, p.val_accuracy, s.early_stopping,
+                               s.screening if s.screening.enabled else None)
+    searching = time.time()
+    timeout = cfg.study.timeout_s  # for the whole search stage: the baselines and the searched trials
+
+    def left() -> float | None:
+        return None if timeout is None else max(1.0, timeout - (time.time() - searching))
+
+    optimize(study, objective, n_trials=0, timeout_s=left(), log=log.info)  # the baselines first
+    if not already_guided(study):
+        enqueue_guided(study, with_arch(s.space, dict(enumerate(guided(cfg, guide, trials_frame(study), log=log.info)))))
+    optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info)
+    search_s = time.time() - searching
 
     df = trials_frame(study)
     write_tables(df, s.out_dir)
     title = f"{study.study_name}: {cfg.model.name} on {cfg.data.name}"
     figures = write_pareto_figures(df, s.out_dir, title=title, png=bool(cfg.png))
-    dominance = baseline_dominance(df)
+    dominance = baseline_dominance(df, tolerance=TOLERANCE)
+    wall = time.time() - started
     write_json(s.out_dir / "summary.json", {
         "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": p.source,
         "teacher_val_accuracy": p.val_accuracy, "teacher_test_accuracy": p.test_accuracy, "data": s.splits.source,
-        "cost_model": s.cost_model.describe(), "versions": versions(), "wall_s": round(time.time() - started, 1),
+        "cost_model": s.cost_model.describe(), "versions": versions(), "wall_s": round(wall, 1),
+        "search_s": round(search_s, 1), "sensitivity": {
+            "entries": 0 if guide.table is None else int(len(guide.table)), "seconds": round(guide.seconds, 1),
+            "read_back": guide.cached, "share_of_wall": round(guide.seconds / wall, 4) if not guide.cached else 0.0},
+        "anchors": sorted(guide.anchors), "guided_start": int(df["guided"].notna().sum()) if "guided" in df.columns else 0,
+        "screening": {**counts(df), **kendall(df)} if s.screening.enabled else None,
+        "hypervolume": hypervolumes(df),
         "trials": int(len(df)), "front": int(df["on_front"].sum()), "failed": int((df["state"] == "FAIL").sum()),
         "pruned": int((df["state"] == "PRUNED").sum()), **students_summary(df),
-        "baselines_dominated_by": dominance,
+        "baselines_dominated_by": dominance, "dominance_tolerance": TOLERANCE,
     })
     after_search(study, cfg, s.out_dir, log=log.info)
     if "png_skipped" in figures:
@@ -81,6 +114,12 @@ def _run(cfg: DictConfig) -> Path:
         log.info(f"students: {students['student_trials']} trial(s), {students['student_on_front']} on the front, "
                  f"{students['student_pruned']} stopped early; training steps {steps['done']:,} of {steps['budget']:,} "
                  f"budgeted ({steps['saved_share']:.0%} saved)")
+    if s.screening.enabled:
+        c, k = counts(df), kendall(df)
+        log.info(f"screening: {c['screened']} searched trials screened, {c['promoted']} promoted to full fidelity; "
+                 f"Kendall's tau screened vs full accuracy {k['kendall_tau']} over {k['pairs']} promoted trials")
+    hv = hypervolumes(df)
+    log.info(f"hypervolume: searched trials {hv['searched']:.2%}, baselines {hv['baselines']:.2%}, all {hv['all']:.2%}")
     for name, number in dominance.items():
         log.info(f"baseline {name}: " + (f"weakly dominated by searched trial {number}" if number is not None
                                           else "not dominated by any searched trial"))

@@ -15,9 +15,10 @@ from objectives import BaseObjective
 from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 
 from . import _optuna
-from .front import hypervolume, reference
+from .front import hypervolume, reference, signs
 from .outputs import trials_frame
 from .pipeline import Pipeline
+from .screening import FULL, PREFIX, SCREEN, Screening, promotes, screened_points
 from .training.early_stopping import EarlyStopping, Monitor
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -104,6 +105,28 @@ def enqueue_baselines(study: optuna.Study, policies: Mapping[str, dict[str, Any]
     return added
 
 
+def with_arch(space: JointSpace | StudentSpace, policies: Mapping[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Teacher-knob policies as params of ``space``: in a space with students, ``arch = teacher`` in front."""
+    if not isinstance(space, StudentSpace):
+        return dict(policies)
+    return {k: {ARCH: "teacher", **v} for k, v in policies.items()}
+
+
+def already_guided(study: optuna.Study) -> bool:
+    return any("guided" in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
+def enqueue_guided(study: optuna.Study, configs: Mapping[int, dict[str, Any]]) -> int:
+    """Enqueue the guided start-up configurations once per study (user attribute ``guided``: their index); they
+    are searched trials, counted in ``study.n_trials``. Returns how many were enqueued."""
+    if not configs or already_guided(study):
+        return 0
+    for i, params in configs.items():
+        fixed = {FIXED_ARCH: params[ARCH]} if ARCH in params else {}
+        study.enqueue_trial(params, user_attrs={"guided": int(i), **fixed})
+    return len(configs)
+
+
 def searched_done(study: optuna.Study) -> int:
     """Searched trials that ran to an end; those cut short by an interruption do not count."""
     return sum(
@@ -123,11 +146,37 @@ def progress(study: optuna.Study) -> dict[str, Any]:
 
 def make_objective(
     pipeline: Pipeline, space: JointSpace | StudentSpace, constraints: Constraints, reference_accuracy: float,
-    early_stopping: EarlyStopping | None = None,
+    early_stopping: EarlyStopping | None = None, screening: Screening | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The trial function: sample, evaluate, record. A student trial runs under a ``Monitor`` that records its
-    learning curve and, with ``early_stopping.enabled``, stops it (PRUNED) when it cannot reach the front."""
+    learning curve and, with ``early_stopping.enabled``, stops it (PRUNED) when it cannot reach the front. With
+    ``screening`` enabled, a teacher trial is first evaluated at the low fidelity and fully only when promoted
+    (``search/screening.py``); a baseline is screened too (its screened values join the pool) and always run
+    fully."""
     rule = early_stopping or EarlyStopping()
+    names = [o.name for o in pipeline.objectives]
+    low = pipeline.at_low_fidelity(steps=screening.steps, qat_steps=screening.qat_steps) \
+        if screening is not None and screening.enabled else None
+
+    def record(trial: optuna.Trial, evaluation: Any) -> tuple[float, ...]:
+        for key, value in evaluation.attrs().items():
+            trial.set_user_attr(key, value)
+        for key, value in constraints.violations(evaluation.values, reference_accuracy).items():
+            trial.set_constraint(key, value)
+        return tuple(evaluation.values[name] for name in names)
+
+    def screened(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, ...] | None:
+        """Screen the trial; its values if it stays screened-only, None if it goes on to the full fidelity."""
+        cheap = low.evaluate(params)
+        for name in names:
+            trial.set_user_attr(PREFIX + name, cheap.values[name])
+        if "baseline" in trial.user_attrs:
+            return None
+        pool = screened_points(trial.study.get_trials(deepcopy=False), names)
+        if promotes(cheap.values, pool, names, signs(names), screening.promote_rank):
+            return None
+        trial.set_user_attr("fidelity", SCREEN)
+        return record(trial, cheap)
 
     def monitor_for(trial: optuna.Trial, params: dict[str, Any]) -> Monitor | None:
         if not (isinstance(space, StudentSpace) and space.is_student(params)):
@@ -140,6 +189,10 @@ def make_objective(
         params = space.sample(trial)
         try:
             monitor = monitor_for(trial, params)
+            if low is not None and monitor is None:
+                values = screened(trial, params)
+                if values is not None:
+                    return values
             # a pipeline that trains no students may take params alone (evaluate(params))
             evaluation = pipeline.evaluate(params, monitor) if monitor is not None else pipeline.evaluate(params)
         except optuna.TrialPruned:
@@ -147,11 +200,8 @@ def make_objective(
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
             raise
-        for key, value in evaluation.attrs().items():
-            trial.set_user_attr(key, value)
-        for key, value in constraints.violations(evaluation.values, reference_accuracy).items():
-            trial.set_constraint(key, value)
-        return tuple(evaluation.values[o.name] for o in pipeline.objectives)
+        trial.set_user_attr("fidelity", FULL)
+        return record(trial, evaluation)
 
     return objective
 
@@ -159,11 +209,15 @@ def make_objective(
 def optimize(
     study: optuna.Study, objective: Callable, *, n_trials: int, timeout_s: float | None, log=print
 ) -> None:
-    """Run the waiting (baseline) trials, then searched ones until ``n_trials`` searched have finished."""
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    todo = waiting + max(0, n_trials - searched_done(study))
+    """Run the waiting trials (the baselines, then any enqueued searched ones, such as the guided start-up), then
+    sampled ones until ``n_trials`` searched trials have finished; an enqueued searched trial counts in
+    ``n_trials`` and always runs."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    baselines = sum("baseline" in t.user_attrs for t in waiting)
+    todo = baselines + max(len(waiting) - baselines, n_trials - searched_done(study))
     if todo == 0:
-        log(f"study {study.study_name!r} already has {n_trials} finished searched trials; nothing to run")
+        if n_trials:
+            log(f"study {study.study_name!r} already has {n_trials} finished searched trials; nothing to run")
         return
     bar = tqdm(total=todo, desc="trials", unit="trial", dynamic_ncols=True, mininterval=0)
 

@@ -182,3 +182,22 @@ def report_page(browser) -> Callable[[Path], dict]:
         return shown
 
     return check
+
+
+@pytest.fixture(scope="session")
+def quick_teacher(tmp_path_factory) -> Path:
+    """A SmallCNN teacher trained on 6,400 Fashion-MNIST images (seconds, not a full epoch's minutes), saved as a
+    checkpoint for ``model.checkpoint=``: accuracies of compressed trials still spread."""
+    import torch
+
+    from search import data as data_module
+    from search.models import SmallCNN
+    from search.training.loops import train_teacher
+
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.manual_seed(0)
+    splits = data_module.load(val_size=1000, seed=0)
+    net = train_teacher(SmallCNN(), splits.train_x[:6400], splits.train_y[:6400], epochs=1, lr=0.05,
+                        batch_size=128, seed=0, log=lambda _: None)
+    torch.save(net.state_dict(), path)
+    return path

@@ -195,28 +195,12 @@ def latency_only_miss(results: Path) -> bool:
     return bool(reasons) and all(r.startswith("latency") for r in reasons)
 
 
-def quick_teacher(path: Path) -> Path:
-    """The default model trained on 6,400 images for one epoch: seconds, and accuracies that still spread."""
-    import torch
-
-    from search import data as data_module
-    from search.models import SmallCNN
-    from search.train import train_teacher
-
-    torch.manual_seed(0)
-    splits = data_module.load(val_size=1000, seed=0)
-    net = train_teacher(SmallCNN(), splits.train_x[:6400], splits.train_y[:6400], epochs=1, lr=0.05,
-                        batch_size=128, seed=0, log=lambda _: None)
-    torch.save(net.state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
-def test_getting_started_commands_run(tmp_path, cli_env):
+def test_getting_started_commands_run(tmp_path, cli_env, quick_teacher):
     commands = marked_commands(ROOT / "docs" / "getting-started.md")
     assert len(commands) >= 3, commands  # the search, the report and the pick: the marker still matches
     results = tmp_path / "results"
-    appended = [f"results_dir={results}", f"model.checkpoint={quick_teacher(tmp_path / 'teacher.pt')}"]
+    appended = [f"results_dir={results}", f"model.checkpoint={quick_teacher}"]
     for command in commands:
         if command.startswith(UV_PREFIX + " "):
             argv = [sys.executable, *shlex.split(command[len(UV_PREFIX):])]

@@ -152,7 +152,8 @@ def summary(report: dict[str, Any]) -> str:
         f"{'test accuracy (ONNX)':26}{'':>12}{a['test']['onnx']:>14.4f}",
         f"{'size (bytes)':26}{_num(s['recorded'], ',.0f'):>12}{s['measured']:>14,}",
         f"{'latency (ms)':26}{_num(lat['recorded'], '.3f'):>12}{lat['measured']:>14.3f}",
-        *(f"{name:26}{_num(v['recorded'], ',.6g'):>12}{v['measured']:>14,.6g}"
+        *(f"{name:26}{_num(v['recorded'], ',.0f' if abs(v['recorded']) >= 1000 else '.4g'):>12}"
+          f"{_num(v['measured'], ',.0f' if abs(v['measured']) >= 1000 else '.4g'):>14}"
           for name, v in report.get("objectives", {}).items()),
     ])
 

@@ -186,6 +186,9 @@ def by_number(df: pd.DataFrame, number: int) -> pd.Series:
         raise ValueError(f"pick.trial={number}: no such trial; the study has trials {int(df['number'].min())}.."
                          f"{int(df['number'].max())}")
     row = rows.iloc[0]
+    if str(row.get("fidelity", "")) == "screen":
+        raise ValueError(f"pick.trial={number}: trial {number} was only screened (a short recovery, fidelity "
+                         f"'screen'), never measured at full fidelity; pick a trial of the front instead")
     if row["state"] != "COMPLETE":
         why = row.get("error") if row["state"] == "FAIL" else row.get("pruned_reason")
         error = f": {why}" if isinstance(why, str) and why else ""

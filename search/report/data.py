@@ -33,12 +33,15 @@ class StudyData:
     names: list[str] = field(init=False)  # parameter names in the order the space samples them
     config: dict[str, Any] = field(init=False)  # results/<study>/config.yaml ({} if absent)
     summary: dict[str, Any] = field(init=False)  # results/<study>/summary.json ({} if absent)
+    sensitivity: pd.DataFrame | None = field(init=False)  # results/<study>/sensitivity.csv (None if absent)
 
     def __post_init__(self) -> None:
         self.df = trials_frame(self.study)
         self.names = an.param_names(self.study)
         self.config = _read(self.out_dir / "config.yaml", lambda text: OmegaConf.to_container(OmegaConf.create(text)))
         self.summary = _read(self.out_dir / "summary.json", json.loads)
+        path = self.out_dir / "sensitivity.csv"
+        self.sensitivity = pd.read_csv(path) if path.is_file() else None
 
     @property
     def ref(self) -> Reference | None:

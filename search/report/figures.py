@@ -15,7 +15,7 @@ from .analysis import front_rows, knob_classes, split
 from .plots import format_value, front_grid, panels, plot_points, scene_axes, scene_of, shown
 
 __all__ = ["comparison_front_figure", "comparison_hypervolume_figure", "history_figure", "importance_figure",
-           "policy_figure"]
+           "policy_figure", "sensitivity_figure"]
 
 STUDY_COLOURS = ("#1f6fd1", "#e4572e", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 STUDY_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "pentagon", "hexagon", "cross", "x")
@@ -159,6 +159,37 @@ def importance_figure(imps: Mapping[str, Mapping[str, float]] | str, *, top: int
         fig.update_yaxes(categoryorder="array", categoryarray=[p for p, _ in items], row=1, col=col)
         fig.update_xaxes(tickformat=".0%", title_text="share of variance", row=1, col=col)
     fig.update_layout(barmode="overlay")
+    return fig
+
+
+def sensitivity_figure(table: pd.DataFrame | None) -> go.Figure:
+    """One heatmap per knob: layers (rows, model order) by the knob's choices (columns), coloured by the validation
+    accuracy lost with that one layer changed alone (calibrated, not fine-tuned: ``search/sensitivity/sweep.py``)."""
+    known = knob_classes()
+    knobs = [] if table is None or table.empty else [k for k in known if k in set(table["knob"])]
+    fig = make_subplots(rows=max(1, len(knobs)), cols=1, vertical_spacing=0.06,
+                        subplot_titles=[f"{known[k].label}: accuracy lost (points)" for k in knobs] or [""])
+    n_layers = 1 if not knobs else max(table[table["knob"] == k]["layer"].nunique() for k in knobs)
+    fig.update_layout(template="plotly_white", font=_FONT, width=1000, height=90 + max(1, len(knobs)) * (26 * n_layers + 90),
+                      margin=dict(l=130, r=90, t=60, b=50), plot_bgcolor="white")
+    if not knobs:
+        return _note(fig, "no sensitivity table (sensitivity.enabled=false)")
+    for i, knob in enumerate(knobs, start=1):
+        rows = table[table["knob"] == knob]
+        pivot = rows.pivot_table(index="layer", columns="choice", values="loss", aggfunc="first", sort=False)
+        pivot = pivot.reindex(list(dict.fromkeys(rows["layer"])))[sorted(pivot.columns)]
+        z = pivot.to_numpy(float) * 100
+        labels = [_cell(c) for c in pivot.columns]
+        text = [["" if not np.isfinite(v) else f"{v:.1f}" for v in r] for r in z]
+        domain = fig.get_subplot(i, 1).yaxis.domain
+        fig.add_trace(go.Heatmap(z=z, x=labels, y=list(pivot.index), text=text, texttemplate="%{text}",
+                                 colorscale="Reds", zmin=0, zmax=max(1.0, float(np.nanmax(z))), xgap=2, ygap=2,
+                                 hovertemplate=f"{knob} %{{x}} on %{{y}}: %{{z:.2f}} points lost<extra></extra>",
+                                 colorbar=dict(len=domain[1] - domain[0], y=(domain[0] + domain[1]) / 2,
+                                               yanchor="middle", thickness=12, title=dict(text="points"))),
+                      row=i, col=1)
+        fig.update_yaxes(autorange="reversed", row=i, col=1)
+        fig.update_xaxes(type="category", row=i, col=1)
     return fig
 
 

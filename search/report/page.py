@@ -31,6 +31,7 @@ def study_figures(d: StudyData, *, importances: bool = True) -> dict[str, go.Fig
         "hypervolume": figures.history_figure(history(d.df, ref), ref=ref),
         "policy": figures.policy_figure(an.policy(d.df, d.names), an.front_rows(d.df)),
         "importance": figures.importance_figure(imps),
+        **({"sensitivity": figures.sensitivity_figure(d.sensitivity)} if d.sensitivity is not None else {}),
     }
 
 
@@ -200,6 +201,8 @@ def _cards(d: StudyData) -> dict[str, str]:
         "trials finished": str(int(df["state"].isin(["COMPLETE", "FAIL", "PRUNED"]).sum())) if len(df) else "0",
         "failed": str(int((df["state"] == "FAIL").sum())) if len(df) else "0",
         **({"stopped early": str(int((df["state"] == "PRUNED").sum()))} if (df.get("state") == "PRUNED").any() else {}),
+        **({"screened only (low fidelity)": str(int((df["fidelity"] == "screen").sum()))}
+           if "fidelity" in df.columns and (df["fidelity"] == "screen").any() else {}),
         "on the Pareto front": str(int(df["on_front"].sum())) if len(df) else "0",
         "hypervolume (% of box)": f"{hypervolume(df, ref) * 100:.2f}%",
     }
@@ -236,6 +239,12 @@ def study_page(d: StudyData, figs: Mapping[str, go.Figure], links: Mapping[str, 
                 figure_div(figs["importance"], "fig-importance", links=links.get("importance")),
                 "fANOVA (Optuna's FanovaImportanceEvaluator, seed 0) over the completed trials: the share of each "
                 "objective's variance that each parameter explains. With few trials these are rough."),
+        *([Section("sensitivity", "Per-layer sensitivity",
+                   figure_div(figs["sensitivity"], "fig-sensitivity", links=links.get("sensitivity")),
+                   "Each knob, each layer it covers and each of its choices, that one layer changed alone on the "
+                   "trained model (calibrated, not fine-tuned), scored on the first validation images: the accuracy "
+                   "lost, in points. The anchors' baselines and the guided start are built from this table "
+                   "(<code>results/&lt;study&gt;/sensitivity.csv</code>).")] if "sensitivity" in figs else []),
         Section("pareto", "Pareto table", pareto_table(d),
                 "Click a column header to sort. Each row's command replays that trial from its stored parameters "
                 "and writes a verified bundle to <code>results/&lt;study&gt;/picked/&lt;trial&gt;/</code>. "

@@ -37,8 +37,9 @@ _CHROME_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome
 _CHROME_PATHS = ("/usr/bin/chromium",)
 _UNCOMPRESSED = "uncompressed"
 _DOMINATED_STYLE = dict(color="rgba(150,150,150,0.55)", size=6)
+_SCREENED_STYLE = dict(color="rgba(150,150,150,0.35)", size=5, symbol="circle-open")
 _FRONT_STYLE = dict(color="#1f6fd1", size=10, line=dict(color="white", width=1))
-_SOLID_3D = {"dominated trials": dict(color="#b4b4b4")}  # WebGL scene drops rgba alpha poorly
+_SOLID_3D = {"dominated trials": dict(color="#b4b4b4"), "screened only (low fidelity)": dict(color="#d6d6d6")}  # WebGL scene drops rgba alpha poorly
 # Scatter3d supports only a handful of symbols (no star), hence separate cycles.
 _SYMBOLS_2D = ("diamond", "square", "triangle-up", "pentagon", "hexagon", "cross", "x", "triangle-down")
 _SYMBOLS_3D = ("square", "cross", "x", "circle-open", "square-open", "diamond-open")
@@ -69,8 +70,8 @@ def format_value(name: str, value: float) -> str:
 def plot_points(df: pd.DataFrame, *, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Drawable rows only (COMPLETE, finite objectives), with display columns added.
 
-    Adds ``show:<objective>`` for each objective, ``hover`` and ``role`` ("baseline" / "front" / "dominated"; a
-    baseline keeps its baseline role even when it is on the front). The hover shows the configuration in short,
+    Adds ``show:<objective>`` for each objective, ``hover`` and ``role`` ("baseline" / "front" / "dominated" /
+    "screened": evaluated at the low fidelity only; a baseline keeps its baseline role even on the front). The hover shows the configuration in short,
     one line per knob, layers in the order of ``names`` (the study's parameter names; default: the knob columns
     of ``df``).
     """
@@ -81,13 +82,14 @@ def plot_points(df: pd.DataFrame, *, names: Sequence[str] | None = None) -> pd.D
     state = d["state"].astype(str).str.rsplit(".", n=1).str[-1].str.upper()  # "TrialState.COMPLETE" too
     values = d[objectives].apply(pd.to_numeric, errors="coerce")
     keep = (state == "COMPLETE") & np.isfinite(values.to_numpy(dtype=float)).all(axis=1)
-    if "fidelity" in d.columns:
-        keep &= d["fidelity"].fillna("full").astype(str) != "screen"
     d = d.loc[keep].copy()
+    screened = d["fidelity"].fillna("full").astype(str) == "screen" if "fidelity" in d.columns else \
+        pd.Series(False, index=d.index)
     d[objectives] = values.loc[keep]
     for name in objectives:
         d[shown(name)] = d[name] * objective_class(name).display
-    d["role"] = np.where(d["baseline"] != "", "baseline", np.where(d["on_front"], "front", "dominated"))
+    d["role"] = np.where(d["baseline"] != "", "baseline", np.where(
+        d["on_front"], "front", np.where(screened.to_numpy(), "screened", "dominated")))
     names = list(names) if names is not None else knob_params(d.columns)
     d["hover"] = [
         "<br>".join([_hover_head(row, objectives), *short_config(row, names)]) for row in d.to_dict("records")
@@ -101,6 +103,8 @@ def _hover_head(row: dict, objectives: Sequence[str]) -> str:
         head += f" (trial #{int(row['number'])})"
     if row["on_front"]:
         head += " · on front"
+    if str(row.get("fidelity", "")) == "screen":
+        head += " · screened only (low fidelity)"
     return "<br>".join([head, *(format_value(n, row[n]) for n in objectives)])
 
 
@@ -233,6 +237,7 @@ def pareto_figure(df: pd.DataFrame, *, title: str = "", names: Sequence[str] | N
 
 def _groups(pts: pd.DataFrame, styles: dict[str, dict]):
     """(legend name, rows, marker, is_baseline, 3-D marker) in drawing order."""
+    yield "screened only (low fidelity)", pts[pts["role"] == "screened"], _SCREENED_STYLE, False, _SCREENED_STYLE
     yield "dominated trials", pts[pts["role"] == "dominated"], _DOMINATED_STYLE, False, _DOMINATED_STYLE
     yield "Pareto front", pts[pts["role"] == "front"], _FRONT_STYLE, False, _FRONT_STYLE
     for name, st in styles.items():

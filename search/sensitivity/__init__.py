@@ -2,12 +2,14 @@
 
 The table has one row per (knob, layer, choice), each the model with that one layer changed alone:
 ``knob``, ``layer``, ``choice``, ``identity``, ``accuracy``, ``loss``, ``bytes``, ``bytes_saved``,
-``latency_ms``, ``ms_saved``, ``macs``, ``macs_saved``. Nothing here imports torch or the rest of the project.
+``latency_ms``, ``ms_saved``, ``macs``, ``macs_saved``. The solvers and the anchors (``knapsack``, ``anchors``)
+import nothing of torch or the rest of the project; ``sweep`` measures the table and ``guide`` turns it into
+the anchors' baselines and the guided start (import them from their modules).
 """
 from __future__ import annotations
 
-from search.sensitivity.anchors import amp_curve, autoquantize, curve_points, greedy_ratio_selection
-from search.sensitivity.solve import MAX_COMBINATIONS, brute_force, nondominated_ranks, solve
+from .anchors import amp_curve, autoquantize, curve_points, greedy_ratio_selection
+from .knapsack import MAX_COMBINATIONS, brute_force, nondominated_ranks, solve
 
 __all__ = [
     "MAX_COMBINATIONS",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.sensitivity.solve import _finite_number, solve
+from .knapsack import _finite_number, solve
 
 
 def _plain(value: Any) -> Any:

@@ -90,6 +90,9 @@ def _fit(
                                      f"lower {lr_key} ({lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for module in model.modules():  # a weight quantizer may adjust its gradients (k-means: per shared value)
+            if hasattr(module, "before_step"):
+                module.before_step()
         # Factorized layers without BatchNorm can take huge steps early on; clipping keeps them stable.
         nn.utils.clip_grad_norm_(model.parameters(), max_norm=CLIP_NORM)
         opt.step()

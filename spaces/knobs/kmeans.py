@@ -3,8 +3,12 @@
 Per layer, the kept weights share ``2**b`` values found by k-means on them (linear initialisation over
 [min, max], which the paper found best, then Lloyd's iterations); each weight stores only the b-bit index of its
 value. Fine-tuning trains the shared values: the gradient of a shared value is the sum of the gradients of the
-weights that use it (section 3.3 of the paper), which is what autograd gives for ``codebook[index]``. Pruned
-weights (the ``sparsity`` knob) stay zero and take no index.
+weights that use it (section 3.3 of the paper), which is what autograd gives for ``codebook[index]``. That sum
+is taken at the learning rate divided by the number of weights sharing the value (``before_step``: the mean of
+their steps), so the one learning rate of the recovery fine-tune fits a value shared by ten weights and one
+shared by ten thousand alike; at the plain learning rate the 16 values of a 147k-weight layer moved so far in
+five steps that a 4-bit model fell from 0.903 to 0.373 validation accuracy (smoke teacher). Pruned weights (the
+``sparsity`` knob) stay zero and take no index.
 
 Stored as the layer's codebook (``2**b`` float32 values) and the kept weights' b-bit indices (codec
 ``"kmeans"`` of ``spaces/packing.py``): the size objective counts exactly that. ONNX Runtime runs the layer in
@@ -69,12 +73,19 @@ class KMeansQuantizer(WeightQuantizer):
         self.codebook = nn.Parameter(codebook)
         self.register_buffer("index", full)
         self.register_buffer("kept", kept)
+        self.register_buffer("members", torch.bincount(index, minlength=2**self.bits).clamp(min=1).float())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return torch.where(self.kept, self.codebook[self.index], torch.zeros((), dtype=self.codebook.dtype))
 
     def packed(self, name: str, w: torch.Tensor, mask: torch.Tensor | None) -> PackedTensor:
         return PackedTensor(name, self.forward(w).detach(), bits=self.bits, mask=mask, codec="kmeans")
+
+    def before_step(self) -> None:
+        """Called by the training loop between ``backward`` and the optimiser's step: the summed gradient of each
+        shared value divided by the number of weights that share it."""
+        if self.codebook.grad is not None:
+            self.codebook.grad /= self.members
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, values={2**self.bits}"

@@ -42,16 +42,23 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
             __import__("torch").cuda.is_available(), reason="a GPU is present: hardware=gpu is valid here")),
     ],
 )
-def test_bad_input_one_line_error_and_nothing_written(tmp_path, cli_env, overrides, expected):
-    proc = run_cli(tmp_path, cli_env, *overrides)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, overrides, expected, capsys):
+    """Through the entry helper of ``python -m search``, in process (a subprocess per case cost 8 s of start-up
+    each); each command runs once as a real subprocess below."""
+    from search.cli import entry
+    from search.run import run
+
+    with pytest.raises(SystemExit) as exc:
+        entry(run, argv=["experiment=smoke", f"results_dir={tmp_path / 'results'}", *overrides])
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
     for word in expected:
         assert word in lines[0], (word, lines[0])
     assert list(tmp_path.iterdir()) == []  # no results/, no Hydra outputs/
 
 
+@pytest.mark.slow
 def test_unknown_sampler_is_refused_by_hydra(tmp_path, cli_env):
     proc = run_cli(tmp_path, cli_env, "sampler=annealing")
     assert proc.returncode != 0
@@ -59,6 +66,7 @@ def test_unknown_sampler_is_refused_by_hydra(tmp_path, cli_env):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "expected"), [
     ([], "usage: python -m search.hardware {build|validate}"),
     (["rebuild"], "'rebuild'"),
@@ -102,6 +110,7 @@ def test_a_wrong_override_is_one_line_naming_key_value_and_what_is_allowed(overr
         assert word in err[0], (word, err[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("module", "args"), [
     ("search", ["study.n_trial=5"]),
     ("search.pick", ["study=smoke"]),

@@ -13,6 +13,7 @@ from search.outputs import DEFAULT_OBJECTIVES as OBJECTIVES
 from search.app import prepare
 from search.run import run
 
+pytestmark = pytest.mark.slow  # real smoke searches: in make test, out of -m "not slow"
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 

@@ -25,8 +25,15 @@ def pipeline(tmp_path_factory):
     return prepare(cfg).pipeline
 
 
+# every knob of the recorded space at work: the uncompressed model, channels, rank, sparsity, bits with 8-bit
+# inputs, and searched trials that mix them all (the whole recording replays the same; these keep the test short)
+REPLAYED = [t for t in RECORDED["trials"] if t["baseline"] in ("uncompressed", "channels_50_int8", "rank_50",
+                                                               "global_magnitude_50", "uniform_w4a8")
+            or t["baseline"] == "" and t["number"] in (8, 10)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("trial", RECORDED["trials"], ids=lambda t: f"trial{t['number']}")
+@pytest.mark.parametrize("trial", REPLAYED, ids=lambda t: f"trial{t['number']}")
 def test_recorded_trial_replays_to_the_same_size_and_accuracy(pipeline, trial):
     model = pipeline.build(dict(trial["params"]))
     artifact = pipeline.materialize(model)

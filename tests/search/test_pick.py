@@ -26,6 +26,7 @@ from search.training.loops import train_teacher
 from search.pick.verify import verify_bundle
 from spaces import to_plain, unpack
 
+pytestmark = pytest.mark.slow  # real smoke searches: in make test, out of -m "not slow"
 ROOT = Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
 

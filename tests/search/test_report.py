@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,11 +194,6 @@ def test_png_export_without_chromium_still_writes_the_html(synthetic_study, tmp_
     assert "apt-get install -y chromium" in result["skipped"]
 
 
-def run_cli(tmp_path: Path, env, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.report", f"results_dir={tmp_path / 'results'}", *overrides],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
-
-
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["study.name=nothere"], ["study.name", "nothere", "python -m search"]),
     (["report.studies=[s1]"], ["report.studies", "at least two", "s1"]),
@@ -209,13 +202,18 @@ def run_cli(tmp_path: Path, env, *overrides: str) -> subprocess.CompletedProcess
     (["study.name=s1", "report.importances=maybe"], ["report.importances", "maybe", "true or false"]),
     (["report.studies=[s1,../x]"], ["report.studies", "../x", "plain folder name"]),
 ])
-def test_bad_input_one_line_exit_2_nothing_written(synthetic_study, tmp_path, cli_env, overrides, expected):
+def test_bad_input_one_line_exit_2_nothing_written(synthetic_study, tmp_path, overrides, expected, capsys):
+    """Through the entry helper every command uses (``search/cli.py``), in process; test_cli.py runs each command
+    once as a real subprocess."""
+    from search.cli import entry
+
     synthetic_study("s1")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    proc = run_cli(tmp_path, cli_env, *overrides)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        entry(rp.report, argv=[f"results_dir={tmp_path / 'results'}", "png=false", *overrides])
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
     for word in expected:
         assert word in lines[0], (word, lines[0])
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

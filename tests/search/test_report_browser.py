@@ -16,6 +16,7 @@ import pytest
 from search import report as rp
 from search.outputs import trials_frame
 
+pytestmark = pytest.mark.slow  # a headless browser: in make test, out of -m "not slow"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

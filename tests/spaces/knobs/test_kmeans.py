@@ -69,6 +69,9 @@ def test_fine_tuning_sums_the_gradients_of_the_weights_that_share_a_value():
     expected = torch.zeros(4).index_add_(0, q.index.flatten(), upstream.flatten())
     assert torch.allclose(q.codebook.grad, expected)
     assert layer.weight.grad is None  # the shared values are what trains
+    q.before_step()  # the training loop's hook: the summed step at the learning rate / the weights sharing it
+    counts = torch.bincount(q.index.flatten(), minlength=4).clamp(min=1).float()
+    assert torch.allclose(q.codebook.grad, expected / counts)
 
 
 def test_onnx_runs_the_layer_in_float_with_exactly_the_shared_values(small_cnn, batch):

@@ -1,0 +1,170 @@
+"""Benchmark: the default search (sensitivity, anchors, guided start, screening) against today's plain TPE at the
+same wall time, on several seeds.
+
+    python3 -m uv run --locked python benchmarks/search_efficiency.py [--seeds 0 1 2] [hydra overrides]
+
+For each seed, first the default search (``study.seed=<seed>``, everything else as ``make search``), then plain
+TPE (``sensitivity.enabled=false guided.n=0 screening.enabled=false``: the hand-made baselines and the TPE
+sampler only) with ``study.timeout_s`` set to the wall time the default search spent from its sensitivity pass to
+its last trial, and a trial budget it cannot reach in that time. Both share the cached teacher. Per study:
+
+- ``hypervolume``: of the searched full-fidelity trials alone, against the study's own reference point
+  (``search/front.py``: 1.1 x its uncompressed model's size and latency, timed in the same run);
+- ``baselines_dominated``: how many of the default study's baselines (hand-made and the anchors', every one but
+  ``uncompressed``) a searched full-fidelity trial of this study weakly dominates, at up to 0.1 point less
+  accuracy, with latency taken as a fraction of the study's own uncompressed latency (so that a drift of the
+  machine between the two runs cancels); ``baselines_total`` of them;
+- ``wall_s``: the time from the first step of the search (the sensitivity pass, or the first baseline) to the end
+  of its last trial; ``trials_full``, ``trials_screened``, ``sensitivity_s``.
+
+Writes ``results/benchmarks/search_efficiency.csv`` (``search_efficiency-<hash of the overrides>.csv`` with
+overrides) and ``search_efficiency.html`` / ``.png``: hypervolume of the searched trials against wall time. At
+the defaults it takes about 6 x 15 minutes on the 2-core VM; ``experiment=smoke`` checks that it works.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from hydra import compose, initialize_config_dir
+
+from search.front import done, hypervolume, objective_names, reference
+from search.outputs import atomic_write, trials_frame
+from search.report.plots import find_chromium
+from search.run import run
+from search.training.teacher import cache_key
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN_TPE = ["sensitivity.enabled=false", "guided.n=0", "screening.enabled=false", "study.n_trials=100000"]
+TOLERANCE = 0.001  # accuracy a searched trial may lack and still dominate a baseline (0.1 point)
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=["png=false", "report.importances=false", *overrides])
+
+
+def study_of(cfg, out: Path) -> optuna.Study:
+    return optuna.load_study(study_name=str(cfg.study.name), storage=cfg.study.storage or f"sqlite:///{out / 'study.db'}")
+
+
+def searched(df: pd.DataFrame) -> pd.DataFrame:
+    return done(df)[lambda d: d["baseline"] == ""]
+
+
+def latency_ratio(df: pd.DataFrame) -> pd.Series:
+    ref = reference(df)
+    return df["latency_ms"] / ref.values["latency_ms"]
+
+
+def dominated(candidates: pd.DataFrame, baselines: pd.DataFrame) -> int:
+    """How many ``baselines`` rows a row of ``candidates`` weakly dominates (``ratio``: latency / own reference)."""
+    count = 0
+    for _, b in baselines.iterrows():
+        ok = candidates[(candidates["accuracy"] >= b["accuracy"] - TOLERANCE)
+                        & (candidates["size_bytes"] <= b["size_bytes"]) & (candidates["ratio"] <= b["ratio"])]
+        count += int(len(ok) > 0)
+    return count
+
+
+def history(study: optuna.Study, df: pd.DataFrame, start: float) -> pd.DataFrame:
+    """Hypervolume of the searched full-fidelity trials finished so far, against seconds since ``start``."""
+    ref = reference(df)
+    ends = {t.number: t.datetime_complete.timestamp() for t in study.get_trials(deepcopy=False)
+            if t.datetime_complete is not None}
+    rows = []
+    ok = searched(df)
+    for number in sorted(ok["number"]):
+        upto = ok[ok["number"].map(ends) <= ends[number]]
+        rows.append({"seconds": ends[number] - start, "hypervolume": hypervolume(upto, ref)})
+    return pd.DataFrame(rows, columns=["seconds", "hypervolume"])
+
+
+def started_at(study: optuna.Study, summary: dict) -> float:
+    """The study's first trial start, less the sensitivity pass that ran before it (when it ran now)."""
+    first = min(t.datetime_start.timestamp() for t in study.get_trials(deepcopy=False) if t.datetime_start)
+    sens = summary.get("sensitivity") or {}
+    return first - (0.0 if sens.get("read_back") else float(sens.get("seconds", 0.0)))
+
+
+def main(seeds: list[int], overrides: list[str]) -> None:
+    tag = cache_key(*overrides)[:6]
+    rows, curves = [], {}
+    for seed in seeds:
+        default_cfg = config(f"study.seed={seed}", f"study.name=eff-default-s{seed}-{tag}", *overrides)
+        out = run(default_cfg)
+        study = study_of(default_cfg, out)
+        df = trials_frame(study)
+        summary = json.loads((out / "summary.json").read_text())
+        start = started_at(study, summary)
+        end = max(t.datetime_complete.timestamp() for t in study.get_trials(deepcopy=False) if t.datetime_complete)
+        wall = end - start
+        base = done(df)[lambda d: (d["baseline"] != "") & (d["baseline"] != "uncompressed")].assign(
+            ratio=lambda d: latency_ratio(df).loc[d.index])
+        studies = {"default": (default_cfg, out, study, df, summary, start, wall)}
+        tpe_cfg = config(f"study.seed={seed}", f"study.name=eff-tpe-s{seed}-{tag}", *PLAIN_TPE,
+                         f"study.timeout_s={wall:.0f}", *overrides)
+        t0 = time.time()
+        tpe_out = run(tpe_cfg)
+        tpe_study = study_of(tpe_cfg, tpe_out)
+        tpe_df = trials_frame(tpe_study)
+        tpe_summary = json.loads((tpe_out / "summary.json").read_text())
+        tpe_start = started_at(tpe_study, tpe_summary)
+        tpe_end = max(t.datetime_complete.timestamp() for t in tpe_study.get_trials(deepcopy=False)
+                      if t.datetime_complete)
+        studies["tpe"] = (tpe_cfg, tpe_out, tpe_study, tpe_df, tpe_summary, tpe_start, tpe_end - tpe_start)
+        print(f"seed {seed}: default {wall:.0f} s, tpe {tpe_end - tpe_start:.0f} s ({time.time() - t0:.0f} s run)")
+        for method, (cfg, _, st, frame, summ, st_start, st_wall) in studies.items():
+            cand = searched(frame).assign(ratio=lambda d: latency_ratio(frame).loc[d.index])
+            screening = summ.get("screening") or {}
+            rows.append({
+                "method": method, "seed": seed, "study": str(cfg.study.name),
+                "hypervolume": round(hypervolume(searched(frame), reference(frame)), 6),
+                "baselines_dominated": dominated(cand, base), "baselines_total": int(len(base)),
+                "wall_s": round(st_wall, 1), "trials_full": int(len(cand)),
+                "trials_screened": int(screening.get("screened", 0)),
+                "kendall_tau": screening.get("kendall_tau"),
+                "sensitivity_s": float((summ.get("sensitivity") or {}).get("seconds", 0.0)),
+            })
+            curves[(method, seed)] = history(st, frame, st_start)
+    write(pd.DataFrame(rows), curves, tag if overrides else "")
+
+
+def write(table: pd.DataFrame, curves: dict, tag: str) -> None:
+    out = ROOT / "results" / "benchmarks"
+    name = f"search_efficiency-{tag}" if tag else "search_efficiency"
+    atomic_write(out / f"{name}.csv", table.to_csv(index=False))
+    print(table.to_string(index=False))
+    means = table.groupby("method")[["hypervolume", "baselines_dominated", "wall_s"]].mean()
+    print(means.to_string())
+    fig = go.Figure()
+    colours = {"default": "#1f6fd1", "tpe": "#e4572e"}
+    for (method, seed), curve in curves.items():
+        fig.add_trace(go.Scatter(x=curve["seconds"], y=curve["hypervolume"] * 100, mode="lines+markers",
+                                 line_shape="hv", name=f"{method}, seed {seed}", line=dict(color=colours[method]),
+                                 marker=dict(size=4)))
+    fig.update_layout(template="plotly_white", width=1000, height=520,
+                      title="hypervolume of the searched full-fidelity trials against wall time",
+                      xaxis_title="seconds since the search started (sensitivity pass included)",
+                      yaxis_title="hypervolume (% of box)")
+    atomic_write(out / f"{name}.html", fig.to_html(include_plotlyjs=True, full_html=True))
+    chromium = find_chromium()
+    if chromium is not None:
+        import kaleido
+
+        png = kaleido.calc_fig_sync(fig.to_dict(), opts=dict(format="png", width=1000, height=520),
+                                    kopts=dict(path=chromium, mathjax=False, timeout=120))
+        atomic_write(out / f"{name}.png", png)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args, rest = parser.parse_known_args()
+    main(args.seeds, rest)

@@ -1,0 +1,202 @@
+"""From the sensitivity table to configurations of the space: the anchors' baselines and the guided start.
+
+**Anchors** (stored as baselines, named after what they re-implement; ``anchors.py`` cites each tool):
+
+- ``aimet_amp_<b>bit``: AIMET's AMP-style greedy curve over the weight bit-widths from all-8-bit, taken at the
+  byte saving of uniform b-bit weights; int8 inputs wherever weights are quantized (as AMP's 8-bit activations);
+- ``modelopt_autoquant_<b>bit``: ModelOpt's AutoQuantize-style exact choice of one bit-width per layer under an
+  effective-bits budget of b (weight-count-weighted mean), int8 inputs likewise;
+- ``aimet_greedy_mac<p>``: AIMET's greedy compression-ratio selection over channel and rank ratios at p% of the
+  model's MACs.
+
+**Guided start**: the joint problem over all knobs of the space, per layer one option among the combinations of
+the knobs' choices (the knobs of one phase exclusive), predicted from the table (accuracy losses add up; bytes
+shrink multiplicatively per layer after channels, which also shrink the next layer; latency and MAC savings add
+up), each layer's options cut to its own Pareto set, solved exactly (``knapsack.solve``: least predicted loss)
+under size budgets spread from large to tiny and latency targets, then perturbed (a few layers moved one choice).
+The sampler's start-up trials are these configurations instead of random ones; the sampler refines from there.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spaces import JointSpace, Phase
+
+from .anchors import amp_curve, autoquantize, curve_points, greedy_ratio_selection
+from .knapsack import nondominated_ranks, solve
+
+SIZE_BUDGETS = (0.3, 0.15, 0.08, 0.04, 0.02)  # fractions of the unchanged model's packed bytes
+LATENCY_TARGETS = (0.0, 0.35, 0.55)  # fractions of its latency the guided configurations must save
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _choice(knob, value: Any) -> Any:
+    """A table value as the knob's own choice (the table stores every choice as a float)."""
+    for c in knob.choices(knob.layers[0]):
+        if math.isclose(float(c), float(value), rel_tol=0, abs_tol=1e-9):
+            return c
+    return _plain(value)
+
+
+# --------------------------------------------------------------------------- anchors
+
+
+def _with_int8_inputs(space: JointSpace, bits: Mapping[str, Any]) -> dict[str, Any]:
+    overrides: dict[str, dict[str, Any]] = {"bits": {f"bits.{l}": _choice(space["bits"], b) for l, b in bits.items()}}
+    if "abits" in space:
+        overrides["abits"] = {f"abits.{l}": 8 for l, b in bits.items() if float(b) <= 8 and l in space["abits"].layers}
+    return space.with_values(**overrides)
+
+
+def anchor_policies(table: pd.DataFrame, space: JointSpace, *, weights: Mapping[str, int], base_macs: int,
+                    bits: Sequence[int] = (4, 3), macs: Sequence[float] = (0.5,),
+                    log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """{baseline name: params} of the anchors the space's knobs allow; one the table cannot reach is left out and
+    said why."""
+    out: dict[str, dict[str, Any]] = {}
+    has_bits = "bits" in space and 8 in space["bits"].bits
+    for b in bits if has_bits else ():
+        rows = table[(table["knob"] == "bits") & (table["choice"] == b)]
+        if rows.empty:
+            continue
+        try:
+            curve = amp_curve(table, knob="bits", start=8, cost="bytes_saved")
+            point = curve_points(curve, [float(rows["bytes_saved"].sum())])[0]
+            out[f"aimet_amp_{b}bit"] = _with_int8_inputs(space, point["config"])
+        except ValueError as exc:
+            log(f"anchor aimet_amp_{b}bit left out: {exc}")
+        try:
+            chosen = autoquantize(table, knob="bits", weights=weights, effective_bits=float(b),
+                                  choices=[c for c in space["bits"].bits if c <= 8])
+            out[f"modelopt_autoquant_{b}bit"] = _with_int8_inputs(space, chosen)
+        except ValueError as exc:
+            log(f"anchor modelopt_autoquant_{b}bit left out: {exc}")
+    knobs = [k for k in ("channels", "rank") if k in space]
+    for fraction in macs if knobs else ():
+        name = f"aimet_greedy_mac{round(fraction * 100)}"
+        try:
+            chosen = greedy_ratio_selection(table, knobs=knobs, target_macs=fraction * base_macs, base_macs=base_macs)
+        except ValueError as exc:
+            log(f"anchor {name} left out: {exc}")
+            continue
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in chosen.items():
+            knob = key.split(".", 1)[0]
+            groups.setdefault(knob, {})[key] = _choice(space[knob], value)
+        out[name] = space.with_values(**groups)
+    return out
+
+
+# --------------------------------------------------------------------------- the joint problem
+
+
+def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_bytes: float) -> pd.DataFrame:
+    """Every combination of the knobs' choices on one layer (one knob per phase), predicted from the table, cut to
+    the layer's Pareto set of (loss, bytes, latency): columns ``option`` (a dict of parameters), ``loss``,
+    ``bytes_saved``, ``ms_saved``."""
+    phases: dict[Phase, list[tuple[dict[str, Any], float, float, float, str]]] = {}
+    for knob in space.knobs:
+        if layer not in knob.layers:
+            continue
+        rows = table[(table["knob"] == knob.knob) & (table["layer"] == layer)]
+        for r in rows.itertuples(index=False):
+            value = _choice(knob, r.choice)
+            entry = ({knob.name(layer): value}, float(r.loss), float(r.bytes_saved), float(r.ms_saved), knob.knob)
+            if knob.phase in phases and value == knob.identity_value:
+                continue  # one identity per phase is enough
+            phases.setdefault(knob.phase, []).append(entry)
+    combos = []
+    needs = {k.knob: k.sweep_context for k in space.knobs}
+    for parts in itertools.product(*phases.values()):
+        params: dict[str, Any] = {}
+        loss = ms = 0.0
+        keep, prune_saved = 1.0, 0.0
+        acting = {knob for (p, *_, knob) in parts if any(v != space[knob].identity_value for v in p.values())}
+        if any(knob in acting and not set(needs[knob]) <= acting for (*_, knob) in parts):
+            continue  # e.g. 8-bit inputs on a layer whose weights stay float: the table's entry does not apply
+        for (p, l, b, m, knob), phase in zip(parts, phases):
+            params.update(p)
+            loss, ms = loss + l, ms + m
+            if phase == Phase.PRUNE:
+                prune_saved = b
+            else:
+                keep *= min(1.0, max(0.0, 1.0 - b / layer_bytes))
+        left = max(0.0, layer_bytes - min(prune_saved, layer_bytes))
+        combos.append((params, loss, prune_saved + left * (1 - keep), ms))
+    frame = pd.DataFrame(combos, columns=["option", "loss", "bytes_saved", "ms_saved"])
+    ranks = nondominated_ranks(frame[["loss", "bytes_saved", "ms_saved"]].to_numpy() * np.array([1, -1, -1]))
+    return frame[ranks == 0].reset_index(drop=True)
+
+
+def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mapping[str, float], base_bytes: float,
+                   base_ms: float, n: int, perturbed: int, seed: int = 0,
+                   targets: Sequence[tuple[float, float]] = ()) -> list[dict[str, Any]]:
+    """Up to ``n`` solutions of the joint problem, then ``perturbed`` copies of them with two layers moved one
+    choice; complete params of the space, in a fixed order. The budgets: first ``targets`` ((fraction of the
+    unchanged model's bytes, fraction of its latency) where the front already has a point, e.g. each baseline's,
+    a little below both), then sizes spread from large to tiny at several latency targets."""
+    layers = list(dict.fromkeys(f for k in space.knobs for f in k.layers))
+    options = []
+    for layer in layers:
+        frame = layer_options(table, space, layer, layer_bytes=layer_bytes.get(layer, 1.0))
+        frame["group"], frame["index"] = layer, range(len(frame))
+        options.append(frame)
+    if not options:
+        return []
+    problem = pd.concat(options, ignore_index=True)
+    problem["bytes_left"] = -problem["bytes_saved"]
+    problem["ms_left"] = -problem["ms_saved"]
+    timed = bool(np.isfinite(base_ms)) and bool((problem["ms_saved"] != 0).any())
+    spread = [(size, 1 - target) for target, size in itertools.product(LATENCY_TARGETS if timed else (0.0,),
+                                                                         SIZE_BUDGETS)]
+    aimed = [(size, latency if timed else 1.0) for size, latency in targets]
+    solved: dict[str, list[dict[str, Any]]] = {"aimed": [], "spread": []}
+    for kind, budgets in (("aimed", aimed), ("spread", spread)):
+        for size, latency in budgets:
+            limits = {"bytes_left": -(1 - size) * base_bytes}
+            if latency < 1:
+                limits["ms_left"] = -(1 - latency) * base_ms
+            try:
+                chosen = solve(problem, group="group", option="index", minimize="loss", limits=limits)
+            except ValueError:
+                continue  # that budget is out of the table's reach
+            params: dict[str, Any] = {}
+            for layer, index in chosen.items():
+                params.update(problem[(problem["group"] == layer) & (problem["index"] == index)]["option"].iloc[0])
+            full = space.with_values(knobs=params)
+            if full not in solved["aimed"] and full not in solved["spread"]:
+                solved[kind].append(full)
+    found = solved["aimed"][:n]
+    found += _spread(solved["spread"], n - len(found)) if n > len(found) else []
+    rng = np.random.default_rng(seed)
+    moved = [_perturb(space, found[i % len(found)], rng) for i in range(perturbed)] if found else []
+    return found + [p for p in moved if p not in found]
+
+
+def _spread(configs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` of ``configs`` spread evenly over the order they were found in (budgets from large to tiny)."""
+    if len(configs) <= n:
+        return configs
+    picks = np.unique(np.linspace(0, len(configs) - 1, n).round().astype(int))
+    return [configs[i] for i in picks]
+
+
+def _perturb(space: JointSpace, params: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """``params`` with two of its knob values moved one choice up or down."""
+    out = dict(params)
+    keys = [k for k in params if k.split(".", 1)[0] in {kn.knob for kn in space.knobs}]
+    for key in rng.choice(keys, size=min(2, len(keys)), replace=False):
+        knob = space[key.split(".", 1)[0]]
+        choices = list(knob.choices(key.split(".", 1)[1]))
+        i = choices.index(out[key]) if out[key] in choices else 0
+        out[key] = choices[int(np.clip(i + rng.choice([-1, 1]), 0, len(choices) - 1))]
+    return out
