@@ -105,10 +105,11 @@ class Evaluation:
     int8_layers: int
     seconds: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # the objectives' own attributes (a latency's spread)
+    onnx: bytes | None = field(default=None, repr=False)  # the artifact's ONNX model (kept for a later re-timing)
 
     def attrs(self) -> dict[str, Any]:
         """What a trial records beside its values."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("values", "seconds", "extra")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("values", "seconds", "extra", "onnx")}
         out.update(self.extra)
         out.update({f"seconds_{k}": round(v, 3) for k, v in self.seconds.items()})
         return out
@@ -264,5 +265,5 @@ class Pipeline:
         total, nonzero = count_params(plain)
         return Evaluation(
             values=values, params=total, nonzero_params=nonzero, macs=count_macs(plain, self.splits.input_shape),
-            int8_layers=len(artifact.int8_layers), seconds=seconds, extra=extra,
+            int8_layers=len(artifact.int8_layers), seconds=seconds, extra=extra, onnx=artifact.onnx,
         )

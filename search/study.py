@@ -17,6 +17,7 @@ from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 from . import _optuna
 from .front import hypervolume, reference, signs
 from .outputs import trials_frame
+from .pick.remeasure import keep_onnx
 from .pipeline import Pipeline
 from .screening import FULL, PREFIX, SCREEN, Screening, promotes, screened_points
 from .training.early_stopping import EarlyStopping, Monitor
@@ -146,13 +147,14 @@ def progress(study: optuna.Study) -> dict[str, Any]:
 
 def make_objective(
     pipeline: Pipeline, space: JointSpace | StudentSpace, constraints: Constraints, reference_accuracy: float,
-    early_stopping: EarlyStopping | None = None, screening: Screening | None = None,
+    early_stopping: EarlyStopping | None = None, screening: Screening | None = None, artifacts: Any = None,
 ) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """The trial function: sample, evaluate, record. A student trial runs under a ``Monitor`` that records its
     learning curve and, with ``early_stopping.enabled``, stops it (PRUNED) when it cannot reach the front. With
-    ``screening`` enabled, a teacher trial is first evaluated at the low fidelity and fully only when promoted
-    (``search/screening.py``); a baseline is screened too (its screened values join the pool) and always run
-    fully."""
+    ``screening`` enabled, a searched teacher trial is first evaluated at the low fidelity and fully only when
+    promoted (``search/screening.py``); a baseline always runs fully. ``artifacts``: an Optuna artifact store that
+    keeps each full-fidelity trial's ONNX model (for the re-timing at the end of a search,
+    ``search/pick/remeasure.py``)."""
     rule = early_stopping or EarlyStopping()
     names = [o.name for o in pipeline.objectives]
     low = pipeline.at_low_fidelity(steps=screening.steps, qat_steps=screening.qat_steps) \
@@ -170,8 +172,6 @@ def make_objective(
         cheap = low.evaluate(params)
         for name in names:
             trial.set_user_attr(PREFIX + name, cheap.values[name])
-        if "baseline" in trial.user_attrs:
-            return None
         pool = screened_points(trial.study.get_trials(deepcopy=False), names)
         if promotes(cheap.values, pool, names, signs(names), screening.promote_rank):
             return None
@@ -189,7 +189,7 @@ def make_objective(
         params = space.sample(trial)
         try:
             monitor = monitor_for(trial, params)
-            if low is not None and monitor is None:
+            if low is not None and monitor is None and "baseline" not in trial.user_attrs:
                 values = screened(trial, params)
                 if values is not None:
                     return values
@@ -201,6 +201,8 @@ def make_objective(
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
             raise
         trial.set_user_attr("fidelity", FULL)
+        if artifacts is not None and getattr(evaluation, "onnx", None):
+            keep_onnx(trial, evaluation.onnx, artifacts)
         return record(trial, evaluation)
 
     return objective

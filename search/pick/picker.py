@@ -242,13 +242,14 @@ def trial_knobs(r: Replay) -> JointSpace | None:
 
 
 def knobs_summary(r: Replay) -> dict[str, list[Any]]:
-    """{knob: [layers it changed in this trial, what it does]}, for the model card."""
+    """{knob: [layers it changed in the built model, what it does]}, for the model card: a layer counts where the
+    knob describes a change (an 8-bit input asked for on a layer whose weights stay float changes nothing)."""
     knobs = trial_knobs(r)
     if knobs is None:
         return {}
-    rest = {k: v for k, v in r.trial.params.items() if k.split(".", 1)[0] not in ("arch", "student", "distill")}
-    values = knobs.resolve(rest)
-    return {k.knob: [sum(v != k.identity_value for v in values[k.knob].values()), k.technique] for k in knobs.knobs}
+    reference = reference_model(r)
+    return {k.knob: [sum(bool(k.describe(reference.get_submodule(f), r.model.get_submodule(f))) for f in k.layers),
+                     k.technique] for k in knobs.knobs}
 
 
 def reference_model(r: Replay) -> nn.Module:

@@ -87,7 +87,8 @@ def guidance(cfg: DictConfig, prepared: Any, out_dir: Path, *, log: Callable[[st
     return out
 
 
-MARGIN = 0.97  # the guided start aims at 97% of a baseline's size and latency: under it despite the prediction
+SIZE_MARGIN, LATENCY_MARGIN = 0.95, 0.93  # the guided start aims under a baseline's size and latency by these
+# factors: predicted sizes are within a few percent, latencies drift by about 8% between two timings of one model
 
 
 def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str], None] = print) -> list[dict]:
@@ -104,7 +105,7 @@ def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str
     if len(base) and {"size_bytes", "latency_ms"} <= set(df.columns):
         size0, ms0 = float(base["size_bytes"].iloc[0]), float(base["latency_ms"].iloc[0])
         for _, b in done[done["baseline"] != "uncompressed"].iterrows():
-            targets.append((MARGIN * b["size_bytes"] / size0, MARGIN * b["latency_ms"] / ms0))
+            targets.append((SIZE_MARGIN * b["size_bytes"] / size0, LATENCY_MARGIN * b["latency_ms"] / ms0))
     base_ms = float(identity["latency_ms"]) if pd.notna(identity["latency_ms"]) else float("nan")
     g.configs = guided_configs(g.table, g.space, layer_bytes={f: 4.0 * w for f, w in g.weights.items()},
                                base_bytes=float(identity["bytes"]), base_ms=base_ms, n=n, perturbed=perturbed,

@@ -43,10 +43,10 @@ COLUMNS = ["knob", "layer", "choice", "identity", "accuracy", "loss", "bytes", "
 class Sweep:
     """The sweep's settings (``sensitivity.*`` in the config)."""
 
-    subset: int = 1000  # validation images each entry is scored on (the first of the fixed split)
+    subset: int = 500  # validation images each entry is scored on (the first of the fixed split)
     latency: bool = True  # measure latency deltas (False: every entry gets the unchanged model's latency)
     warmup: int = 3  # the short timing protocol of a measured delta (a predictor ignores it)
-    repeats: int = 15
+    repeats: int = 20
 
     def __post_init__(self) -> None:
         for key in ("subset", "repeats"):

@@ -6,22 +6,20 @@ Runtime's int8 kernels need both, and a float layer with quantized inputs would 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from torch import nn
 
-from .._base import BaseKnob, Phase
+from .._base import Phase
 from .._compressed import ActFakeQuant, _Compressed
-from .._layers import targets
 from ..packing import FLOAT_BITS
-from .bits import check_bit_choices
+from .bits import BitWidthKnob
 
 __all__ = ["ActivationBitsKnob"]
 
 ALLOWED_ACT_BITS = (8, FLOAT_BITS)
 
 
-class ActivationBitsKnob(BaseKnob):
+class ActivationBitsKnob(BitWidthKnob):
     """``abits.<fqn>``: the layer input's bit-width from ``choices`` (8 or 32 = float)."""
 
     knob = "abits"
@@ -33,32 +31,18 @@ class ActivationBitsKnob(BaseKnob):
     scale = "log2"
     technique = "take 8-bit inputs (calibrated per-tensor range) and run on int8 kernels"
     sweep_context = {"bits": 8}  # inputs are quantized only where the weights are, for int8 kernels
+    allowed = ALLOWED_ACT_BITS
 
     def __init__(
         self, *, model: nn.Module, choices: Sequence[int] = (8, FLOAT_BITS), include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
     ) -> None:
-        self.bits = check_bit_choices(choices, ALLOWED_ACT_BITS, "space.knobs.abits.choices")
-        super().__init__(model=model, include=include, exclude=exclude)
-
-    @property
-    def identity_value(self) -> int:
-        return FLOAT_BITS
-
-    def choices(self, fqn: str) -> tuple[int, ...]:
-        return self.bits
-
-    def check(self, value: Any, key: str) -> None:
-        if isinstance(value, bool) or value not in self.bits:
-            raise ValueError(f"{key}: bit-width {value!r} is not among the choices {list(self.bits)}")
+        super().__init__(model=model, choices=choices, include=include, exclude=exclude)
 
     def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
-        for fqn, bits in values.items():
-            if bits >= FLOAT_BITS:
-                continue
-            for _, layer in targets(model, fqn):
-                if isinstance(layer, _Compressed) and layer.wq is not None and layer.wq.int8:
-                    layer.act = ActFakeQuant(int(bits))
+        for bits, layer in self.layers_to_change(model, values):
+            if isinstance(layer, _Compressed) and layer.wq is not None and layer.wq.int8:
+                layer.act = ActFakeQuant(bits)
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
         layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))

@@ -16,7 +16,7 @@ from .._compressed import LinearQuantizer, compressed
 from .._layers import targets
 from ..packing import FLOAT_BITS
 
-__all__ = ["BitsKnob"]
+__all__ = ["BitWidthKnob", "BitsKnob"]
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, FLOAT_BITS)
 
@@ -31,7 +31,40 @@ def check_bit_choices(choices: Sequence[int], allowed: Sequence[int], key: str) 
     return tuple(int(b) for b in choices)
 
 
-class BitsKnob(BaseKnob):
+class BitWidthKnob(BaseKnob):
+    """A knob whose value per layer is a bit-width from ``choices`` (``allowed`` says which may be configured),
+    32 = float: the shared part of ``bits``, ``abits`` and ``kmeans``. Not a knob by itself (no ``knob``)."""
+
+    allowed: tuple[int, ...] = ALLOWED_BITS
+
+    def __init__(
+        self, *, model: nn.Module, choices: Sequence[int], include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+    ) -> None:
+        self.bits = check_bit_choices(choices, self.allowed, f"space.knobs.{self.knob}.choices")
+        super().__init__(model=model, include=include, exclude=exclude)
+
+    @property
+    def identity_value(self) -> int:
+        return FLOAT_BITS
+
+    def choices(self, fqn: str) -> tuple[int, ...]:
+        return self.bits
+
+    def check(self, value: Any, key: str) -> None:
+        if isinstance(value, bool) or value not in self.bits:
+            raise ValueError(f"{key}: bit-width {value!r} is not among the choices {list(self.bits)}")
+
+    def layers_to_change(self, model: nn.Module, values: Mapping[str, int]):
+        """(bit-width, compressible module) for every layer of ``values`` not left at 32 (a factorized layer's
+        factors each)."""
+        for fqn, bits in values.items():
+            if bits < FLOAT_BITS:
+                for _, layer in targets(model, fqn):
+                    yield int(bits), layer
+
+
+class BitsKnob(BitWidthKnob):
     """``bits.<fqn>``: the weights' bit-width from ``choices``; 32 leaves them float."""
 
     knob = "bits"
@@ -47,26 +80,11 @@ class BitsKnob(BaseKnob):
         self, *, model: nn.Module, choices: Sequence[int] = (2, 3, 4, 6, 8, FLOAT_BITS),
         include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
     ) -> None:
-        self.bits = check_bit_choices(choices, ALLOWED_BITS, "space.knobs.bits.choices")
-        super().__init__(model=model, include=include, exclude=exclude)
-
-    @property
-    def identity_value(self) -> int:
-        return FLOAT_BITS
-
-    def choices(self, fqn: str) -> tuple[int, ...]:
-        return self.bits
-
-    def check(self, value: Any, key: str) -> None:
-        if isinstance(value, bool) or value not in self.bits:
-            raise ValueError(f"{key}: bit-width {value!r} is not among the choices {list(self.bits)}")
+        super().__init__(model=model, choices=choices, include=include, exclude=exclude)
 
     def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
-        for fqn, bits in values.items():
-            if bits >= FLOAT_BITS:
-                continue
-            for _, layer in targets(model, fqn):
-                compressed(layer).wq = LinearQuantizer(int(bits))
+        for bits, layer in self.layers_to_change(model, values):
+            compressed(layer).wq = LinearQuantizer(bits)
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         return {"uniform_int8": {"bits": 8, "abits": 8}, "uniform_w4a8": {"bits": 4, "abits": 8}}

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._base import BaseKnob, Phase
+from .._base import Phase
 from .._compressed import WeightQuantizer, compressed
-from .._layers import targets
 from ..packing import FLOAT_BITS, Codec, PackedTensor, nbytes, pack_bits, register_codec, unpack_bits
-from .bits import check_bit_choices
+from .bits import BitWidthKnob
 
 __all__ = ["KMeansKnob", "KMeansQuantizer"]
 
@@ -114,7 +113,7 @@ def _decode(data: bytes, pos: int, head: dict, kept: int) -> tuple[torch.Tensor,
 register_codec("kmeans", Codec(encode=_encode, decode=_decode))
 
 
-class KMeansKnob(BaseKnob):
+class KMeansKnob(BitWidthKnob):
     """``kmeans.<fqn>``: the layer's weights share ``2**b`` values, b from ``choices``; 32 leaves them float."""
 
     knob = "kmeans"
@@ -125,34 +124,20 @@ class KMeansKnob(BaseKnob):
     unit = "bits"
     scale = "log2"
     technique = "share 2^b weight values per layer (k-means weight sharing)"
+    allowed = ALLOWED_BITS
 
     def __init__(
         self, *, model: nn.Module, choices: Sequence[int] = (2, 3, 4, 5, FLOAT_BITS),
         include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
     ) -> None:
-        self.bits = check_bit_choices(choices, ALLOWED_BITS, "space.knobs.kmeans.choices")
-        super().__init__(model=model, include=include, exclude=exclude)
-
-    @property
-    def identity_value(self) -> int:
-        return FLOAT_BITS
-
-    def choices(self, fqn: str) -> tuple[int, ...]:
-        return self.bits
-
-    def check(self, value: Any, key: str) -> None:
-        if isinstance(value, bool) or value not in self.bits:
-            raise ValueError(f"{key}: k-means bit-width {value!r} is not among the choices {list(self.bits)}")
+        super().__init__(model=model, choices=choices, include=include, exclude=exclude)
 
     def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
-        for fqn, bits in values.items():
-            if bits >= FLOAT_BITS:
-                continue
-            for _, layer in targets(model, fqn):
-                layer = compressed(layer)
-                mask = layer.weight_mask
-                w = layer.weight.detach() * mask if mask is not None else layer.weight.detach()
-                layer.wq = KMeansQuantizer(w, int(bits), None if mask is None else mask > 0)
+        for bits, layer in self.layers_to_change(model, values):
+            layer = compressed(layer)
+            mask = layer.weight_mask
+            w = layer.weight.detach() * mask if mask is not None else layer.weight.detach()
+            layer.wq = KMeansQuantizer(w, bits, None if mask is None else mask > 0)
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         return {"uniform_kmeans4": {"kmeans": 4}}

@@ -17,12 +17,10 @@ from hydra import compose, initialize_config_dir
 
 from search import data as data_module
 from search.pick.bundle import load_model
-from search.models import SmallCNN
 from search.outputs import trials_frame
 from search.pick.picker import Picked, _pick_and_report, pick
 from search.run import run
 from search.pick.selection import Rule, choose, knee, reference_accuracy
-from search.training.loops import train_teacher
 from search.pick.verify import verify_bundle
 from spaces import to_plain, unpack
 
@@ -36,21 +34,11 @@ def smoke_cfg(results: Path, *overrides: str):
         return compose("config", overrides=["experiment=smoke", f"results_dir={results}", *overrides])
 
 
-def quick_teacher(path: Path) -> Path:
-    """A teacher trained on 6,400 images (seconds, not the minutes of a full epoch): accuracies still spread."""
-    torch.manual_seed(0)
-    splits = data_module.load(val_size=1000, seed=0)
-    net = train_teacher(SmallCNN(), splits.train_x[:6400], splits.train_y[:6400], epochs=1, lr=0.05,
-                        batch_size=128, seed=0, log=lambda _: None)
-    torch.save(net.state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, quick_teacher):
     """One smoke search (7 baselines + 1 searched trial); the overrides every pick of it repeats."""
     results = tmp_path_factory.mktemp("results")
-    overrides = [f"model.checkpoint={quick_teacher(results / 'teacher.pt')}", "study.n_trials=1"]
+    overrides = [f"model.checkpoint={quick_teacher}", "study.n_trials=1"]
     out = run(smoke_cfg(results, *overrides))
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")
     return results, overrides, trials_frame(study)

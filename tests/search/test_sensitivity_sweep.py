@@ -94,7 +94,7 @@ def test_guided_configurations_are_complete_params_that_replay(toy):
     model, x, y, space, measurer = toy
     table = sweep_table(measurer, log=lambda _: None)
     configs = guided_configs(table, space, layer_bytes={"fc1": 3200.0, "fc2": 1600.0}, base_bytes=5000.0,
-                             base_ms=float("nan"), n=3, perturbed=2, seed=0)
+                             base_ms=float("nan"), n=3, perturbed=2, seed=0, targets=[(0.9, 1.0), (0.6, 1.0)])
     assert 1 <= len(configs) <= 5
     for params in configs:
         assert set(params) == set(space.identity())
