@@ -18,8 +18,10 @@ its last trial, and a trial budget it cannot reach in that time. Both share the 
   of its last trial; ``trials_full``, ``trials_screened``, ``sensitivity_s``.
 
 Writes ``results/benchmarks/search_efficiency.csv`` (``search_efficiency-<hash of the overrides>.csv`` with
-overrides) and ``search_efficiency.html`` / ``.png``: hypervolume of the searched trials against wall time. At
-the defaults it takes about 6 x 15 minutes on the 2-core VM; ``experiment=smoke`` checks that it works.
+overrides), ``search_efficiency_curves.csv`` and ``search_efficiency.html`` / ``.png``: hypervolume of the
+searched trials against wall time. A later run with other ``--seeds`` adds its rows to the same files (a seed run
+again replaces its own). At the defaults one seed takes about 25 minutes on the 2-core VM (both methods);
+``experiment=smoke`` checks that it works.
 """
 from __future__ import annotations
 
@@ -136,10 +138,26 @@ def main(seeds: list[int], overrides: list[str]) -> None:
     write(pd.DataFrame(rows), curves, tag if overrides else "")
 
 
+def merged(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """``new`` over what ``path`` already holds: the rows of other seeds stay, so seeds can run one at a time
+    (``--seeds 0``, then ``--seeds 1`` ...) into one table."""
+    if not path.exists():
+        return new
+    old = pd.read_csv(path)
+    keep = ~old.set_index(["method", "seed"]).index.isin(new.set_index(["method", "seed"]).index)
+    return pd.concat([old[keep], new], ignore_index=True).sort_values(["seed", "method"], kind="stable")
+
+
 def write(table: pd.DataFrame, curves: dict, tag: str) -> None:
     out = ROOT / "results" / "benchmarks"
     name = f"search_efficiency-{tag}" if tag else "search_efficiency"
+    table = merged(out / f"{name}.csv", table)
     atomic_write(out / f"{name}.csv", table.to_csv(index=False))
+    steps = pd.concat([c.assign(method=m, seed=s) for (m, s), c in curves.items()], ignore_index=True) \
+        if curves else pd.DataFrame(columns=["seconds", "hypervolume", "method", "seed"])
+    steps = merged(out / f"{name}_curves.csv", steps[["method", "seed", "seconds", "hypervolume"]])
+    atomic_write(out / f"{name}_curves.csv", steps.to_csv(index=False))
+    curves = {(m, s): c for (m, s), c in steps.groupby(["method", "seed"], sort=True)}
     print(table.to_string(index=False))
     means = table.groupby("method")[["hypervolume", "baselines_dominated", "wall_s"]].mean()
     print(means.to_string())

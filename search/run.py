@@ -88,7 +88,11 @@ def _run(cfg: DictConfig) -> Path:
 
     optimize(study, objective, n_trials=0, timeout_s=left(), log=log.info)  # the baselines first
     if not already_guided(study):
-        enqueue_guided(study, with_arch(s.space, dict(enumerate(guided(cfg, guide, trials_frame(study), log=log.info)))))
+        def size_of(params: dict) -> int:  # exact packed bytes of a configuration, without training it
+            return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)
+
+        configs = guided(cfg, guide, trials_frame(study), log=log.info, size_of=size_of)
+        enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))))
     optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info)
     search_s = time.time() - searching
 
