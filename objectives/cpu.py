@@ -146,7 +146,8 @@ def _runner(settings: dict[str, Any], payload: Any, batch: np.ndarray):
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch's (process-wide) thread count set to ``n`` for the duration, then restored."""
     import torch
 
     before = torch.get_num_threads()
@@ -178,7 +179,7 @@ def _measure(settings: dict[str, Any], jobs: list[tuple[Any, np.ndarray]], max_r
     PyTorch's thread count is process-wide: it is set for the timing only, then restored."""
     if settings["runtime"] != "torch":
         return _measure_runs(settings, jobs, max_rel_spread, retries)
-    with _torch_threads(settings["threads"]):
+    with torch_threads(settings["threads"]):
         return _measure_runs(settings, jobs, max_rel_spread, retries)
 
 

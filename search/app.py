@@ -7,8 +7,7 @@ import inspect
 import logging
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 
 import objectives
 from objectives import Accuracy, BaseCostModel, BaseObjective
+from objectives.cpu import torch_threads
 from spaces import STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
 
 from . import data as data_module
@@ -172,18 +172,12 @@ def _instantiate(cfg: DictConfig, key: str) -> Any:
         raise ValueError(f"{key}: {_first_line(exc)}") from exc
 
 
-@contextmanager
-def threads(n: int) -> Iterator[None]:
+def threads(n: int) -> AbstractContextManager[None]:
     """PyTorch's (process-wide) thread count set to ``n`` for the duration, then restored (``threads=`` in the
     config: training and evaluation; latency is timed at the cost model's own thread count)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be an integer >= 1, got {n!r}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(n)
 
 
 def objective_names(cfg: DictConfig) -> list[str]:

@@ -1,6 +1,7 @@
 """The real pipeline on Fashion-MNIST at the smoke budget: outputs, resume, replay, byte-exact size."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import optuna
@@ -18,13 +19,18 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def smoke_cfg(results: Path, *overrides: str):
+    """experiment=smoke under ``results``, on the teacher the ``smoke`` fixture put there (``results/teacher.pt``)
+    when it is there; training and caching a teacher is tested in tests/search/test_models.py."""
+    teacher = results / "teacher.pt"
+    checkpoint = [f"model.checkpoint={teacher}"] if teacher.is_file() else []
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", *overrides])
+        return compose("config", overrides=["experiment=smoke", f"results_dir={results}", *checkpoint, *overrides])
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, quick_teacher):
     results = tmp_path_factory.mktemp("results")
+    shutil.copyfile(quick_teacher, results / "teacher.pt")
     out = run(smoke_cfg(results))
     return results, out
 
@@ -113,7 +119,7 @@ def test_lut_build_validate_then_search_and_pick_on_the_real_runtime(smoke):
     assert len(summary["noise_floor"]["readings_ms"]) == 2 and summary["measure_s_median"] > 0
     assert (out / "validation.html").is_file()
 
-    cfg = smoke_cfg(results, "hardware=lut", "study.name=smoke-lut", "study.n_trials=1")
+    cfg = smoke_cfg(results, "hardware=lut", "study.name=smoke-lut", "study.n_trials=1", "study.baselines=false")
     run(cfg)
     study = optuna.load_study(study_name="smoke-lut", storage=f"sqlite:///{results / 'smoke-lut' / 'study.db'}")
     assert study.user_attrs["cost_model"]["cost_model"] == "lut"
@@ -143,7 +149,7 @@ def test_report_of_a_real_smoke_run_in_chromium(smoke, report_page, browser):
 
 @pytest.fixture(scope="module")
 def students(smoke):
-    """A smoke search of students only (the smoke study's teacher from the cache), early stopping live after one
+    """A smoke search of students only (the smoke study's teacher), early stopping live after one
     curve; then space=all's setup on the same teacher."""
     results, _ = smoke
     overrides = ["space=student", "study.name=smoke-students", "early_stopping.min_curves=1"]
