@@ -24,6 +24,7 @@ from objectives.cpu import torch_threads
 from spaces import STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
 
 from . import data as data_module
+from ._checks import whole
 from .cli import CONF
 from .pipeline import Distillation, Pipeline, Recovery
 from .screening import Screening
@@ -175,9 +176,7 @@ def _instantiate(cfg: DictConfig, key: str) -> Any:
 def threads(n: int) -> AbstractContextManager[None]:
     """PyTorch's (process-wide) thread count set to ``n`` for the duration, then restored (``threads=`` in the
     config: training and evaluation; latency is timed at the cost model's own thread count)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {n!r}")
-    return torch_threads(n)
+    return torch_threads(whole("threads", n, 1))
 
 
 def objective_names(cfg: DictConfig) -> list[str]:

@@ -26,6 +26,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from ._checks import whole
 from .sensitivity.knapsack import nondominated_ranks
 
 SCREEN, FULL = "screen", "full"
@@ -45,11 +46,8 @@ class Screening:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"screening.enabled must be true or false, got {self.enabled!r}")
         for key in ("steps", "qat_steps"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"screening.{key} must be an integer >= 0, got {value!r}")
-        if isinstance(self.promote_rank, bool) or not isinstance(self.promote_rank, int) or self.promote_rank < 1:
-            raise ValueError(f"screening.promote_rank must be an integer >= 1, got {self.promote_rank!r}")
+            whole(f"screening.{key}", getattr(self, key), 0)
+        whole("screening.promote_rank", self.promote_rank, 1)
 
 
 def screened_points(trials: Sequence[optuna.trial.FrozenTrial], names: Sequence[str]) -> np.ndarray:

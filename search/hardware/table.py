@@ -36,6 +36,7 @@ from objectives import _ort
 from objectives.lut import device_slug, now, table_path
 from spaces import Artifact, calibrate, materialize
 
+from .._checks import whole
 from ..baselines import policies
 from ..cli import CONF, entry
 from ..outputs import atomic_write, write_json
@@ -64,10 +65,7 @@ class LutSettings:
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int = 1) -> int:
-    value = OmegaConf.select(cfg, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return whole(key, OmegaConf.select(cfg, key), minimum)
 
 
 def measuring_setup(cfg: DictConfig) -> tuple[Setup, LutSettings]:

@@ -16,6 +16,7 @@ from objectives import Accuracy
 from spaces import JointSpace, StudentSpace
 from spaces._layers import targets
 
+from .._checks import whole
 from .guide import anchor_policies, guided_configs
 from .sweep import Measurer, Sweep, cache_key, load_or_sweep
 
@@ -49,9 +50,7 @@ def settings(cfg: DictConfig) -> tuple[Sweep | None, dict[str, Any], dict[str, A
         raise ValueError(f"sensitivity: {exc}; allowed keys: enabled, subset, latency, warmup, repeats") from exc
     anchors, guided = _section(cfg, "anchors"), _section(cfg, "guided")
     for key in ("n", "perturbed"):
-        value = guided.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"guided.{key} must be an integer >= 0, got {value!r}")
+        whole(f"guided.{key}", guided.get(key, 0), 0)
     for b in anchors.get("bits") or []:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
             raise ValueError(f"anchors.bits: {b!r} is not a bit-width in 1..8")

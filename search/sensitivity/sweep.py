@@ -35,6 +35,8 @@ from spaces import BaseKnob, JointSpace, Phase, calibrate, materialize, to_plain
 from spaces.materialize import packed_tensors
 from spaces.packing import pack
 
+from .._checks import whole
+
 COLUMNS = ["knob", "layer", "choice", "identity", "accuracy", "loss", "bytes", "bytes_saved", "latency_ms",
            "ms_saved", "macs", "macs_saved", "measured"]
 
@@ -50,11 +52,8 @@ class Sweep:
 
     def __post_init__(self) -> None:
         for key in ("subset", "repeats"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"sensitivity.{key} must be an integer >= 1, got {value!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"sensitivity.warmup must be an integer >= 0, got {self.warmup!r}")
+            whole(f"sensitivity.{key}", getattr(self, key), 1)
+        whole("sensitivity.warmup", self.warmup, 0)
         if not isinstance(self.latency, bool):
             raise ValueError(f"sensitivity.latency must be true or false, got {self.latency!r}")
 

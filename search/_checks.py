@@ -1,0 +1,11 @@
+"""Checks of config values that answer a wrong one with the one-line message every entry point prints."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def whole(key: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum``; else a ValueError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
