@@ -27,6 +27,7 @@ from objectives import BaseObjective, objective_class
 
 from ._optuna import compute_hypervolume
 
+TOLERANCE = {"accuracy": 0.001}  # a searched trial dominates a baseline at up to 0.1 point less accuracy
 MARGIN = 1.1  # reference point = 1.1 x the uncompressed model's value of each relative objective
 FIRST = ("number", "state")  # columns before the objectives in a trials frame; "baseline" comes after them
 

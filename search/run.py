@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .app import prepare, threads, versions
 from .baselines import policies
-from .front import baseline_dominance, hypervolume, reference
+from .front import TOLERANCE, baseline_dominance, hypervolume, reference
 from .outputs import atomic_write, students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
 from .report.write import after_search
@@ -24,7 +24,6 @@ from .study import (
 )
 
 log = logging.getLogger("search")
-TOLERANCE = {"accuracy": 0.001}  # a searched trial dominates a baseline at up to 0.1 point less accuracy
 
 
 def timed_again(study, df, s, p) -> dict:

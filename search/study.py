@@ -173,6 +173,8 @@ def make_objective(
         for name in names:
             trial.set_user_attr(PREFIX + name, cheap.values[name])
         pool = screened_points(trial.study.get_trials(deepcopy=False), names)
+        if screening.promote_guided and "guided" in trial.user_attrs:
+            return None
         if promotes(cheap.values, pool, names, signs(names), screening.promote_rank):
             return None
         trial.set_user_attr("fidelity", SCREEN)

@@ -37,6 +37,11 @@ LATENCY_TARGETS = (0.0, 0.35, 0.55)  # fractions of its latency the guided confi
 SAFE_LOSS = 0.01  # a choice losing more than this alone (1 point, before fine-tuning) is left out of the guided
 # problem: summed losses under-predict what many such choices do together (all layers at 2 bits each "lost" at most
 # 0.4 points alone on the default CNN, and together, after fine-tuning, 7 points)
+STRUCTURAL = (Phase.PRUNE, Phase.FACTORIZE, Phase.SPARSIFY)  # phases whose loss fine-tuning mostly recovers:
+STRUCTURAL_SAFE_LOSS = 0.15  # on the default CNN half the channels of one conv lose 8 points alone, untuned, and half
+# the channels of every layer 0.5 points once fine-tuned (channels_50); their table losses are scaled by the factor
+# the study's own structural baselines measure (``recovery_factor``), and only past 15 points alone left out
+MIN_RECOVERED = 0.02  # the factor's floor: heavy pruning of several layers compounds more than their sum says
 REFINE = 3  # re-solves of an aimed budget whose exact size came out above it
 TOUCH_LOSS = 0.0005  # predicted loss added per knob an option moves off its identity, and ...
 BYTES_LOSS = 0.002   # ... per whole model's worth of bytes it saves: most choices measure a loss of 0 alone (on 500
@@ -118,24 +123,55 @@ def anchor_policies(table: pd.DataFrame, space: JointSpace, *, weights: Mapping[
 # --------------------------------------------------------------------------- the joint problem
 
 
+def recovery_factor(table: pd.DataFrame, space: JointSpace, baselines: pd.DataFrame, *, accuracy: float) -> float:
+    """How much of the table's summed loss fine-tuning leaves, measured on the study's baselines that change only
+    structure (channels, rank, sparsity) with choices the table holds: their losses after recovery (``accuracy`` -
+    theirs) summed, over their choices' table losses summed, in [``MIN_RECOVERED``, 1]; 1 when no such baseline is
+    there to say. (On the default CNN: channels_50 loses 17.6 points in the table and 0.5 once fine-tuned, rank_50
+    26 and 0.5: about 0.02.)"""
+    lost = predicted = 0.0
+    for _, row in baselines.iterrows():
+        summed, moved_other = 0.0, False
+        for knob in space.knobs:
+            for layer in knob.layers:
+                value = row.get(knob.name(layer))
+                if value is None or value == "" or pd.isna(value) or float(value) == float(knob.identity_value):
+                    continue
+                if knob.phase not in STRUCTURAL:
+                    moved_other = True
+                    continue
+                hit = table[(table["knob"] == knob.knob) & (table["layer"] == layer)
+                            & np.isclose(table["choice"].astype(float), float(value))]
+                if hit.empty:
+                    moved_other = True  # a value the table does not hold (a global threshold's per-layer shares)
+                    continue
+                summed += float(hit["loss"].clip(lower=0).iloc[0])
+        if not moved_other and summed > 0.005 and pd.notna(row.get("accuracy")):
+            lost, predicted = lost + max(0.0, accuracy - float(row["accuracy"])), predicted + summed
+    return float(np.clip(lost / predicted, MIN_RECOVERED, 1.0)) if predicted > 0 else 1.0
+
+
 def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_bytes: float,
-                  base_bytes: float | None = None) -> pd.DataFrame:
+                  base_bytes: float | None = None, recovered: float = 1.0) -> pd.DataFrame:
     """Every combination of the knobs' choices on one layer (one knob per phase), predicted from the table, cut to
     the layer's Pareto set of (loss, bytes, latency): columns ``option`` (a dict of parameters), ``loss``,
     ``bytes_saved``, ``ms_saved``. With ``base_bytes`` (the whole model's), the loss is the guided problem's: no
-    entry below 0, plus ``TOUCH_LOSS`` per knob moved and ``BYTES_LOSS`` per ``base_bytes`` saved."""
+    entry below 0, plus ``TOUCH_LOSS`` per knob moved and ``BYTES_LOSS`` per ``base_bytes`` saved. With
+    ``recovered`` < 1, a structural knob's losses are scaled by it and left out only past ``STRUCTURAL_SAFE_LOSS``."""
     phases: dict[Phase, list[tuple[dict[str, Any], float, float, float, str]]] = {}
     identities: set[Phase] = set()
     for knob in space.knobs:
         if layer not in knob.layers:
             continue
         rows = smoothed(table[(table["knob"] == knob.knob) & (table["layer"] == layer)], knob)
+        structural = recovered < 1 and knob.phase in STRUCTURAL
         for r in rows.itertuples(index=False):
-            if r.loss > SAFE_LOSS and not r.identity:
+            if r.loss > (STRUCTURAL_SAFE_LOSS if structural else SAFE_LOSS) and not r.identity:
                 continue
             value = _choice(knob, r.choice)
-            loss = float(r.loss) if base_bytes is None else \
-                max(0.0, float(r.loss)) + (TOUCH_LOSS if value != knob.identity_value else 0.0)
+            loss = float(r.loss) * (recovered if structural else 1.0)
+            loss = loss if base_bytes is None else \
+                max(0.0, loss) + (TOUCH_LOSS if value != knob.identity_value else 0.0)
             entry = ({knob.name(layer): value}, loss, float(r.bytes_saved), float(r.ms_saved), knob.knob)
             if value == knob.identity_value:
                 if knob.phase in identities:
@@ -147,18 +183,19 @@ def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_b
     for parts in itertools.product(*phases.values()):
         params: dict[str, Any] = {}
         loss = ms = 0.0
-        keep, prune_saved = 1.0, 0.0
+        keep, prune_saved, left = 1.0, 0.0, layer_bytes
         acting = {knob for (p, *_, knob) in parts if any(v != space[knob].identity_value for v in p.values())}
         if any(knob in acting and not set(needs[knob]) <= acting for (*_, knob) in parts):
             continue  # e.g. 8-bit inputs on a layer whose weights stay float: the table's entry does not apply
         for (p, l, b, m, knob), phase in zip(parts, phases):
             params.update(p)
-            loss, ms = loss + l, ms + m
+            loss, ms = loss + l, max(ms, m)  # two phases' savings on one layer overlap (channels removed from a
+            # factorized layer save little more than either alone): the larger, not the sum
             if phase == Phase.PRUNE:
                 prune_saved = b
+                left = _left_after_pruning(space[knob], p, layer_bytes, b)
             else:
                 keep *= min(1.0, max(0.0, 1.0 - b / layer_bytes))
-        left = max(0.0, layer_bytes - min(prune_saved, layer_bytes))
         saved = prune_saved + left * (1 - keep)
         combos.append((params, loss + (BYTES_LOSS * saved / base_bytes if base_bytes else 0.0), saved, ms))
     frame = pd.DataFrame(combos, columns=["option", "loss", "bytes_saved", "ms_saved"])
@@ -166,21 +203,120 @@ def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_b
     return frame[ranks == 0].reset_index(drop=True)
 
 
+def by_macs(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with each entry that saves MACs saving that share of the unchanged model's latency. Single-layer
+    deltas timed with the sweep's short protocol are noisy and their running maximum (``smoothed``) keeps the
+    noise's peaks: on the default CNN the timed entries of a 62.5%-pruned third conv said 37% of the latency saved,
+    the model timed whole 25%, its MACs 31%; half the channels of every conv: MACs 26% left, latency 27%."""
+    identity = table[table["identity"].astype(bool)].iloc[0]
+    base_ms, base_macs = float(identity["latency_ms"]), float(identity["macs"])
+    if not (np.isfinite(base_ms) and base_macs > 0):
+        return table
+    share = table["macs_saved"].astype(float) / base_macs
+    return table.assign(ms_saved=table["ms_saved"].where(share == 0, base_ms * share))
+
+
+def timed_whole(table: pd.DataFrame, space: JointSpace, latency_of: Callable[[dict[str, Any]], float], *,
+                base_ms: float) -> pd.DataFrame:
+    """The table with each shaping knob's latency savings scaled by what its middle choice on every layer at once
+    saves when timed whole (``latency_of``) over what the table's entries add up to, in [0.2, 1]. Factorizing a
+    layer adds one: on the default CNN rank 0.5 on every layer leaves 61% of the MACs and 74% of the latency, while
+    half the channels leave 26% and 27%."""
+    out = table.copy()
+    for knob in space.knobs:
+        if knob.phase not in SHAPING:
+            continue
+        rows = table[(table["knob"] == knob.knob) & ~table["identity"].astype(bool)]
+        if rows.empty:
+            continue
+        choices = sorted(rows["choice"].unique())
+        middle = choices[len(choices) // 2]
+        at = rows[np.isclose(rows["choice"].astype(float), float(middle))]
+        predicted = float(at["ms_saved"].clip(lower=0).sum())
+        if predicted <= 0:
+            continue
+        actual = (1.0 - latency_of(space.with_values(knobs={knob.name(l): _choice(knob, middle) for l in at["layer"]})))
+        factor = float(np.clip(actual * base_ms / predicted, 0.2, 1.0))
+        mine = out["knob"] == knob.knob
+        out.loc[mine, "ms_saved"] = out.loc[mine, "ms_saved"] * factor
+    return out
+
+
+def _left_after_pruning(knob, params: Mapping[str, Any], layer_bytes: float, saved: float) -> float:
+    """What is left of a layer's own bytes after a pruning choice: for a knob whose value is the fraction removed
+    (channels), that fraction of the layer; otherwise the table's whole-model saving taken from the layer. (The
+    table's saving also counts the next layer's inputs removed: taken from this layer alone it left nothing for
+    quantization to shrink, and the solver never combined pruning with fewer bits.)"""
+    value = next(iter(params.values()))
+    if knob.scale == "fraction" and knob.harder == "high":
+        return layer_bytes * (1.0 - float(value))
+    return max(0.0, layer_bytes - min(saved, layer_bytes))
+
+
+SHAPING = (Phase.PRUNE, Phase.FACTORIZE)  # the phases that change layers' shapes (and the next layer's inputs)
+
+
+def _phase(space: JointSpace, key: str) -> Phase | None:
+    name = key.split(".", 1)[0]
+    return space[name].phase if name in space else None
+
+
+def cover_order(aims: Sequence[tuple[float, float, float]], *, tolerance: float) -> list[int]:
+    """The indices of ``aims`` ((size, latency, accuracy) of the baselines a budget is aimed below) in the order of a
+    greedy set cover: next, the budget whose configuration, if it keeps about the accuracy of its own baseline,
+    would weakly dominate the most baselines not yet dominated (at most as large and as slow, at most ``tolerance``
+    more accurate); ties to the one that would dominate more in all, then the first."""
+    covers = [{j for j, u in enumerate(aims) if a[0] <= u[0] and a[1] <= u[1] and u[2] <= a[2] + tolerance}
+              for a in aims]
+    order: list[int] = []
+    covered: set[int] = set()
+    left = list(range(len(aims)))
+    while left:
+        best = max(left, key=lambda i: (len(covers[i] - covered), len(covers[i]), -i))
+        order.append(best)
+        covered |= covers[best]
+        left.remove(best)
+    return order
+
+
 def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mapping[str, float], base_bytes: float,
                    base_ms: float, n: int, perturbed: int, seed: int = 0,
                    targets: Sequence[tuple[float, float]] = (),
-                   size_of: Callable[[dict[str, Any]], float] | None = None) -> list[dict[str, Any]]:
+                   size_of: Callable[[dict[str, Any]], float] | None = None,
+                   latency_of: Callable[[dict[str, Any]], float] | None = None,
+                   weights_of: Callable[[dict[str, Any]], Mapping[str, float]] | None = None,
+                   recovered: float = 1.0, ms_from_macs: bool = False) -> list[dict[str, Any]]:
     """Up to ``n`` solutions of the joint problem, then ``perturbed`` copies of them with two layers moved one
     choice; complete params of the space, in a fixed order. The budgets: first ``targets`` ((fraction of the
     unchanged model's bytes, fraction of its latency) where the front already has a point, e.g. each baseline's,
-    a little below both), then sizes spread from large to tiny at several latency targets. With ``size_of``
-    (params -> the exact packed bytes, no training needed), a solution aimed at a target that comes out larger
-    than it is solved again under a budget tightened by the shortfall, up to ``REFINE`` times: the table's
-    per-layer savings do not add up exactly where channels removed from one layer also shrink the next."""
+    a little below both), then sizes spread from large to tiny at several latency targets.
+
+    An aimed solution is checked, without training, and solved again where the table's additive prediction fell
+    short (up to ``REFINE`` times):
+
+    - with ``weights_of`` (params -> {layer: weights} of the model shaped by their pruning and factorization) and
+      ``size_of`` (params -> exact packed bytes), its shape is kept and the other phases (sparsity, bit-widths) are
+      solved again on that shape's real layer sizes to meet the size exactly: the table's savings are each taken
+      from the whole layer, so pruning one layer and quantizing the next counts the next one's removed inputs twice;
+    - with ``size_of`` alone, a solution that comes out larger is solved again under a budget tightened by the
+      shortfall;
+    - with ``latency_of`` (params -> latency as a fraction of the unchanged model's, timed or predicted on the
+      untrained structure): single-layer latency savings add up to more than they save together (half the channels
+      of each conv of the default CNN save 90% of its latency in the table, 73% timed whole), so a solution that
+      comes out slower is solved again under a latency budget tightened likewise.
+
+    ``recovered``: the share of a structural choice's table loss left after fine-tuning (``recovery_factor``).
+    ``ms_from_macs``: the table's timed latency savings replaced by the unchanged model's latency times the share of
+    its MACs an entry saves, where it saves MACs (``by_macs``)."""
+    if ms_from_macs:
+        table = by_macs(table)
+    if latency_of is not None and np.isfinite(base_ms):
+        table = timed_whole(table, space, latency_of, base_ms=base_ms)
     layers = list(dict.fromkeys(f for k in space.knobs for f in k.layers))
     options = []
     for layer in layers:
-        frame = layer_options(table, space, layer, layer_bytes=layer_bytes.get(layer, 1.0), base_bytes=base_bytes)
+        frame = layer_options(table, space, layer, layer_bytes=layer_bytes.get(layer, 1.0), base_bytes=base_bytes,
+                              recovered=recovered)
         frame["group"], frame["index"] = layer, range(len(frame))
         options.append(frame)
     if not options:
@@ -192,37 +328,91 @@ def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mappi
     spread = [(size, 1 - target) for target, size in itertools.product(LATENCY_TARGETS if timed else (0.0,),
                                                                          SIZE_BUDGETS)]
     aimed = [(size, latency if timed else 1.0) for size, latency in targets]
-    solved: dict[str, list[dict[str, Any]]] = {"aimed": [], "missed": [], "spread": []}
+    solved: dict[str, list[dict[str, Any]]] = {"aimed": [], "spread": []}
+    shaping = {k.knob for k in space.knobs if k.phase in SHAPING}
+
+    predicted: dict[str, tuple[float, float]] = {}  # solution -> (its size, its latency) as the table predicts
+
+    def chosen(frame: pd.DataFrame, limits: dict[str, float]) -> dict[str, Any] | None:
+        try:
+            picks = solve(frame, group="group", option="index", minimize="loss", limits=limits)
+        except ValueError:
+            return None  # that budget is out of the table's reach
+        rows = pd.concat([frame[(frame["group"] == layer) & (frame["index"] == index)] for layer, index in picks.items()])
+        params: dict[str, Any] = {}
+        for option in rows["option"]:
+            params.update(option)
+        predicted[repr(sorted(params.items()))] = (1 - rows["bytes_saved"].sum() / base_bytes,
+                                                   1 - rows["ms_saved"].sum() / base_ms if timed else 1.0)
+        return params
 
     def solution(size: float, latency: float) -> dict[str, Any] | None:
         limits = {"bytes_left": -(1 - size) * base_bytes}
         if latency < 1:
             limits["ms_left"] = -(1 - latency) * base_ms
-        try:
-            chosen = solve(problem, group="group", option="index", minimize="loss", limits=limits)
-        except ValueError:
-            return None  # that budget is out of the table's reach
-        params: dict[str, Any] = {}
-        for layer, index in chosen.items():
-            params.update(problem[(problem["group"] == layer) & (problem["index"] == index)]["option"].iloc[0])
-        return space.with_values(knobs=params)
+        params = chosen(problem, limits)
+        if params is None:
+            return None
+        full = space.with_values(knobs=params)
+        predicted[repr(sorted(full.items()))] = predicted[repr(sorted(params.items()))]
+        return full
+
+    def completed(params: dict[str, Any], size: float) -> dict[str, Any] | None:
+        """``params``' shape kept, the other phases solved again on its layers' real sizes to meet ``size``."""
+        shape = space.with_values(knobs={k: v for k, v in params.items()
+                                         if _phase(space, k) in SHAPING and v != space[k.split(".", 1)[0]].identity_value})
+        counts, shaped = weights_of(shape), size_of(shape)
+        rest = table[~table["knob"].isin(shaping)]
+        frames = []
+        for layer in layers:
+            ratio = 4.0 * float(counts.get(layer, 0)) / layer_bytes.get(layer, 1.0) if layer in counts else 1.0
+            rows = rest[rest["layer"] == layer].assign(bytes_saved=lambda d: d["bytes_saved"] * ratio)
+            frame = layer_options(rows, space, layer, layer_bytes=layer_bytes.get(layer, 1.0) * ratio,
+                                  base_bytes=base_bytes, recovered=recovered)
+            frame["group"], frame["index"] = layer, range(len(frame))
+            frames.append(frame)
+        stage = pd.concat(frames, ignore_index=True).assign(bytes_left=lambda d: -d["bytes_saved"])
+        goal = size * base_bytes
+        for _ in range(REFINE + 1):
+            params = chosen(stage, {"bytes_left": -(shaped - goal)})
+            if params is None:
+                return None
+            full = space.with_values(knobs={k: v for k, v in {**shape, **params}.items() if _phase(space, k) is not None})
+            actual = size_of(full)
+            if actual <= size * base_bytes:
+                return full
+            goal -= actual - size * base_bytes  # short by that much: ask for it too
+        return None
 
     for kind, budgets in (("aimed", aimed), ("spread", spread)):
         for size, latency in budgets:
-            full, goal, where = solution(size, latency), size, kind
-            for attempt in range(REFINE + 1 if size_of is not None and kind == "aimed" else 0):
-                actual = size_of(full) / base_bytes if full is not None else 0.0
-                if actual <= size:
+            if kind == "aimed" and len(solved["aimed"]) >= n:
+                break  # enough: each check below costs a packing and a timing
+            full, where = solution(size, latency), kind
+            goal, goal_ms = predicted.get(repr(sorted(full.items())), (size, latency)) if full else (size, latency)
+            checks = REFINE + 1 if kind == "aimed" and (size_of is not None or latency_of is not None) else 0
+            closest, excess = full, math.inf  # the attempt nearest its target, should none meet it
+            for attempt in range(checks):
+                if full is None:
                     break
-                tighter = solution(goal * size / actual, latency) if attempt < REFINE else None
-                if tighter is None:
-                    where = "missed"  # still above its target: after the ones that met theirs
+                goal, goal_ms = predicted.get(repr(sorted(full.items())), (goal, goal_ms))
+                if weights_of is not None and size_of is not None:
+                    full = completed(full, size) or full
+                actual = size_of(full) / base_bytes if size_of is not None else 0.0
+                actual_ms = latency_of(full) if latency_of is not None and latency < 1 else 0.0
+                over = max(actual / size, actual_ms / latency if latency < 1 else 0.0)
+                if over < excess:
+                    closest, excess = full, over
+                if over <= 1:
                     break
-                goal *= size / actual  # the table's prediction was short: ask for that much less and solve again
-                full = tighter
+                # the table predicted (goal, goal_ms) and it came out (actual, actual_ms): ask for that much less
+                goal *= min(1.0, size / actual) if actual > 0 else 1.0
+                goal_ms *= min(1.0, latency / actual_ms) if actual_ms > 0 else 1.0
+                full = solution(goal, goal_ms) if attempt < REFINE else None
+            full = closest  # met, or as near as the table's reach allowed
             if full is not None and not any(full in v for v in solved.values()):
                 solved[where].append(full)
-    found = (solved["aimed"] + solved["missed"])[:n]
+    found = solved["aimed"][:n]
     found += _spread(solved["spread"], n - len(found)) if n > len(found) else []
     rng = np.random.default_rng(seed)
     moved = [_perturb(space, found[i % len(found)], rng) for i in range(perturbed)] if found else []

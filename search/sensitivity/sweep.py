@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from objectives import Accuracy, BaseCostModel, count_macs
 from spaces import BaseKnob, JointSpace, Phase, calibrate, materialize, to_plain
+from spaces._layers import targets
 from spaces.materialize import packed_tensors
 from spaces.packing import pack
 
@@ -106,6 +107,27 @@ class Measurer:
                 out["latency_ms"] = self.cost_model.latency_ms(artifact).value_ms
             out["measured"], out["artifact"] = True, artifact
         return out
+
+    def weights(self, params: dict[str, Any]) -> dict[str, int]:
+        """{layer: weights} of the model shaped by ``params``' pruning and factorization (the teacher's layer
+        names; a factorized layer's factors summed)."""
+        model = self.space.apply_structure(self.teacher, params)
+        return {f: sum(m.weight.numel() for _, m in targets(model, f))
+                for f in dict.fromkeys(f for k in self.space.knobs for f in k.layers)}
+
+    def latency_fraction(self, params: dict[str, Any]) -> float:
+        """The latency of ``params`` applied to the model (structure and kernels; its weights do not matter) as a
+        fraction of the unchanged model's, timed interleaved with it (or both predicted)."""
+        base = self.base(self.space.identity())
+        artifact = materialize(self.build(params), input_shape=self.input_shape, calibration=self.calibration.numpy())
+        if "artifact" not in base:
+            base["artifact"] = materialize(self.build(self.space.identity()), input_shape=self.input_shape,
+                                           calibration=self.calibration.numpy())
+        if self.cost_model.measures:
+            both = self.cost_model.measure_many([base["artifact"], artifact])
+        else:
+            both = [self.cost_model.latency_ms(a) for a in (base["artifact"], artifact)]
+        return both[1].value_ms / both[0].value_ms
 
     def base(self, params: dict[str, Any]) -> dict[str, Any]:
         """The unchanged model (or the context an entry is measured against): built, scored and timed once."""

@@ -42,6 +42,8 @@ def test_the_guided_search_writes_the_table_anchors_fidelities_and_figures(guide
     assert set(searched["fidelity"]) <= {"screen", "full"} and (searched["screen_accuracy"] != "").all()
     assert (df.loc[df["fidelity"] == "screen", "on_front"].astype(str) == "False").all()
     assert (df["guided"] != "").sum() >= 2  # the guided start-up ran first among the searched trials
+    guided_trials = searched[searched["guided"] != ""]  # screened for the record, always promoted
+    assert (guided_trials["fidelity"] == "full").all() and (guided_trials["screen_accuracy"] != "").all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sensitivity"]["entries"] == len(table) and not summary["sensitivity"]["read_back"]
     assert 0 < summary["sensitivity"]["share_of_wall"] < 1

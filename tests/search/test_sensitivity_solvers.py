@@ -359,3 +359,15 @@ def test_greedy_ratio_selection_errors():
         greedy_ratio_selection(without_identity, target_macs=750, base_macs=1000)
     with pytest.raises(ValueError, match=r"knobs must be a non-empty sequence of knob names, got 'channels'"):
         greedy_ratio_selection(RATIO_TABLE, knobs="channels", target_macs=750, base_macs=1000)
+
+
+def test_the_guided_budgets_go_in_the_order_of_a_greedy_cover_of_the_baselines_each_would_dominate():
+    from search.sensitivity.guide import cover_order
+
+    aims = [(0.06, 0.40, 0.9274),  # small, fast, least accurate: under many, but would dominate only itself
+            (0.08, 0.75, 0.9320),  # under 2 and 3 and as accurate as both
+            (0.10, 0.80, 0.9318),
+            (0.25, 0.96, 0.9318),
+            (0.24, 0.25, 0.9280)]  # the fastest: under nothing else
+    # 1 covers {1, 2, 3}; then 0, 4 each cover only themselves (0 first: the lower index); 2 and 3 nothing new
+    assert cover_order(aims, tolerance=0.001) == [1, 0, 4, 2, 3]

@@ -119,7 +119,7 @@ def test_with_losses_all_zero_the_guided_problem_still_saves_only_what_the_budge
     assert len(moved) == 1, moved
 
 
-def test_an_aimed_solution_whose_exact_size_misses_its_target_is_solved_again_then_put_last(toy):
+def test_an_aimed_solution_whose_exact_size_misses_its_target_is_solved_again_and_the_closest_kept(toy):
     model, x, y, space, measurer = toy
     table = sweep_table(measurer, log=lambda _: None).assign(loss=0.0)
     calls = []
@@ -132,4 +132,109 @@ def test_an_aimed_solution_whose_exact_size_misses_its_target_is_solved_again_th
                              base_ms=float("nan"), n=2, perturbed=0, targets=[(0.5, 1.0), (0.9, 1.0)],
                              size_of=size_of)
     assert len(calls) >= 3  # the 0.5 budget was re-solved tighter after its first solution came out too large
-    assert size_of(configs[0]) <= 0.9 * 5000 and size_of(configs[1]) > 0.5 * 5000  # the miss comes last
+    tried = [size_of(p) for p in calls[:-2]]
+    # the 0.5 budget cannot be met (4 knobs moved at most: 1,000 B); it keeps its place, with its closest attempt
+    assert size_of(configs[0]) == min(tried) > 0.5 * 5000 and size_of(configs[1]) <= 0.9 * 5000
+
+
+def test_recovery_factor_is_what_fine_tuning_left_of_the_structural_baselines_table_loss(toy):
+    """Summed over the baselines that change only structure with choices the table holds: their loss after
+    recovery over their choices' summed table loss."""
+    from search.sensitivity.guide import MIN_RECOVERED, recovery_factor
+
+    model, x, y, space, measurer = toy
+    table = sweep_table(measurer, log=lambda _: None)
+    table["loss"] = np.where(table["knob"] == "sparsity", table["choice"] * 0.15, 0.01)  # 0.5: 0.075, 0.9: 0.135
+    table.loc[table["identity"], "loss"] = 0.0
+    base = {"sparsity.fc1": 0.0, "sparsity.fc2": 0.0, "bits.fc1": 32, "bits.fc2": 32}
+    rows = pd.DataFrame([
+        {**base, "sparsity.fc1": 0.5, "sparsity.fc2": 0.5, "accuracy": 0.99},  # table 0.15, after recovery 0.01
+        {**base, "sparsity.fc1": 0.9, "accuracy": 0.97},                        # table 0.135, after 0.03
+        {**base, "sparsity.fc1": 0.5, "bits.fc1": 8, "accuracy": 0.5},           # moves bits too: not counted
+        {**base, "sparsity.fc1": 0.6, "accuracy": 0.5},                          # a choice the table lacks
+    ])
+    assert recovery_factor(table, space, rows, accuracy=1.0) == pytest.approx(0.04 / 0.285)
+    assert recovery_factor(table, space, rows.iloc[2:], accuracy=1.0) == 1.0  # nothing to say
+    assert recovery_factor(table, space, rows.iloc[:1].assign(accuracy=1.0), accuracy=1.0) == MIN_RECOVERED
+    # scaled by the factor, a structural choice that loses more than SAFE_LOSS alone stays in the guided problem
+    table.loc[(table["knob"] == "bits") & ~table["identity"], "loss"] = 0.5  # bits out of the way
+    sparsity = {o["sparsity.fc1"]: l for o, l in zip(*layer_options(table, space, "fc1", layer_bytes=3200.0,
+                                                                     recovered=0.05)[["option", "loss"]].T.values)}
+    assert sparsity[0.9] == pytest.approx(0.135 * 0.05) and sparsity[0.5] == pytest.approx(0.075 * 0.05)
+    unscaled = layer_options(table, space, "fc1", layer_bytes=3200.0)
+    assert all(o["sparsity.fc1"] == 0.0 for o in unscaled["option"])  # 0.1 point and more alone: left out
+
+
+def test_latency_savings_from_macs_replace_the_timed_ones_only_where_macs_change():
+    from search.sensitivity.guide import by_macs
+
+    table = pd.DataFrame({"identity": [True, False, False], "latency_ms": [10.0, 7.0, 10.0],
+                          "macs": [1000, 600, 1000], "macs_saved": [0, 400, 0], "ms_saved": [0.0, 3.0, 1.5]})
+    assert list(by_macs(table)["ms_saved"]) == [0.0, 4.0, 1.5]  # 40% of the MACs: 40% of 10 ms; int8 kernels kept
+
+
+def test_an_aimed_solution_that_comes_out_slower_is_solved_again_under_a_tighter_latency_budget(toy):
+    model, x, y, space, measurer = toy
+    table = sweep_table(measurer, log=lambda _: None).assign(loss=0.0)
+    moving = table["knob"] == "sparsity"
+    table.loc[moving, "ms_saved"] = table.loc[moving, "choice"] * 4.0  # 10 ms unchanged; fc1 and fc2 save alike
+    timings = []
+
+    def latency_of(params):  # the "runtime" saves half of what the table says
+        saved = sum(4.0 * v for k, v in params.items() if k.startswith("sparsity."))
+        timings.append(params)
+        return 1.0 - 0.5 * saved / 10.0
+
+    configs = guided_configs(table, space, layer_bytes={"fc1": 3200.0, "fc2": 1600.0}, base_bytes=5000.0,
+                             base_ms=10.0, n=1, perturbed=0, targets=[(1.0, 0.8)], latency_of=latency_of)
+    assert len(timings) >= 2 and latency_of(configs[0]) <= 0.8  # table: 2 ms saved would do; it took 4
+
+
+def test_pruning_and_fewer_bits_combine_on_one_layer_and_meet_an_exact_size(toy):
+    """The table's pruning saving includes the next layer's removed inputs; quantizing the pruned layer still saves
+    on what is left of it, and the shape's real layer sizes make the size exact (``weights_of``, ``size_of``)."""
+    from spaces.knobs.channels import ChannelKnob
+    from spaces.materialize import packed_tensors
+    from spaces.packing import pack
+
+    model, x, y, _, _ = toy
+    space = JointSpace([ChannelKnob(model=model, input_shape=SHAPE), build_knob("bits", model)])
+    cost = AnalyticCostModel(device="toy", peak_tops={"fp32": 0.1, "int8": 0.2}, memory_gbs=8.0, batch_size=8)
+    measurer = Measurer(teacher=model, space=space, accuracy=Accuracy(images=x, labels=y), calibration=x[:64],
+                        input_shape=SHAPE, cost_model=cost, sweep=Sweep(subset=300, latency=False))
+    table = sweep_table(measurer, log=lambda _: None).assign(loss=0.0)
+
+    def size_of(params):
+        return len(pack(packed_tensors(measurer.build(params))))
+
+    base = size_of(space.identity())
+    options = layer_options(table, space, "fc1", layer_bytes=3200.0, base_bytes=float(base))
+    assert any(o["channels.fc1"] > 0 and o["bits.fc1"] < 32 for o in options["option"])
+    configs = guided_configs(table, space, layer_bytes={"fc1": 3200.0, "fc2": 1600.0}, base_bytes=float(base),
+                             base_ms=float("nan"), n=1, perturbed=0, targets=[(0.15, 1.0)], size_of=size_of,
+                             weights_of=measurer.weights)
+    assert size_of(configs[0]) <= 0.15 * base
+    assert configs[0]["channels.fc1"] > 0 and configs[0]["bits.fc1"] < 32
+
+
+def test_a_shaping_knobs_latency_savings_are_scaled_by_its_middle_choice_timed_on_every_layer(toy):
+    from search.sensitivity.guide import timed_whole
+    from spaces.knobs.channels import ChannelKnob
+
+    model, x, y, _, measurer = toy
+    space = JointSpace([ChannelKnob(model=model, input_shape=SHAPE), build_knob("bits", model)])
+    table = sweep_table(Measurer(teacher=model, space=space, accuracy=measurer.accuracy, calibration=x[:64],
+                                 input_shape=SHAPE, cost_model=measurer.cost_model, sweep=measurer.sweep),
+                        log=lambda _: None)
+    table["ms_saved"] = np.where(table["knob"] == "channels", table["choice"].astype(float) * 8.0, 0.5)
+    timed = []
+
+    def latency_of(params):  # channels 0.5 (the middle of 0.125 .. 0.75) on fc1 saves 1.5 ms of 10, not 4
+        timed.append(params)
+        return 0.85
+
+    scaled = timed_whole(table, space, latency_of, base_ms=10.0)
+    assert timed == [space.with_values(knobs={"channels.fc1": 0.5})]
+    channels = table["knob"] == "channels"
+    assert np.allclose(scaled.loc[channels, "ms_saved"], table.loc[channels, "ms_saved"] * 1.5 / 4.0)
+    assert scaled.loc[~channels, "ms_saved"].eq(0.5).all()  # other phases as timed
