@@ -152,41 +152,26 @@ def recovery_factor(table: pd.DataFrame, space: JointSpace, baselines: pd.DataFr
 
 
 def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_bytes: float,
-                  base_bytes: float | None = None, recovered: float = 1.0,
-                  floor: Mapping[str, Any] | None = None) -> pd.DataFrame:
+                  base_bytes: float | None = None, recovered: float = 1.0) -> pd.DataFrame:
     """Every combination of the knobs' choices on one layer (one knob per phase), predicted from the table, cut to
     the layer's Pareto set of (loss, bytes, latency): columns ``option`` (a dict of parameters), ``loss``,
     ``bytes_saved``, ``ms_saved``. With ``base_bytes`` (the whole model's), the loss is the guided problem's: no
     entry below 0, plus ``TOUCH_LOSS`` per knob moved and ``BYTES_LOSS`` per ``base_bytes`` saved. With
-    ``recovered`` < 1, a structural knob's losses are scaled by it and left out only past ``STRUCTURAL_SAFE_LOSS``.
-    With ``floor`` (params), only the combinations that compress at least as hard as it on its keys."""
+    ``recovered`` < 1, a structural knob's losses are scaled by it and left out only past ``STRUCTURAL_SAFE_LOSS``."""
     phases: dict[Phase, list[tuple[dict[str, Any], float, float, float, str]]] = {}
     identities: set[Phase] = set()
-    floor = {k.name(layer): floor[k.name(layer)] for k in space.knobs
-             if floor and layer in k.layers and k.name(layer) in floor}
     for knob in space.knobs:
         if layer not in knob.layers:
             continue
         rows = smoothed(table[(table["knob"] == knob.knob) & (table["layer"] == layer)], knob)
         structural = recovered < 1 and knob.phase in STRUCTURAL
-        low = floor.get(knob.name(layer))  # the floor's choice: its loss after fine-tuning was measured (the
-        # baseline's); a harder one costs what the table says it adds to it, not scaled by ``recovered``
-        at_low = [float(r.loss) for r in rows.itertuples(index=False) if _choice(knob, r.choice) == low]
         for r in rows.itertuples(index=False):
+            if r.loss > (STRUCTURAL_SAFE_LOSS if structural else SAFE_LOSS) and not r.identity:
+                continue
             value = _choice(knob, r.choice)
-            if low is not None and at_low:
-                if value == low:
-                    entry = ({knob.name(layer): value}, 0.0, float(r.bytes_saved), float(r.ms_saved), knob.knob)
-                    phases.setdefault(knob.phase, []).append(entry)
-                    continue
-                loss = max(0.0, float(r.loss) - at_low[0])
-                loss = loss if base_bytes is None else loss + TOUCH_LOSS
-            else:
-                if r.loss > (STRUCTURAL_SAFE_LOSS if structural else SAFE_LOSS) and not r.identity:
-                    continue
-                loss = float(r.loss) * (recovered if structural else 1.0)
-                loss = loss if base_bytes is None else \
-                    max(0.0, loss) + (TOUCH_LOSS if value != knob.identity_value else 0.0)
+            loss = float(r.loss) * (recovered if structural else 1.0)
+            loss = loss if base_bytes is None else \
+                max(0.0, loss) + (TOUCH_LOSS if value != knob.identity_value else 0.0)
             entry = ({knob.name(layer): value}, loss, float(r.bytes_saved), float(r.ms_saved), knob.knob)
             if value == knob.identity_value:
                 if knob.phase in identities:
@@ -212,23 +197,10 @@ def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_b
             else:
                 keep *= min(1.0, max(0.0, 1.0 - b / layer_bytes))
         saved = prune_saved + left * (1 - keep)
-        if floor and not _at_least(space, params, floor):
-            continue
         combos.append((params, loss + (BYTES_LOSS * saved / base_bytes if base_bytes else 0.0), saved, ms))
     frame = pd.DataFrame(combos, columns=["option", "loss", "bytes_saved", "ms_saved"])
     ranks = nondominated_ranks(frame[["loss", "bytes_saved", "ms_saved"]].to_numpy() * np.array([1, -1, -1]))
     return frame[ranks == 0].reset_index(drop=True)
-
-
-def _at_least(space: JointSpace, params: Mapping[str, Any], floor: Mapping[str, Any]) -> bool:
-    """Whether ``params`` (a missing key: its knob's identity) compresses at least as hard as ``floor`` on each of
-    ``floor``'s keys."""
-    for key, low in floor.items():
-        knob = space[key.split(".", 1)[0]]
-        value = params.get(key, knob.identity_value)
-        if (value < low) if knob.harder == "high" else (value > low):
-            return False
-    return True
 
 
 def by_macs(table: pd.DataFrame) -> pd.DataFrame:
@@ -289,10 +261,8 @@ def _phase(space: JointSpace, key: str) -> Phase | None:
     return space[name].phase if name in space else None
 
 
-def cover_budgets(aims: Sequence[tuple[float, float, float]], *,
-                  tolerance: float) -> list[tuple[float, float, int]]:
-    """Budgets (size, latency, the index of the baseline whose latency it takes) to aim at, in the order of a greedy set
-    cover of the baselines ``aims`` ((size, latency, accuracy) of each, a budget aimed a little below it): the
+def cover_budgets(aims: Sequence[tuple[float, float, float]], *, tolerance: float) -> list[tuple[float, float]]:
+    """Budgets (size, latency) to aim at, in the order of a greedy set cover of the baselines ``aims`` ((size, latency, accuracy) of each, a budget aimed a little below it): the
     candidates are each baseline's own budget and the corner of every two (the smaller size and the shorter latency of
     the pair), which a configuration keeping the lower of the pair's accuracies would weakly dominate both of. Next
     comes the candidate that, if it keeps that accuracy, would weakly dominate the most baselines not yet dominated (at
@@ -300,15 +270,13 @@ def cover_budgets(aims: Sequence[tuple[float, float, float]], *,
     latency), then the first. A baseline alone under nothing the others leave (the fastest, pruned one) would otherwise
     come last although a corner with its neighbour covers both: one trial, two baselines. Once every baseline is
     covered, another round from the candidates left, in case an aimed configuration misses its baselines' accuracy."""
-    best: dict[tuple[float, float], tuple[float, int]] = {}  # one candidate per budget (a corner is often one of
-    # the pair's own budgets): the highest accuracy it is expected to keep, the baseline its latency comes from
-    pairs = [(i, i) for i in range(len(aims))] + [(i, j) for i in range(len(aims)) for j in range(i + 1, len(aims))]
-    for i, j in pairs:
-        a, b = aims[i], aims[j]
-        budget, accuracy = (min(a[0], b[0]), min(a[1], b[1])), min(a[2], b[2])
-        if accuracy > best.get(budget, (-np.inf, 0))[0]:
-            best[budget] = (accuracy, i if a[1] <= b[1] else j)
-    candidates = [(*budget, accuracy, k) for budget, (accuracy, k) in best.items()]
+    best: dict[tuple[float, float], float] = {}  # one candidate per budget (a corner is often one of the pair's own
+    # budgets), with the highest accuracy it is expected to keep
+    for i, a in enumerate(aims):
+        for b in aims[i:]:
+            budget = (min(a[0], b[0]), min(a[1], b[1]))
+            best[budget] = max(best.get(budget, -np.inf), min(a[2], b[2]))
+    candidates = [(*budget, accuracy) for budget, accuracy in best.items()]
     covers = [{j for j, u in enumerate(aims) if c[0] <= u[0] and c[1] <= u[1] and u[2] <= c[2] + tolerance}
               for c in candidates]
     order: list[int] = []
@@ -322,7 +290,7 @@ def cover_budgets(aims: Sequence[tuple[float, float, float]], *,
             break
         order.append(best)
         covered |= covers[best]
-    return [(candidates[i][0], candidates[i][1], candidates[i][3]) for i in order]
+    return [candidates[i][:2] for i in order]
 
 
 def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mapping[str, float], base_bytes: float,
@@ -335,8 +303,7 @@ def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mappi
     """Up to ``n`` solutions of the joint problem, then ``perturbed`` copies of them with two layers moved one
     choice; complete params of the space, in a fixed order. The budgets: first ``targets`` ((fraction of the
     unchanged model's bytes, fraction of its latency) where the front already has a point, e.g. each baseline's,
-    a little below both; a third item, params, asks for a solution at least as hard as them on their keys, e.g.
-    a baseline's shape), then sizes spread from large to tiny at several latency targets.
+    a little below both), then sizes spread from large to tiny at several latency targets.
 
     An aimed solution is checked, without training, and solved again where the table's additive prediction fell
     short (up to ``REFINE`` times):
@@ -360,29 +327,21 @@ def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mappi
     if latency_of is not None and np.isfinite(base_ms):
         table = timed_whole(table, space, latency_of, base_ms=base_ms)
     layers = list(dict.fromkeys(f for k in space.knobs for f in k.layers))
-    problems: dict[str, pd.DataFrame] = {}
-
-    def problem_of(floor: Mapping[str, Any] | None) -> pd.DataFrame:
-        """Every layer's options (at least as hard as ``floor``), one row each."""
-        key = repr(sorted((floor or {}).items()))
-        if key not in problems:
-            options = []
-            for layer in layers:
-                frame = layer_options(table, space, layer, layer_bytes=layer_bytes.get(layer, 1.0),
-                                      base_bytes=base_bytes, recovered=recovered, floor=floor)
-                frame["group"], frame["index"] = layer, range(len(frame))
-                options.append(frame)
-            problems[key] = pd.concat(options, ignore_index=True).assign(
-                bytes_left=lambda d: -d["bytes_saved"], ms_left=lambda d: -d["ms_saved"])
-        return problems[key]
-
-    if not layers:
+    options = []
+    for layer in layers:
+        frame = layer_options(table, space, layer, layer_bytes=layer_bytes.get(layer, 1.0), base_bytes=base_bytes,
+                              recovered=recovered)
+        frame["group"], frame["index"] = layer, range(len(frame))
+        options.append(frame)
+    if not options:
         return []
-    problem = problem_of(None)
+    problem = pd.concat(options, ignore_index=True)
+    problem["bytes_left"] = -problem["bytes_saved"]
+    problem["ms_left"] = -problem["ms_saved"]
     timed = bool(np.isfinite(base_ms)) and bool((problem["ms_saved"] != 0).any())
-    spread = [(size, 1 - target, None) for target, size in itertools.product(LATENCY_TARGETS if timed else (0.0,),
-                                                                               SIZE_BUDGETS)]
-    aimed = [(t[0], t[1] if timed else 1.0, t[2] if len(t) > 2 else None) for t in targets]
+    spread = [(size, 1 - target) for target, size in itertools.product(LATENCY_TARGETS if timed else (0.0,),
+                                                                         SIZE_BUDGETS)]
+    aimed = [(size, latency if timed else 1.0) for size, latency in targets]
     solved: dict[str, list[dict[str, Any]]] = {"aimed": [], "spread": []}
     shaping = {k.knob for k in space.knobs if k.phase in SHAPING}
 
@@ -401,11 +360,11 @@ def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mappi
                                                    1 - rows["ms_saved"].sum() / base_ms if timed else 1.0)
         return params
 
-    def solution(size: float, latency: float, floor: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    def solution(size: float, latency: float) -> dict[str, Any] | None:
         limits = {"bytes_left": -(1 - size) * base_bytes}
         if latency < 1:
             limits["ms_left"] = -(1 - latency) * base_ms
-        params = chosen(problem_of(floor), limits)
+        params = chosen(problem, limits)
         if params is None:
             return None
         full = space.with_values(knobs=params)
@@ -440,10 +399,10 @@ def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mappi
         return None
 
     for kind, budgets in (("aimed", aimed), ("spread", spread)):
-        for size, latency, floor in budgets:
+        for size, latency in budgets:
             if kind == "aimed" and len(solved["aimed"]) >= n:
                 break  # enough: each check below costs a packing and a timing
-            full, where = solution(size, latency, floor) or (solution(size, latency) if floor else None), kind
+            full, where = solution(size, latency), kind
             goal, goal_ms = predicted.get(repr(sorted(full.items())), (size, latency)) if full else (size, latency)
             checks = REFINE + 1 if kind == "aimed" and (size_of is not None or latency_of is not None) else 0
             closest, excess = full, math.inf  # the attempt nearest its target, should none meet it
@@ -463,7 +422,7 @@ def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mappi
                 # the table predicted (goal, goal_ms) and it came out (actual, actual_ms): ask for that much less
                 goal *= min(1.0, size / actual) if actual > 0 else 1.0
                 goal_ms *= min(1.0, latency / actual_ms) if actual_ms > 0 else 1.0
-                full = solution(goal, goal_ms, floor) if attempt < REFINE else None
+                full = solution(goal, goal_ms) if attempt < REFINE else None
             full = closest  # met, or as near as the table's reach allowed
             if full is not None and not any(full in v for v in solved.values()):
                 solved[where].append(full)

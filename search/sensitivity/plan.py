@@ -19,7 +19,7 @@ from spaces._layers import targets
 
 from .._checks import whole
 from ..front import TOLERANCE
-from .guide import SHAPING, anchor_policies, cover_budgets, guided_configs, recovery_factor
+from .guide import anchor_policies, cover_budgets, guided_configs, recovery_factor
 from .sweep import Measurer, Sweep, cache_key, load_or_sweep
 
 
@@ -116,17 +116,6 @@ def retimed(g: Guidance, row: pd.Series, recorded: float) -> float:
     return recorded if values is None else float(g.measurer.latency_fraction(values))
 
 
-def shape_of(g: Guidance, row: pd.Series) -> dict[str, Any] | None:
-    """A baseline's pruning and factorization, every shaping key (None if it changes no shape): a budget that takes its
-    latency keeps at least that shape, and more costs what the table says, unscaled (``layer_options``). The table
-    predicts what a shape loses after fine-tuning from one factor (``recovery_factor``), and extreme shapes lose more
-    than it says; a baseline's shape is one whose accuracy after fine-tuning the study measured, and what the solution
-    adds to it (fewer bits, a little more pruning) the table predicts well."""
-    values = params_of(g, row) or {}
-    shape = {k: v for k, v in values.items() if g.space[k.split(".", 1)[0]].phase in SHAPING}
-    return shape if any(v != g.space[k.split(".", 1)[0]].identity_value for k, v in shape.items()) else None
-
-
 def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str], None] = print,
            size_of: Callable[[dict[str, Any]], float] | None = None) -> list[dict]:
     """The guided start-up configurations (``g.configs`` too), from the table and the baselines in the trials frame
@@ -141,8 +130,7 @@ def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str
     done = df[(df["state"] == "COMPLETE") & (df["baseline"] != "")]
     base = done[done["baseline"] == "uncompressed"]
     timed = g.measurer is not None and g.measurer.sweep.latency and pd.notna(identity["latency_ms"])
-    aims, shapes = [], []  # (size, latency, accuracy) of each baseline, size and latency as fractions of the
-    # uncompressed one's; its shape
+    aims = []  # (size, latency, accuracy) of each baseline, size and latency as fractions of the uncompressed one's
     if len(base) and {"size_bytes", "latency_ms"} <= set(df.columns):
         size0, ms0 = float(base["size_bytes"].iloc[0]), float(base["latency_ms"].iloc[0])
         for _, b in done[done["baseline"] != "uncompressed"].iterrows():
@@ -151,16 +139,14 @@ def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str
                 # against 14.9 for the uncompressed model of one benchmark run) put every budget 25% too tight
                 fraction = retimed(g, b, fraction)
             aims.append((SIZE_MARGIN * b["size_bytes"] / size0, LATENCY_MARGIN * fraction, float(b["accuracy"])))
-            shapes.append(shape_of(g, b))
     # a start-up that fits only a few trials in its time first tries the budgets that, if each keeps about the
     # accuracy of the baselines it is aimed below, dominate the most baselines (``cover_budgets``: each baseline's
-    # own, and the corner of every two), each at least the shape of the baseline whose latency it takes; before
-    # them one beyond the corner (the smallest size and the shortest latency any baseline reached), where the
-    # front's hypervolume grows most
-    targets = [(size, latency, shapes[k]) for size, latency, k in cover_budgets(aims, tolerance=TOLERANCE["accuracy"])]
+    # own, and the corner of every two); before them one beyond the corner (the smallest size and the shortest
+    # latency any baseline reached), where the front's hypervolume grows most
+    targets = cover_budgets(aims, tolerance=TOLERANCE["accuracy"])
     if len(aims) > 1:
         corner = (min(a[0] for a in aims), min(a[1] for a in aims))
-        targets.insert(0, (BEYOND[0] * corner[0], BEYOND[1] * corner[1], None))
+        targets.insert(0, (BEYOND[0] * corner[0], BEYOND[1] * corner[1]))
     base_ms = float(identity["latency_ms"]) if pd.notna(identity["latency_ms"]) else float("nan")
     recovered = recovery_factor(g.table, g.space, done, accuracy=float(base["accuracy"].iloc[0])) if len(base) else 1.0
     g.configs = guided_configs(g.table, g.space, layer_bytes={f: 4.0 * w for f, w in g.weights.items()},

@@ -254,22 +254,3 @@ def test_a_baselines_latency_budget_is_its_structure_timed_again_not_its_recorde
     assert retimed(g, row, 0.123) == pytest.approx(expected) and expected != pytest.approx(0.123)
     assert retimed(g, row.drop("bits.fc2"), 0.123) == 0.123
 
-
-def test_a_floor_keeps_every_option_at_least_as_hard_and_charges_only_what_goes_beyond_it(toy):
-    """``layer_options(floor=...)``: a baseline's choice costs nothing (its accuracy after fine-tuning was
-    measured) and is exempt from the safe-loss cut; a harder one costs the table's loss beyond it, unscaled."""
-    from search.sensitivity.guide import BYTES_LOSS, TOUCH_LOSS
-
-    model, x, y, space, measurer = toy
-    table = sweep_table(measurer, log=lambda _: None)
-    table["loss"] = np.where(table["knob"] == "sparsity", table["choice"] * 0.4, 0.0)  # 0.5: 0.2, 0.75: 0.3
-    table.loc[table["identity"], "loss"] = 0.0
-    plain = layer_options(table, space, "fc1", layer_bytes=3200.0, base_bytes=5000.0, recovered=0.05)
-    assert {o["sparsity.fc1"] for o in plain["option"]} == {0.0, 0.25}  # 0.2 points alone and more: left out
-    floored = layer_options(table, space, "fc1", layer_bytes=3200.0, base_bytes=5000.0, recovered=0.05,
-                            floor={"sparsity.fc1": 0.5, "sparsity.fc2": 0.9})
-    assert {o["sparsity.fc1"] for o in floored["option"]} >= {0.5, 0.75}
-    assert min(o["sparsity.fc1"] for o in floored["option"]) == 0.5
-    loss = lambda value: min(l for o, l in zip(floored["option"], floored["loss"]) if o["sparsity.fc1"] == value)
-    assert loss(0.5) <= BYTES_LOSS  # the baseline's own choice: only the bytes term
-    assert loss(0.75) >= (0.3 - 0.2) + TOUCH_LOSS  # beyond it: what the table adds, unscaled
