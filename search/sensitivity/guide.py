@@ -261,36 +261,22 @@ def _phase(space: JointSpace, key: str) -> Phase | None:
     return space[name].phase if name in space else None
 
 
-def cover_budgets(aims: Sequence[tuple[float, float, float]], *, tolerance: float) -> list[tuple[float, float]]:
-    """Budgets (size, latency) to aim at, in the order of a greedy set cover of the baselines ``aims`` ((size, latency, accuracy) of each, a budget aimed a little below it): the
-    candidates are each baseline's own budget and the corner of every two (the smaller size and the shorter latency of
-    the pair), which a configuration keeping the lower of the pair's accuracies would weakly dominate both of. Next
-    comes the candidate that, if it keeps that accuracy, would weakly dominate the most baselines not yet dominated (at
-    most as large and as slow, at most ``tolerance`` more accurate); ties to the easier budget (the larger size times
-    latency), then the first. A baseline alone under nothing the others leave (the fastest, pruned one) would otherwise
-    come last although a corner with its neighbour covers both: one trial, two baselines. Once every baseline is
-    covered, another round from the candidates left, in case an aimed configuration misses its baselines' accuracy."""
-    best: dict[tuple[float, float], float] = {}  # one candidate per budget (a corner is often one of the pair's own
-    # budgets), with the highest accuracy it is expected to keep
-    for i, a in enumerate(aims):
-        for b in aims[i:]:
-            budget = (min(a[0], b[0]), min(a[1], b[1]))
-            best[budget] = max(best.get(budget, -np.inf), min(a[2], b[2]))
-    candidates = [(*budget, accuracy) for budget, accuracy in best.items()]
-    covers = [{j for j, u in enumerate(aims) if c[0] <= u[0] and c[1] <= u[1] and u[2] <= c[2] + tolerance}
-              for c in candidates]
+def cover_order(aims: Sequence[tuple[float, float, float]], *, tolerance: float) -> list[int]:
+    """The indices of ``aims`` ((size, latency, accuracy) of the baselines a budget is aimed below) in the order of a
+    greedy set cover: next, the budget whose configuration, if it keeps about the accuracy of its own baseline,
+    would weakly dominate the most baselines not yet dominated (at most as large and as slow, at most ``tolerance``
+    more accurate); ties to the one that would dominate more in all, then the first."""
+    covers = [{j for j, u in enumerate(aims) if a[0] <= u[0] and a[1] <= u[1] and u[2] <= a[2] + tolerance}
+              for a in aims]
     order: list[int] = []
     covered: set[int] = set()
-    while len(order) < len(candidates):
-        if len(covered) == len(aims):  # all covered: another round, with the candidates left, in case some miss
-            covered = set()
-        left = [i for i in range(len(candidates)) if i not in order]
-        best = max(left, key=lambda i: (len(covers[i] - covered), candidates[i][0] * candidates[i][1], -i))
-        if not covers[best] - covered:
-            break
+    left = list(range(len(aims)))
+    while left:
+        best = max(left, key=lambda i: (len(covers[i] - covered), len(covers[i]), -i))
         order.append(best)
         covered |= covers[best]
-    return [candidates[i][:2] for i in order]
+        left.remove(best)
+    return order
 
 
 def guided_configs(table: pd.DataFrame, space: JointSpace, *, layer_bytes: Mapping[str, float], base_bytes: float,

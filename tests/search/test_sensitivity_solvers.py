@@ -362,19 +362,12 @@ def test_greedy_ratio_selection_errors():
 
 
 def test_the_guided_budgets_go_in_the_order_of_a_greedy_cover_of_the_baselines_each_would_dominate():
-    from search.sensitivity.guide import cover_budgets
+    from search.sensitivity.guide import cover_order
 
     aims = [(0.06, 0.40, 0.9274),  # small, fast, least accurate: under many, but would dominate only itself
             (0.08, 0.75, 0.9320),  # under 2 and 3 and as accurate as both
             (0.10, 0.80, 0.9318),
             (0.25, 0.96, 0.9318),
             (0.24, 0.25, 0.9280)]  # the fastest: under nothing else
-    budgets = cover_budgets(aims, tolerance=0.001)
-    # 1's own budget covers {1, 2, 3}; then the corner of 0 and 4 (0's size, 4's latency) covers both, which
-    # neither's own budget does: two trials for five baselines
-    assert budgets[:2] == [(0.08, 0.75), (0.06, 0.25)]
-    # then, all covered, a second round from the budgets left (each once: a corner that is one of the pair's own
-    # budgets is that budget): 2's own covers {2, 3}, then 4's and 0's their own; the rest cover nothing new
-    assert budgets[2:] == [(0.10, 0.80), (0.24, 0.25), (0.06, 0.40)]
-
-
+    # 1 covers {1, 2, 3}; then 0, 4 each cover only themselves (0 first: the lower index); 2 and 3 nothing new
+    assert cover_order(aims, tolerance=0.001) == [1, 0, 4, 2, 3]
