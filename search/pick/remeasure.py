@@ -43,8 +43,9 @@ def keep_onnx(trial: optuna.Trial, onnx: bytes, artifacts: FileSystemArtifactSto
         optuna.artifacts.upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial)
 
 
-def _onnx_of(trial: optuna.trial.FrozenTrial, artifacts: FileSystemArtifactStore, tmp: Path,
-             storage: optuna.storages.BaseStorage) -> bytes | None:
+def onnx_of(trial: optuna.trial.FrozenTrial, artifacts: FileSystemArtifactStore, tmp: Path,
+            storage: optuna.storages.BaseStorage) -> bytes | None:
+    """The ONNX model the search stored for ``trial`` (None where it stored none: a screened or failed trial)."""
     metas = [m for m in get_all_artifact_meta(trial, storage=storage) if m.filename == ONNX]
     if not metas:
         return None
@@ -78,7 +79,7 @@ def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model
     artifacts, got, backend = store(out_dir), {}, optuna.storages.get_storage(storage)
     with tempfile.TemporaryDirectory() as tmp:
         for number in rows["number"].astype(int):
-            onnx = _onnx_of(trials[number], artifacts, Path(tmp), backend)
+            onnx = onnx_of(trials[number], artifacts, Path(tmp), backend)
             if onnx is not None:
                 got[number] = Artifact(packed=b"", onnx=onnx, int8_layers=(), input_shape=tuple(input_shape),
                                        example=example)

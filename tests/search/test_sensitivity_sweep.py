@@ -163,6 +163,13 @@ def test_recovery_factor_is_what_fine_tuning_left_of_the_structural_baselines_ta
     assert sparsity[0.9] == pytest.approx(0.135 * 0.05) and sparsity[0.5] == pytest.approx(0.075 * 0.05)
     unscaled = layer_options(table, space, "fc1", layer_bytes=3200.0)
     assert all(o["sparsity.fc1"] == 0.0 for o in unscaled["option"])  # 0.1 point and more alone: left out
+    # as heavy as half the first conv's channels of the default CNN (17.6 points alone, 0.5 once fine-tuned with
+    # every other layer's half): still in; past 50 points alone: out
+    table.loc[(table["knob"] == "sparsity") & (table["choice"] == 0.5), "loss"] = 0.3
+    table.loc[(table["knob"] == "sparsity") & (table["choice"] > 0.5), "loss"] = 0.55
+    sparsity = {o["sparsity.fc1"]: l for o, l in zip(*layer_options(table, space, "fc1", layer_bytes=3200.0,
+                                                                     recovered=0.05)[["option", "loss"]].T.values)}
+    assert sparsity[0.5] == pytest.approx(0.3 * 0.05) and max(sparsity) == 0.5
 
 
 def test_latency_savings_from_macs_replace_the_timed_ones_only_where_macs_change():
