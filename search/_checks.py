@@ -9,3 +9,13 @@ def whole(key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (plain dicts) as {dotted key: value}; an empty section is one key."""
+    if not isinstance(config, dict) or not config:
+        return {prefix.rstrip("."): config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flat(value, f"{prefix}{key}."))
+    return out

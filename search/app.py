@@ -22,6 +22,7 @@ import objectives
 from objectives import Accuracy, BaseCostModel, BaseObjective
 from objectives.cpu import torch_threads
 from spaces import STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
+from spaces.probe import probe, said, without
 
 from . import data as data_module
 from ._checks import whole
@@ -115,6 +116,10 @@ def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...])
     if not knob_cfgs:
         raise ValueError(f"space.knobs: no knob configured in space {space_cfg.get('name')!r}")
     teacher = JointSpace([_knob(name, c, model, input_shape) for name, c in knob_cfgs.items()])
+    broken = probe(teacher, model, input_shape)  # layers where a knob breaks this model: left out, and said
+    teacher = without(teacher, broken)
+    for line in said(teacher):
+        (log.warning if any(line.startswith(f"space.knobs.{k}:") for k in broken) else log.info)(line)
     student_cfg = space_cfg.get("student")
     if student_cfg is None:
         return teacher

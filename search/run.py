@@ -8,19 +8,20 @@ import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .app import prepare, threads, versions
 from .baselines import policies
 from .front import TOLERANCE, baseline_dominance, hypervolume, reference
-from .outputs import atomic_write, students_summary, trials_frame, write_json, write_tables
+from .outputs import students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
 from .report.write import after_search
 from .report.plots import write_pareto_figures
 from .screening import counts, kendall
 from .sensitivity.plan import guidance, guided
 from .study import (
-    already_guided, enqueue_baselines, enqueue_guided, fail_interrupted, make_objective, open_study, optimize, with_arch,
+    already_guided, check_resume, enqueue_baselines, enqueue_guided, fail_interrupted, keep_config, make_objective,
+    open_study, optimize, with_arch,
 )
 
 log = logging.getLogger("search")
@@ -56,6 +57,7 @@ def _run(cfg: DictConfig) -> Path:
     started = time.time()
     for noisy in ("kaleido", "choreographer"):  # PNG export logs every browser step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    changes = check_resume(cfg, Path(cfg.results_dir) / str(cfg.study.name))  # before anything is written
     p = prepare(cfg)
     s = p.setup
     s.out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,10 @@ def _run(cfg: DictConfig) -> Path:
             "mixing them would compare unlike numbers: choose another study.name"
         )
     study.set_user_attr("cost_model", described)  # which cost model produced the latency objective
-    atomic_write(s.out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    keep_config(cfg, s.out_dir, changes)
+    if changes:
+        log.info(f"resumed with other settings (study.resume=force) at {', '.join(changes)}; the earlier config "
+                 "is kept beside config.yaml")
     if (n := fail_interrupted(study, s.storage)):
         log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
     guide = guidance(cfg, p, s.out_dir, log=log.info)

@@ -5,9 +5,11 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -15,14 +17,61 @@ from objectives import BaseObjective
 from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 
 from . import _optuna
+from ._checks import flat
 from .front import hypervolume, reference, signs
-from .outputs import trials_frame
+from .outputs import atomic_write, trials_frame
 from .pick.remeasure import keep_onnx
 from .pipeline import Pipeline
 from .screening import FULL, PREFIX, SCREEN, Screening, promotes, screened_points
 from .training.early_stopping import EarlyStopping, Monitor
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+# The keys a resumed study may change: how long it runs, where it is stored and what it writes, not how a trial is
+# built, trained or measured. Any other key that differs from the study's config.yaml refuses the resume.
+RESUMABLE = ("study.n_trials", "study.timeout_s", "study.resume", "study.storage", "results_dir", "png", "report",
+             "pick", "data.download_dir", "threads", "hydra")
+RESUME = (None, "force")  # study.resume: null (resume only with the same settings) or force (resume anyway)
+
+
+def config_changes(stored: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, value now)} of the keys a resumed study may not change (all but ``RESUMABLE``'s);
+    a key one side lacks reads ``<absent>``."""
+    a, b = flat(dict(stored)), flat(dict(now))
+    free = [k for k in (*a, *b) if any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
+    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in dict.fromkeys((*a, *b))
+            if k not in free and a.get(k, "<absent>") != b.get(k, "<absent>")}
+
+
+def check_resume(cfg: DictConfig, out_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Where ``out_dir`` already holds a study's config.yaml: the keys ``cfg`` changes (``config_changes``); a
+    ValueError naming them unless ``study.resume=force``. Reads only: a refused resume writes nothing."""
+    mode = cfg.study.get("resume")
+    if mode not in RESUME:
+        raise ValueError(f"study.resume must be null or force, got {mode!r}")
+    path = Path(out_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    stored = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
+    if changes and mode != "force":
+        shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:4])
+        more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+        raise ValueError(f"study.name={cfg.study.name}: {path.parent} holds a study searched with other settings "
+                         f"({shown}{more}); resume with the same settings, choose another study.name, or set "
+                         "study.resume=force to resume anyway (both configs are kept)")
+    return changes
+
+
+def keep_config(cfg: DictConfig, out_dir: Path, changes: Mapping[str, Any]) -> None:
+    """Write ``cfg`` as the study's config.yaml; one it replaces with other settings (a forced resume) is kept as
+    ``config.<n>.yaml``, n counting from 1."""
+    path = Path(out_dir) / "config.yaml"
+    if changes and path.is_file():
+        n = 1
+        while (path.parent / f"config.{n}.yaml").exists():
+            n += 1
+        path.rename(path.parent / f"config.{n}.yaml")
+    atomic_write(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 One ``BaseKnob`` per compression technique, one module each under ``spaces/knobs/`` (discovered: a new knob is
 a new file); ``JointSpace`` composes them phase by phase and replays a trial with
 ``space.apply(teacher, trial.params)``; ``StudentSpace`` puts the choice of a student architecture (a
-``BaseFamily``) in front of them; ``materialize`` turns the result into the artifact the objectives measure.
+``BaseFamily``) in front of them; ``materialize`` turns the result into the artifact the objectives measure;
+``probe`` finds, before any trial, the layers where a knob breaks the model.
 """
 from . import knobs
 from ._base import BaseFamily, BaseKnob, Phase
@@ -13,11 +14,12 @@ from .joint import JointSpace
 from .knobs import *  # noqa: F403 - every knob class, by the knob modules' own __all__
 from .materialize import Artifact, materialize
 from .packing import FLOAT_BITS, Codec, pack, register_codec, unpack
+from .probe import probe
 from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
 
 __all__ = [
     "BaseKnob", "BaseFamily", "Phase", "JointSpace", "StudentSpace", "StudentFamily",
     "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "ActFakeQuant",
     "Artifact", "materialize", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
-    "fold_batchnorm", "FLOAT_BITS", *knobs.__all__,
+    "fold_batchnorm", "FLOAT_BITS", "probe", *knobs.__all__,
 ]

@@ -88,10 +88,14 @@ class BaseKnob(abc.ABC):
             raise TypeError(f"knob {cls.knob!r} is declared twice: {known.__module__} and {cls.__module__}")
         BaseKnob.registry[cls.knob] = cls
 
+    #: why ``eligible`` leaves a matched layer out (said at start-up, ``left_out``)
+    ineligible: ClassVar[str] = "this knob cannot change it"
+
     def __init__(self, *, model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> None:
-        self.layers = self.eligible(
-            model, find_layers(model, include=include, exclude=exclude, key=f"space.knobs.{self.knob}")
-        )
+        matched = find_layers(model, include=include, exclude=exclude, key=f"space.knobs.{self.knob}")
+        self.layers = self.eligible(model, matched)
+        #: {layer: why} of the layers the config matched and this knob leaves out (``eligible``, ``spaces.probe``)
+        self.left_out = {f: self.ineligible for f in matched if f not in self.layers}
 
     # ------------------------------------------------------------------ what a subclass implements
     @abc.abstractmethod

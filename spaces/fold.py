@@ -27,9 +27,13 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         warnings.warn(f"conv+BN folding skipped: FX could not trace the model ({exc})", stacklevel=2)
         return []
     modules = dict(model.named_modules())
-    pairs = []
+    calls: dict[str, int] = {}  # how often each module is called (a shared module: more than once)
+    found: dict[tuple[str, str], int] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+        if node.op != "call_module":
+            continue
+        calls[node.target] = calls.get(node.target, 0) + 1
+        if not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
         src = node.args[0]
         if (
@@ -38,8 +42,9 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             and isinstance(modules.get(src.target), nn.Conv2d)
             and len(src.users) == 1
         ):
-            pairs.append((src.target, node.target))
-    return pairs
+            found[(src.target, node.target)] = found.get((src.target, node.target), 0) + 1
+    # a module called several times folds once, and only if every call of the conv and of the BN is that pair
+    return [(conv, bn) for (conv, bn), n in found.items() if calls[conv] == n and calls[bn] == n]
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 ``load_model(bundle_dir)`` rebuilds the PyTorch model from the folder alone: the architecture from
 ``config.yaml`` (random weights, no trained teacher needed), the trial's params applied to get the
-compressed shapes, then the weights from ``weights.cpz``.
+compressed shapes, then the weights from ``weights.cpz``. What the params alone do not fix is stored beside them
+(``structure``): which channels channel pruning removed, decided on the trained weights; the rebuild removes
+those, never ranks the random weights' own.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from spaces import Artifact, to_plain, unpack
+from spaces import PRUNED, Artifact, to_plain, unpack
 
 from ..outputs import atomic_write
 
@@ -52,13 +54,20 @@ def staging(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def structure_of(model: nn.Module) -> dict[str, Any]:
+    """The structural decisions ``model`` holds that its params do not fix (see the module docstring)."""
+    pruned = getattr(model, PRUNED, None)
+    return {PRUNED: {k: [int(i) for i in v] for k, v in pruned.items()}} if pruned else {}
+
+
 def bundle_spec(*, study: str, number: int, baseline: str, params: dict[str, Any], input_shape: tuple[int, ...],
-                config: DictConfig) -> dict[str, Any]:
-    """What config.yaml holds: enough to rebuild the model (``load_model``) or replay the trial (``pick``)."""
+                config: DictConfig, structure: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What config.yaml holds: enough to rebuild the model (``load_model``) or replay the trial (``pick``);
+    ``structure``: ``structure_of`` the built model."""
     resolved = OmegaConf.to_container(config, resolve=True)
     resolved.pop("pick", None)
     return {"study": study, "trial": number, "baseline": baseline, "input_shape": list(input_shape),
-            "params": dict(params), "config": resolved}
+            "params": dict(params), "structure": dict(structure or {}), "config": resolved}
 
 
 def write_model_files(folder: Path, artifact: Artifact, spec: dict[str, Any]) -> None:
@@ -82,15 +91,19 @@ def read_spec(bundle_dir: Path) -> dict[str, Any]:
 
 
 def architecture(spec: dict[str, Any]) -> nn.Module:
-    """The compressed model's shapes with untrained weights: teacher architecture + ``space.apply`` (for a
-    student trial, the student's architecture with its compression)."""
+    """The compressed model's shapes with untrained weights: teacher architecture + ``space.apply`` with the stored
+    structure (for a student trial, the student's architecture with its compression)."""
     from ..app import build_space  # the same space the search built, from the same config
 
     cfg = OmegaConf.create(spec["config"])
-    with torch.random.fork_rng():  # building and tracing draw random numbers; leave the caller's stream alone
+    with torch.random.fork_rng(), torch.enable_grad():  # building and tracing draw random numbers (leave the
+        # caller's stream alone); channel pruning traces through autograd, even when called under torch.no_grad()
         torch.manual_seed(int(cfg.model.train.seed))
         net = instantiate(cfg.model.net)
         space = build_space(cfg, net, tuple(spec["input_shape"]))
+        pruned = (spec.get("structure") or {}).get(PRUNED)
+        if pruned:  # the channels the search removed from the trained weights, not the random weights' lowest
+            setattr(net, PRUNED, {k: list(v) for k, v in pruned.items()})
         return space.apply(net.eval(), spec["params"])
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,16 @@ from objectives import Measurement, Outcome, cpu_name
 from spaces import Artifact, JointSpace, StudentSpace
 
 from . import card
-from .bundle import bundle_spec, layer_table, staging, write_model_files
+from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files
+from .._checks import flat
 from ..cli import entry
 from ..front import objective_names
 from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
 from ..app import Prepared, prepare, threads, versions
 from .selection import Rule, choose, describe, front_table
 from ..training.loops import recover
-from .verify import Tolerances, accuracies, check, files_now, latency
+from .remeasure import onnx_of, store
+from .verify import Companions, Tolerances, accuracies, between_readings, check, files_now, latency
 
 log = logging.getLogger("search")
 
@@ -68,15 +71,6 @@ def open_recorded(cfg: DictConfig) -> tuple[optuna.Study, Path]:
         raise ValueError(f"study.name: no study {name!r} in {storage}") from exc
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or not d:
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out
-
-
 def _replayed(key: str) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in _NOT_REPLAYED)
 
@@ -89,7 +83,7 @@ def replay_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
         log.info(f"note: {path} is missing; replaying with this command's config")
         return cfg
     recorded = OmegaConf.load(path)
-    now, then = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (cfg, recorded))
+    now, then = (flat(OmegaConf.to_container(c, resolve=True)) for c in (cfg, recorded))
     differ = [k for k in sorted(set(now) | set(then)) if _replayed(k) and now.get(k) != then.get(k)]
     if differ:
         pairs = (f"{k} (study {then.get(k, '<absent>')!r}, here {now.get(k, '<absent>')!r})" for k in differ)
@@ -198,7 +192,26 @@ def recorded_values(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> dic
     return dict(zip(objective_names_of(study), trial.values))
 
 
-def measurements(r: Replay, folder: Path, tol: Tolerances) -> dict[str, Any]:
+def companions(r: Replay, df) -> Companions:
+    """The ONNX models the search stored for the trial and for the uncompressed baseline (the study's artifact
+    store; absent for a study written without one), to time the bundle together with (``verify.latency``)."""
+    s = r.prepared.setup
+    if not (s.out_dir / "artifacts").is_dir():
+        return Companions()
+    trials = {t.number: t for t in r.study.get_trials(deepcopy=False)}
+    base = df[(df["baseline"] == "uncompressed") & (df["state"] == "COMPLETE")]
+    backend, kept = optuna.storages.get_storage(s.storage), store(s.out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        searched = onnx_of(r.trial, kept, Path(tmp), backend)
+        number = int(base["number"].iloc[0]) if len(base) else None
+        plain = onnx_of(trials[number], kept, Path(tmp), backend) if number is not None and number != r.trial.number \
+            else None
+    return Companions(searched=searched, uncompressed=plain,
+                      uncompressed_ms=float(base["latency_ms"].iloc[0]) if plain is not None else None,
+                      between_rel=between_readings(s.out_dir / "remeasured.csv"))
+
+
+def measurements(r: Replay, folder: Path, tol: Tolerances, df) -> dict[str, Any]:
     """Accuracy, size and latency, recorded by the search (where they are objectives of the study) and measured now
     on the files in ``folder``; every other objective of the study recomputed on the replayed model."""
     s, spread = r.prepared.setup, float(r.trial.user_attrs.get("latency_spread_ms", 0.0))
@@ -213,7 +226,8 @@ def measurements(r: Replay, folder: Path, tol: Tolerances) -> dict[str, Any]:
         "size_bytes": {"recorded": recorded.get("size_bytes"), "measured": files["weights.cpz"]["bytes"],
                        "onnx_bytes": files["model.onnx"]["bytes"]},
         "latency_ms": latency(folder, cost_model=measuring, input_shape=r.artifact.input_shape, tol=tol,
-                              recorded=recorded.get("latency_ms"), spread=spread, example=r.artifact.example),
+                              recorded=recorded.get("latency_ms"), spread=spread, example=r.artifact.example,
+                              companions=companions(r, df) if "latency_ms" in recorded else None),
         "objectives": others,
         "loader": {"max_abs_diff": acc["loader_max_abs_diff"]}, "files": files,
     }
@@ -276,11 +290,12 @@ def context(r: Replay, df) -> dict[str, Any]:
 def write_bundle(r: Replay, df, final: Path, tol: Tolerances) -> Picked:
     """Files first, then measured on them, then report.json and README.md; all moved into ``final`` at once."""
     spec = bundle_spec(study=r.study.study_name, number=r.trial.number, baseline=r.trial.user_attrs.get("baseline", ""),
-                       params=r.trial.params, input_shape=r.artifact.input_shape, config=r.cfg)
+                       params=r.trial.params, input_shape=r.artifact.input_shape, config=r.cfg,
+                       structure=structure_of(r.model))
     with staging(final) as folder:
         write_model_files(folder, r.artifact, spec)
         report = {**context(r, df), "verified": None, "reasons": [], "tolerances": asdict(tol),
-                  **measurements(r, folder, tol)}
+                  **measurements(r, folder, tol, df)}
         report["reasons"] = check(report, tol)
         report["verified"] = not report["reasons"]
         write_json(folder / "report.json", report)

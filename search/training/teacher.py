@@ -47,16 +47,48 @@ def _save(path: Path, state: dict[str, torch.Tensor]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def load_checkpoint(net: nn.Module, path: Path, *, key: str) -> None:
+    """``net``'s weights from the ``state_dict`` file at ``path`` (``torch.save(model.state_dict())``, or a dict
+    holding it under ``state_dict`` as Lightning writes); a file that is not one, or does not fit ``net``, is a
+    one-line ValueError naming ``key``, the file and what is wrong."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and torch errors alike: not a weights file
+        why = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise ValueError(f"{key}={path}: not a PyTorch state_dict file (torch.save(model.state_dict(), path)); "
+                         f"torch.load said {type(exc).__name__}: {why}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{key}={path}: holds a {type(state).__name__}, not a state_dict (a dict of tensors, "
+                         "torch.save(model.state_dict(), path))")
+    own = net.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+                 f"{len(shapes)} of another shape (file vs model: {few(shapes)})" if shapes else ""]
+        raise ValueError(f"{key}={path}: does not fit {type(net).__name__} ({len(own)} keys): "
+                         + "; ".join(p for p in parts if p))
+    net.load_state_dict(state)
+
+
 def trained_teacher(
-    net: nn.Module, model_cfg: DictConfig, data_key: str, splits: Splits, cache_dir: Path, log=print
+    net: nn.Module, model_cfg: DictConfig, data_key: str, splits: Splits, cache_dir: Path, log=print,
+    key: str = "model.checkpoint",
 ) -> tuple[nn.Module, str]:
-    """Weights from ``model.checkpoint`` if given, else from the cache, else trained now and cached."""
+    """Weights from ``model.checkpoint`` if given (``key``: what an error calls it), else from the cache, else
+    trained now and cached."""
     if model_cfg.get("checkpoint"):
         path = Path(model_cfg.checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"model.checkpoint: no file at {str(path)!r}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+            raise FileNotFoundError(f"{key}: no file at {str(path)!r}")
+        load_checkpoint(net, path, key=key)
         return net.eval(), f"checkpoint {path}"
     train_cfg = OmegaConf.to_container(model_cfg.train, resolve=True)
     key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True), train_cfg, data_key)
@@ -100,7 +132,8 @@ def ensemble_logits(
     """
     all_logits = [first]
     for member in members:
-        net, source = trained_teacher(build_model(member, splits), member, data_key, splits, cache_dir, log=log)
+        net, source = trained_teacher(build_model(member, splits), member, data_key, splits, cache_dir, log=log,
+                                      key=f"distill.teachers ({member.name}) checkpoint")
         log(f"ensemble teacher {member.name} ({source})")
         all_logits.append(cached_logits(net, splits.train_x, cache_key(weights_key(net), data_key), cache_dir))
     return torch.stack(all_logits).mean(dim=0)

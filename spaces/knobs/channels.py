@@ -17,7 +17,12 @@ from torch import nn
 from .._base import BaseKnob, Phase
 from .._layers import output_layer
 
-__all__ = ["ChannelKnob"]
+__all__ = ["ChannelKnob", "PRUNED"]
+
+PRUNED = "pruned_channels"  # attribute of a pruned model: {group root fqn: the channel indices removed}. Which
+# channels go depends on the weights pruned (lowest L2 norm first); a bundle stores it, and a model that holds it
+# before pruning (``search.pick.bundle.load_model``: the architecture rebuilt on untrained weights) removes exactly
+# those channels again instead of ranking its own
 
 
 def _dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
@@ -38,21 +43,34 @@ def group_roots(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.Depend
 
 
 def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int]) -> None:
-    """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first)."""
+    """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first, or the ones
+    ``model``'s ``PRUNED`` attribute names); the indices removed are left in that attribute."""
     model.eval()
     if not any(r > 0 for r in ratios.values()):
         return
+    given: dict[str, list[int]] = dict(getattr(model, PRUNED, None) or {})
     importance = tp.importance.MagnitudeImportance(p=2)
     graph, roots = group_roots(model, input_shape)
+    removed: dict[str, list[int]] = {}
     for fqn, group in roots.items():
         ratio = ratios.get(fqn, 0.0)
         if ratio <= 0:
             continue
         scores = importance(group)
-        n_prune = min(int(ratio * len(scores)), len(scores) - 1)
-        if n_prune > 0:
+        channels = len(scores)
+        n_prune = min(int(ratio * channels), channels - 1)
+        if n_prune <= 0:
+            continue
+        if fqn in given:
+            idxs = [int(i) for i in given[fqn]]
+            if len(idxs) != n_prune or not all(0 <= i < channels for i in idxs):
+                raise ValueError(f"channels.{fqn}: the stored structure removes {len(idxs)} of {channels} channels "
+                                 f"where ratio {ratio} removes {n_prune}")
+        else:
             idxs = torch.argsort(scores)[:n_prune].tolist()
-            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+        graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+        removed[fqn] = idxs
+    setattr(model, PRUNED, removed)
 
 
 class ChannelKnob(BaseKnob):
@@ -76,6 +94,9 @@ class ChannelKnob(BaseKnob):
         self.low, self.high, self.step = float(low), float(high), float(step)
         self.input_shape = tuple(input_shape)
         super().__init__(model=model, include=include, exclude=exclude)
+
+    ineligible = "not the root of a channel group Torch-Pruning can prune (the output layer, or channels coupled " \
+        "to another layer's)"
 
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
         _, roots = group_roots(model, self.input_shape)

@@ -81,6 +81,8 @@ class RankKnob(BaseKnob):
         self.ratios = tuple(ratios)
         super().__init__(model=model, include=include, exclude=exclude)
 
+    ineligible = "no rank ratio stores fewer weights (or a grouped convolution)"
+
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
         """Layers where at least one ratio (< 1) would store fewer weights."""
         return [f for f in layers if any(rank_for(model.get_submodule(f), r) for r in self.ratios)]

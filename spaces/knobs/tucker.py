@@ -89,6 +89,8 @@ class TuckerKnob(BaseKnob):
         self.ratios = tuple(ratios)
         super().__init__(model=model, include=include, exclude=exclude)
 
+    ineligible = "not a k x k convolution whose Tucker factors store fewer weights"
+
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
         """k x k convolutions where at least one ratio (< 1) would store fewer weights."""
         return [f for f in layers if any(tucker_ranks(model.get_submodule(f), r) for r in self.ratios)]

@@ -124,3 +124,67 @@ def test_every_entry_point_answers_a_wrong_override_in_one_line(tmp_path, cli_en
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- checkpoints and resumed studies
+
+
+def _refused(tmp_path, capsys, *overrides) -> str:
+    """The one line ``python -m search`` (in process) answers ``overrides`` with, exit 2, nothing written."""
+    from search.cli import entry
+    from search.run import run
+
+    results = tmp_path / "results"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exc:
+        entry(run, argv=["experiment=smoke", f"results_dir={results}", *overrides])
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1, lines
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    return lines[0]
+
+
+def test_a_checkpoint_that_is_not_one_or_does_not_fit_is_one_line(tmp_path, tmp_path_factory, capsys):
+    import torch
+
+    files = tmp_path_factory.mktemp("checkpoints")
+    (files / "notes.txt").write_text("not weights\n" * 20)
+    torch.save(torch.nn.Linear(3, 2).state_dict(), files / "linear.pt")
+    line = _refused(tmp_path, capsys, f"model.checkpoint={files / 'notes.txt'}")
+    assert "model.checkpoint=" in line and "notes.txt" in line and "not a PyTorch state_dict file" in line
+    line = _refused(tmp_path, capsys, f"model.checkpoint={files / 'linear.pt'}")
+    assert "does not fit" in line and "missing" in line and "2 unexpected (weight, bias)" in line
+
+
+def test_a_study_resumed_with_other_settings_is_refused_naming_them(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from search.cli import compose_checked
+
+    out = tmp_path / "results" / "smoke"
+    out.mkdir(parents=True)
+    stored = compose_checked(["experiment=smoke", f"results_dir={tmp_path / 'results'}", "recovery.steps=7"])
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(stored, resolve=True))
+    line = _refused(tmp_path, capsys, "study.n_trials=3")  # a longer run alone would resume
+    assert "other settings" in line and "recovery.steps: 7 -> " in line and "study.resume=force" in line
+    assert "study.n_trials" not in line
+    line = _refused(tmp_path, capsys, "study.resume=maybe")
+    assert "study.resume" in line and "maybe" in line
+
+
+def test_a_forced_resume_keeps_both_configs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from search.cli import compose_checked
+    from search.study import check_resume, config_changes, keep_config
+
+    first = compose_checked(["experiment=smoke", "recovery.steps=7"])
+    keep_config(first, tmp_path, {})
+    assert check_resume(compose_checked(["experiment=smoke", "recovery.steps=7", "study.n_trials=9"]), tmp_path) == {}
+    second = compose_checked(["experiment=smoke", "study.resume=force"])
+    changes = check_resume(second, tmp_path)
+    assert list(changes) == ["recovery.steps"] and changes["recovery.steps"][0] == 7
+    keep_config(second, tmp_path, changes)
+    assert OmegaConf.load(tmp_path / "config.1.yaml").recovery.steps == 7
+    assert OmegaConf.load(tmp_path / "config.yaml").recovery.steps == second.recovery.steps
+    assert config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == {"a.c": ("<absent>", 2)}

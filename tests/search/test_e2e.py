@@ -126,8 +126,11 @@ def test_lut_build_validate_then_search_and_pick_on_the_real_runtime(smoke):
     summary = json.loads((results / "smoke-lut" / "summary.json").read_text())
     assert summary["cost_model"]["cost_model"] == "lut" and summary["failed"] == 0
 
-    with pytest.raises(ValueError, match="hardware: study 'smoke-lut' holds latencies measured otherwise"):
+    with pytest.raises(ValueError, match="holds a study searched with other settings .*hardware"):
         run(smoke_cfg(results, "study.name=smoke-lut", "study.n_trials=1"))  # hardware=cpu on a lut study
+    with pytest.raises(ValueError, match="hardware: study 'smoke-lut' holds latencies measured otherwise"):
+        run(smoke_cfg(results, "study.name=smoke-lut", "study.n_trials=1", "study.resume=force"))
+    assert not (results / "smoke-lut" / "config.1.yaml").exists()  # refused: the study's config left as it was
 
     picked = pick(smoke_cfg(results, "hardware=lut", "study.name=smoke-lut", "pick.trial=0"))
     assert picked.report["recorded_cost_model"]["cost_model"] == "lut"

@@ -212,3 +212,74 @@ def test_verify_bundle_times_the_example_inputs_it_is_given_and_says_which(picke
     plain = verify_bundle(files, cost_model=cost)["latency_ms"]
     assert plain["inputs"].startswith("random normal") and plain["measured"] > 0
     assert json.loads((files / "report.json").read_text())["latency_ms"]["inputs"] == plain["inputs"]
+
+
+# --------------------------------------------------------------------------- latency: noise told from mismatch
+
+
+def _stored_onnx(results: Path, df, baseline: str, folder: Path) -> bytes:
+    from search.pick.remeasure import onnx_of, store
+
+    out = results / "smoke"
+    storage = optuna.storages.get_storage(f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    number = int(df.loc[df["baseline"] == baseline, "number"].iloc[0])
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    folder = folder / baseline
+    folder.mkdir()
+    return onnx_of(trial, store(out), folder, storage)
+
+
+def test_a_bundle_is_timed_together_with_the_model_the_search_timed(picked):
+    """At pick, model.onnx is timed interleaved with the ONNX model the search stored for the trial and with the
+    uncompressed model's; the same model read together is never told apart by the machine's noise."""
+    lat = picked.report["latency_ms"]
+    t = lat["together"]
+    assert t["searched_ms"] > 0 and t["uncompressed_ms"] > 0 and t["allowed"] >= 0.1
+    assert abs(t["apart"]) <= t["allowed"], t  # the bundle's model.onnx is the model the search timed
+    assert t["share_recorded"] == pytest.approx(lat["recorded"] / t["uncompressed_recorded_ms"])
+    assert not [r for r in picked.report["reasons"] if "is not the model the search measured" in r]
+
+
+def test_a_bundle_whose_model_is_not_the_searched_one_is_caught_and_said_how(smoke, picked, tmp_path):
+    """A bundle holding the uncompressed model where the search timed channels_50's (3-4x faster)."""
+    from objectives import OrtCpuCostModel
+    from search.pick.verify import Companions, Tolerances, check, latency
+
+    results, _, df = smoke
+    files = shutil.copytree(picked.path, tmp_path / "files")
+    (files / "model.onnx").write_bytes(_stored_onnx(results, df, "uncompressed", tmp_path))
+    report = json.loads((files / "report.json").read_text())
+    cost = OrtCpuCostModel(warmup=2, repeats=10, rounds=2, settle_s=0.0, retries=0)
+    recorded = float(df.loc[df["baseline"] == "channels_50", "latency_ms"].iloc[0])
+    lat = latency(files, cost_model=cost, input_shape=tuple(report["input_shape"]), recorded=recorded, spread=0.0,
+                  tol=Tolerances(), companions=Companions(searched=_stored_onnx(results, df, "channels_50", tmp_path)))
+    reasons = check({**report, "latency_ms": lat}, Tolerances())
+    said = [r for r in reasons if "is not the model the search measured" in r]
+    assert len(said) == 1 and "timed together now" in said[0] and lat["together"]["apart"] > 0.5, reasons
+
+
+def test_between_readings_is_the_rms_gap_of_shares_timed_apart(tmp_path):
+    from search.pick.verify import between_readings
+
+    (tmp_path / "remeasured.csv").write_text(
+        "number,baseline,latency_ms,latency_remeasured_ms\n0,uncompressed,10,20\n1,a,5,5\n2,,2,4\n")
+    # shares then 0.5 and 0.2, now 0.25 and 0.2: log gaps ln(0.5) and 0
+    assert between_readings(tmp_path / "remeasured.csv") == pytest.approx(np.expm1(np.sqrt(np.log(0.5) ** 2 / 2)))
+    assert between_readings(tmp_path / "missing.csv") is None
+
+
+def test_latency_reasons_name_the_figure_that_missed_by_how_much_and_the_noise():
+    from search.pick.verify import Tolerances, _latency_reasons
+
+    lat = {"recorded": 4.0, "recorded_spread": 0.1, "measured": 6.0, "measured_spread": 0.2,
+           "together": {"searched_ms": 4.1, "searched_spread": 0.1, "apart": 6.0 / 4.1 - 1, "allowed": 0.15,
+                        "uncompressed_ms": 12.0, "uncompressed_recorded_ms": 12.0, "share_now": 0.5,
+                        "share_recorded": 4.0 / 12.0, "share_apart": 0.5, "share_allowed": 0.6}}
+    reasons = _latency_reasons(lat, Tolerances())
+    assert len(reasons) == 1 and "6.000 ms" in reasons[0] and "4.100 ms" in reasons[0] and "+46% apart" in reasons[0]
+    assert "15%" in reasons[0]
+    lat["together"]["share_allowed"] = 0.2
+    assert len(_latency_reasons(lat, Tolerances())) == 2
+    lat["together"] = {"searched_ms": 5.9, "searched_spread": 0.1, "apart": 6.0 / 5.9 - 1, "allowed": 0.1}
+    assert _latency_reasons(lat, Tolerances()) == []  # the recorded 4.0 ms band no longer decides

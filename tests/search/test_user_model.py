@@ -1,0 +1,59 @@
+"""A user model of unusual structure (``tests/spaces/odd_net.py``: grouped convolutions, one fed by a concatenation,
+a channel shuffle, one convolution used twice) through the whole engine at the smoke budget: no trial fails, and
+every completed trial picks into a bundle that rebuilds and holds what the search recorded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def odd_study(tmp_path_factory):
+    from search import data as data_module
+    from search.cli import compose_checked
+    from search.run import run
+    from search.training.loops import train_teacher
+    from tests.spaces.odd_net import OddNet
+
+    folder = tmp_path_factory.mktemp("odd")
+    torch.manual_seed(0)
+    splits = data_module.load(val_size=1000, seed=0)
+    net = train_teacher(OddNet(), splits.train_x[:6400], splits.train_y[:6400], epochs=1, lr=0.05, batch_size=128,
+                        seed=0, log=lambda _: None)
+    torch.save(net.state_dict(), folder / "odd.pt")
+    overrides = ["experiment=smoke", f"results_dir={folder / 'results'}", "model=custom",
+                 "model.net._target_=tests.spaces.odd_net.OddNet", f"model.checkpoint={folder / 'odd.pt'}",
+                 "study.name=odd", "study.n_trials=2", "hardware.warmup=2", "hardware.repeats=10"]
+    out = run(compose_checked(overrides))
+    return overrides, out, optuna.load_study(study_name="odd", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_no_trial_fails_on_the_odd_model(odd_study):
+    _, _, study = odd_study
+    failed = {t.number: t.user_attrs.get("error") for t in study.get_trials() if t.state == TrialState.FAIL}
+    assert failed == {}
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= 8  # the 7 baselines and the searched trials
+
+
+def test_every_completed_trial_picks_into_a_bundle_that_holds_what_was_recorded(odd_study):
+    from search.cli import compose_checked
+    from search.pick.bundle import load_model
+    from search.pick.picker import pick
+    from spaces import to_plain
+
+    overrides, _, study = odd_study
+    x = torch.randn(4, 1, 28, 28)
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        picked = pick(compose_checked([*overrides, f"pick.trial={trial.number}"]))
+        # every figure but latency is exact; latency is told apart from the machine's noise (test_pick.py)
+        assert [r for r in picked.report["reasons"] if not r.startswith("latency")] == [], trial.number
+        assert not [r for r in picked.report["reasons"] if "is not the model the search measured" in r]
+        with torch.no_grad():
+            diff = (load_model(picked.path)(x) - to_plain(picked.model)(x)).abs().max().item()
+        assert diff <= 1e-4, (trial.number, trial.params)

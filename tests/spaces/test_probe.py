@@ -1,0 +1,93 @@
+"""The start-up probe: on a model of grouped convolutions, a concatenation, a channel shuffle and a shared module,
+every knob keeps only the layers it can change, says which it left out and why, and then every configuration
+the search can sample builds, runs and exports."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from spaces import JointSpace, calibrate, materialize
+from spaces.probe import extremes, probe, said, without
+
+INPUT = (1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def odd_space(tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from search.app import build_space
+    from search.cli import CONF
+    from tests.spaces.odd_net import OddNet
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["space=full"])
+    torch.manual_seed(0)
+    net = OddNet()
+    return net, build_space(cfg, net, INPUT)
+
+
+def test_the_probe_leaves_out_what_breaks_and_says_why(odd_space):
+    net, space = odd_space
+    lines = said(space)
+    left = {k.knob: k.left_out for k in space.knobs}
+    assert any(left.values())  # this model defeats some knob somewhere (the output layer for channels at least)
+    for knob in space.knobs:
+        assert not set(knob.layers) & set(knob.left_out)
+        for line in lines:
+            if line.startswith(f"space.knobs.{knob.knob}:"):
+                assert all(f in line for f in list(knob.left_out)[:3])
+    assert probe(space, net, INPUT) == {}  # probed again, what is left breaks nothing
+
+
+def test_every_sampled_configuration_builds_runs_and_exports(odd_space):
+    """What a trial does to its model, on 12 random configurations of every knob together."""
+    net, space = odd_space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    x = torch.randn(*INPUT)
+    for _ in range(12):
+        trial = study.ask()
+        params = space.sample(trial)
+        model = space.apply(net, params).eval()
+        calibrate(model, [torch.randn(8, *INPUT[1:])])
+        with torch.no_grad():
+            assert model(x).shape == (1, 10), params
+        artifact = materialize(model, input_shape=INPUT, calibration=torch.randn(8, *INPUT[1:]).numpy())
+        assert artifact.onnx and artifact.packed
+        study.tell(trial, 0.0)
+
+
+def test_extremes_are_the_hardest_and_mildest_non_identity_choices():
+    from spaces.knobs.channels import ChannelKnob
+
+    from tests.spaces.odd_net import OddNet
+
+    knob = ChannelKnob(model=OddNet(), input_shape=INPUT, high=0.75, step=0.25)
+    fqn = knob.layers[0]
+    assert extremes(knob, fqn) == [0.75, 0.25]
+
+
+def test_a_knob_that_breaks_a_layer_is_left_out_of_it():
+    """A knob whose every choice raises on one layer: the probe finds it, ``without`` drops it, ``said`` names it."""
+    from spaces.knobs.sparsity import SparsityKnob
+
+    from tests.spaces.odd_net import OddNet
+
+    net = OddNet()
+    knob = SparsityKnob(model=net)
+    plain = knob.apply_
+
+    def fragile(model, values):  # as Torch-Pruning failed on a grouped convolution fed by a concatenation
+        if values.get("mix.0", 0.0) > 0:
+            raise RuntimeError("INDICES element is out of DATA bounds")
+        plain(model, values)
+
+    knob.apply_ = fragile
+    space = JointSpace([knob])
+    broken = probe(space, net, INPUT)
+    assert list(broken) == ["sparsity"] and list(broken["sparsity"]) == ["mix.0"]
+    assert "RuntimeError: INDICES element is out of DATA bounds" in broken["sparsity"]["mix.0"]
+    space = without(space, broken)
+    assert "mix.0" not in space["sparsity"].layers and "mix.0" in space["sparsity"].left_out
+    assert "mix.0 (it breaks the model: sparsity.mix.0=" in said(space)[0]
