@@ -19,3 +19,8 @@ def flat(config: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in config.items():
         out.update(flat(value, f"{prefix}{key}."))
     return out
+
+
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``prefixes`` or inside one of them (``report.png`` is under ``report``)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)

@@ -17,7 +17,7 @@ from objectives import BaseObjective
 from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 
 from . import _optuna
-from ._checks import flat
+from ._checks import flat, under
 from .front import hypervolume, reference, signs
 from .outputs import atomic_write, trials_frame
 from .pick.remeasure import keep_onnx
@@ -37,9 +37,8 @@ def config_changes(stored: Mapping[str, Any], now: Mapping[str, Any]) -> dict[st
     """{dotted key: (stored value, value now)} of the keys a resumed study may not change (all but ``RESUMABLE``'s);
     a key one side lacks reads ``<absent>``."""
     a, b = flat(dict(stored)), flat(dict(now))
-    free = [k for k in (*a, *b) if any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in dict.fromkeys((*a, *b))
-            if k not in free and a.get(k, "<absent>") != b.get(k, "<absent>")}
+            if not under(k, RESUMABLE) and a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
 def check_resume(cfg: DictConfig, out_dir: Path) -> dict[str, tuple[Any, Any]]:

@@ -27,7 +27,7 @@ from spaces import Artifact, JointSpace, StudentSpace
 
 from . import card
 from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files
-from .._checks import flat
+from .._checks import flat, under
 from ..cli import entry
 from ..front import objective_names
 from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
@@ -72,7 +72,7 @@ def open_recorded(cfg: DictConfig) -> tuple[optuna.Study, Path]:
 
 
 def _replayed(key: str) -> bool:
-    return not any(key == k or key.startswith(k + ".") for k in _NOT_REPLAYED)
+    return not under(key, _NOT_REPLAYED)
 
 
 def replay_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
