@@ -1,5 +1,7 @@
 """A study recorded before the knobs became plug-ins (commit 7af8161) replays today: every completed trial's
-stored params give the same packed size, byte for byte, and the same validation accuracy."""
+stored params give the same packed size, byte for byte, and the same validation accuracy, to within what the CPU's
+float kernels move (recorded on an Intel VM; on an AMD EPYC one, trial 10, with 2- and 3-bit weights, scores 4 images
+of 1000 higher at 7af8161 itself: its rounding sits on boundaries that the kernels' summation order shifts)."""
 from __future__ import annotations
 
 import json
@@ -38,4 +40,6 @@ def test_recorded_trial_replays_to_the_same_size_and_accuracy(pipeline, trial):
     artifact = pipeline.materialize(model)
     accuracy, size = trial["values"][0], trial["values"][1]
     assert len(artifact.packed) == size
-    assert pipeline.accuracy.of(model) == pytest.approx(accuracy, abs=1e-9)
+    # the size catches any other choice, byte for byte; the accuracy other weights in the same shapes (other
+    # channels kept, another fine-tune), to within the few images that the CPU's kernels move
+    assert pipeline.accuracy.of(model) == pytest.approx(accuracy, abs=0.005)
