@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .app import prepare, threads, versions
-from .baselines import policies
+from .baselines import near_chance, policies
 from .front import TOLERANCE, baseline_dominance, hypervolume, reference
 from .outputs import students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
@@ -91,6 +91,8 @@ def _run(cfg: DictConfig) -> Path:
         return None if timeout is None else max(1.0, timeout - (time.time() - searching))
 
     optimize(study, objective, n_trials=0, timeout_s=left(), log=log.info)  # the baselines first
+    for line in near_chance(trials_frame(study), s.space, classes=int(s.splits.val_y.max()) + 1):
+        log.info(line)
     if not already_guided(study):
         def size_of(params: dict) -> int:  # exact packed bytes of a configuration, without training it
             return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)

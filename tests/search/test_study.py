@@ -54,3 +54,26 @@ def test_constraints_reject_negative_limits():
         assert "max_latency_ms" in str(exc) and "-1" in str(exc)
     else:
         raise AssertionError("negative limit accepted")
+
+
+def test_a_baseline_near_chance_is_said_with_the_knobs_it_moves():
+    from search.baselines import near_chance
+    from spaces import BitsKnob
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    space = JointSpace([SparsityKnob(model=model), BitsKnob(model=model)])
+    study = open_study(name="c", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0),
+                       objectives=FlakyPipeline.objectives)
+    identity = space.identity()
+    sparse = {k: (0.5 if k.startswith("sparsity.") else v) for k, v in identity.items()}
+    low_bits = {k: (2 if k.startswith("bits.") else v) for k, v in identity.items()}
+    for name, params, accuracy in [("uncompressed", identity, 0.9), ("global_magnitude_50", sparse, 0.54),
+                                   ("uniform_2bit", low_bits, 0.11)]:
+        study.enqueue_trial(params, user_attrs={"baseline": name})
+        trial = study.ask()
+        space.sample(trial)
+        study.tell(trial, [accuracy, 100.0, 1.0])
+    lines = near_chance(trials_frame(study), space, classes=10)
+    assert len(lines) == 1  # the limit: 0.1 + 0.1 x (0.9 - 0.1) = 0.18
+    assert lines[0].startswith("baseline uniform_2bit keeps 0.110") and ": bits at that setting" in lines[0]
+    assert near_chance(trials_frame(study), space, classes=2) == [lines[0].replace("(0.10;", "(0.50;")]
