@@ -14,20 +14,26 @@ start-up probe (``spaces/probe.py``, said in the log); a knob that leaves it nea
 (``search/run.py``).
 
 Per family, ``results/benchmarks/user_models.csv``: ``family``, ``study``, ``parameters``, ``teacher_accuracy``
-(validation, the uncompressed baseline's), ``trials_full`` and ``trials_screened`` (searched, completed),
-``trials_failed``, ``hypervolume_searched`` and ``hypervolume_baselines`` (against the study's own reference),
-``baselines_dominated`` of ``baselines_total``; ``best_trial``: the searched full-fidelity trial within 1 point of
-the uncompressed model with the smallest size x latency product (empty when none is), its ``best_accuracy``,
-``best_size_ratio`` and ``best_latency_ratio`` (its packed bytes and its latency as fractions of the uncompressed
-model's, both from the search's own records); ``smallest_size_ratio`` and ``fastest_latency_ratio`` among those
-within the point; ``wall_s``. ``user_models_trials.csv``: every completed trial of every family (``family``,
-``number``, ``baseline``, ``fidelity``, ``accuracy``, ``size_ratio``, ``latency_ratio``, ``on_front``). A family
-takes about 30 minutes on the 2-core VM at the defaults.
+(validation, the uncompressed baseline's), ``trials_full`` (searched trials completed at full fidelity),
+``trials_screened`` (searched trials left at the screening fidelity), ``trials_failed``, ``hypervolume_searched``
+and ``hypervolume_baselines`` (against the study's own reference), ``baselines_dominated`` of ``baselines_total``;
+``best_trial``: the searched full-fidelity trial within 1 point of the uncompressed model with the smallest size x
+latency product (empty when none is), its ``best_accuracy``, ``best_size_ratio`` and ``best_latency_ratio`` (its
+packed bytes and its latency as fractions of the uncompressed model's, both from the search's own records);
+``smallest_size_ratio`` and ``fastest_latency_ratio`` among those within the point; ``wall_s``.
+``user_models_trials.csv``: every completed trial of every family (``family``, ``number``, ``baseline``,
+``fidelity``, ``accuracy``, ``size_ratio``, ``latency_ratio``, ``on_front``). With hydra overrides
+(``recovery.steps=500 ...``, which replace ``BUDGET``'s) the study is ``user-<family>-<hash>``, the files
+``user_models-<hash>.csv``, and the family's sensitivity table at the defaults is read back where it still applies.
+A family takes 19-25 minutes on the 2-core VM at the defaults, of which the sensitivity pass 6-11 (441 entries on
+ResNet-18, 1,063 on MobileNetV3-Small).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +45,7 @@ from hydra.utils import instantiate
 from search.front import done, hypervolume, reference
 from search.outputs import atomic_write, trials_frame
 from search.run import run
+from search.training.teacher import cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "benchmarks"
@@ -50,12 +57,14 @@ BUDGET = [  # the reduced but real budget: a full trial trains about a minute on
 ]
 
 
-def config(family: str, epochs: int, trials: int, overrides: list[str]):
+def config(family: str, epochs: int, trials: int, overrides: list[str], tag: str = ""):
+    """The family's search config; an override of a ``BUDGET`` key (``recovery.steps=500``) replaces it."""
+    given = {o.split("=", 1)[0] for o in overrides}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[
             "model=torchvision", f"model.net.name={family}", f"model.train.epochs={epochs}",
-            f"study.name=user-{family}", f"study.n_trials={trials}", "png=false", "report.importances=false",
-            *BUDGET, *overrides])
+            f"study.name=user-{family}{tag}", f"study.n_trials={trials}", "png=false", "report.importances=false",
+            *(b for b in BUDGET if b.split("=", 1)[0] not in given), *overrides])
 
 
 def summary(family: str, df: pd.DataFrame, out: Path, wall: float) -> tuple[dict, pd.DataFrame]:
@@ -70,7 +79,8 @@ def summary(family: str, df: pd.DataFrame, out: Path, wall: float) -> tuple[dict
     hand = ratios[(ratios["baseline"] != "") & (ratios["baseline"] != "uncompressed")]
     dominance = json.loads((out / "summary.json").read_text()).get("baselines_dominated_by", {})
     completed = df[df["state"] == "COMPLETE"]
-    fidelity = completed["fidelity"].fillna("full") if "fidelity" in completed.columns else pd.Series("full", completed.index)
+    fidelity = (completed["fidelity"].fillna("full") if "fidelity" in completed.columns
+                else pd.Series("full", completed.index))
     row = {
         "family": family, "study": out.name, "teacher_accuracy": round(acc0, 4),
         "trials_full": int(((completed["baseline"] == "") & (fidelity != "screen")).sum()),
@@ -95,22 +105,31 @@ def summary(family: str, df: pd.DataFrame, out: Path, wall: float) -> tuple[dict
 
 
 def main(families: list[str], epochs: int, trials: int, overrides: list[str]) -> None:
+    tag = f"-{cache_key(*overrides)[:6]}" if overrides else ""  # other settings: other files, as search_efficiency
     rows, tables = [], []
     for family in families:
-        cfg = config(family, epochs, trials, overrides)
+        cfg = config(family, epochs, trials, overrides, tag)
+        if tag:  # the sensitivity table of the family's run at the defaults, where there is one: the search reads it
+            # back only if its key (teacher, data, space, sweep and cost model) is the same, and sweeps otherwise
+            first, out = ROOT / "results" / f"user-{family}", ROOT / "results" / str(cfg.study.name)
+            for name in ("sensitivity.csv", "sensitivity.json"):
+                if (first / name).is_file() and not (out / name).exists():
+                    out.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(first / name, out / name)
         started = time.time()
         out = run(cfg)
-        study = optuna.load_study(study_name=str(cfg.study.name), storage=cfg.study.storage or f"sqlite:///{out / 'study.db'}")
+        storage = cfg.study.storage or f"sqlite:///{out / 'study.db'}"
+        study = optuna.load_study(study_name=str(cfg.study.name), storage=storage)
         row, table = summary(family, trials_frame(study), out, time.time() - started)
         row["parameters"] = sum(p.numel() for p in instantiate(cfg.model.net).parameters())  # as the user gave it
         rows.append(row)
         tables.append(table)
         print(pd.Series(row).to_string())
         OUT.mkdir(parents=True, exist_ok=True)  # after each family: a later one that breaks keeps the earlier ones
-        atomic_write(OUT / "user_models.csv", pd.DataFrame(rows).to_csv(index=False))
-        atomic_write(OUT / "user_models_trials.csv", pd.concat(tables).to_csv(index=False))
+        atomic_write(OUT / f"user_models{tag}.csv", pd.DataFrame(rows).to_csv(index=False))
+        atomic_write(OUT / f"user_models_trials{tag}.csv", pd.concat(tables).to_csv(index=False))
     print(pd.DataFrame(rows).to_string(index=False))
-    print(f"wrote {OUT / 'user_models.csv'} and user_models_trials.csv")
+    print(f"wrote {OUT / f'user_models{tag}.csv'} and user_models_trials{tag}.csv")
 
 
 if __name__ == "__main__":
@@ -119,4 +138,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=2, help="the teacher's training epochs (cached per family)")
     parser.add_argument("--trials", type=int, default=20, help="searched trials per family (baselines on top)")
     args, extra = parser.parse_known_args()
+    extra += [f for f in args.families if "=" in f]  # "--families resnet18 recovery.steps=500": an override
+    args.families = [f for f in args.families if "=" not in f]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the search's own lines (probe, near chance)
     main(args.families, args.epochs, args.trials, extra)

@@ -51,9 +51,9 @@ def test_every_completed_trial_picks_into_a_bundle_that_holds_what_was_recorded(
     x = torch.randn(4, 1, 28, 28)
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         picked = pick(compose_checked([*overrides, f"pick.trial={trial.number}"]))
-        # every figure but latency is exact; latency is told apart from the machine's noise (test_pick.py)
-        assert [r for r in picked.report["reasons"] if not r.startswith("latency")] == [], trial.number
-        assert not [r for r in picked.report["reasons"] if "is not the model the search measured" in r]
+        # latency told apart from the machine's noise (test_pick.py); a default study's 15 front trials, picked
+        # three times each, all verified (docs/results/robustness.md)
+        assert picked.verified, (trial.number, picked.report["reasons"])
         with torch.no_grad():
             diff = (load_model(picked.path)(x) - to_plain(picked.model)(x)).abs().max().item()
         assert diff <= 1e-4, (trial.number, trial.params)
