@@ -26,6 +26,7 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
         (["space.knobs.channels.high=1.5"], ["space.knobs.channels", "1.5"]),
         (["data.root=/nonexistent/fmnist", "data.download_dir=null"], ["data.root", "/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
         (["study.n_trials=-2"], ["study.n_trials", "-2"]),
+        (["study.constraints.max_accuracy_drop=5"], ["study.constraints.max_accuracy_drop", "5", "[0, 1)"]),
         (["space=all", "distill.alpha=1.5"], ["distill.alpha", "1.5", "[0, 1]"]),
         (["space=all", "distill.steps=0"], ["distill.steps", "0"]),
         (["space=all", "space.arch=[teacher,pupil]"], ["space.arch", "pupil", "'student'"]),
