@@ -28,7 +28,7 @@ NEAR_CHANCE = 0.1  # a baseline that keeps less than this share of the uncompres
 def near_chance(df: pd.DataFrame, space: JointSpace | StudentSpace, *, classes: int) -> list[str]:
     """One line per hand-made baseline (``df``: the trials frame once the baselines have run) whose fine-tuned
     accuracy is near chance (``NEAR_CHANCE``), naming the knobs its policy moves: at that setting they destroy
-    this model. The searched trials that set those knobs as hard are the ones the sampler learns to avoid."""
+    this model."""
     ok = df[(df["state"] == "COMPLETE") & (df["baseline"] != "")]
     base = ok[ok["baseline"] == "uncompressed"]
     if not len(base) or "accuracy" not in df.columns or classes < 2:

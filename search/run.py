@@ -91,13 +91,14 @@ def _run(cfg: DictConfig) -> Path:
         return None if timeout is None else max(1.0, timeout - (time.time() - searching))
 
     optimize(study, objective, n_trials=0, timeout_s=left(), log=log.info)  # the baselines first
-    for line in near_chance(trials_frame(study), s.space, classes=int(s.splits.val_y.max()) + 1):
+    after_baselines = trials_frame(study)
+    for line in near_chance(after_baselines, s.space, classes=s.splits.num_classes):
         log.info(line)
     if not already_guided(study):
         def size_of(params: dict) -> int:  # exact packed bytes of a configuration, without training it
             return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)
 
-        configs = guided(cfg, guide, trials_frame(study), log=log.info, size_of=size_of)
+        configs = guided(cfg, guide, after_baselines, log=log.info, size_of=size_of)
         enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))))
     optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info)
     search_s = time.time() - searching
