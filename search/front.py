@@ -176,3 +176,31 @@ def baseline_dominance(df: pd.DataFrame, *, tolerance: dict[str, float] | None =
         better = [int(s["number"]) for _, s in searched.iterrows() if weakly_dominates(s, b, names, tolerance=tolerance)]
         out[b["baseline"]] = better[0] if better else None
     return out
+
+
+def less_accurate(df: pd.DataFrame, dominance: dict[str, int | None], *, n_val: int) -> dict[str, dict]:
+    """For each baseline no searched trial dominates (but ``uncompressed``), the most accurate searched trial no
+    worse on every other objective: how many points it lacks, beside the validation split's noise (the binomial
+    standard error of the baseline's accuracy on ``n_val`` images, in points) and whether the gap is within it."""
+    names = objective_names(df)
+    if "accuracy" not in names:
+        return {}
+    others = [n for n in names if n != "accuracy"]
+    ok = done(df)
+    searched = ok[ok["baseline"] == ""]
+    out: dict[str, dict] = {}
+    for _, b in ok[ok["baseline"] != ""].iterrows():
+        if dominance.get(b["baseline"]) is not None or b["baseline"] == "uncompressed":
+            continue
+        cheaper = searched[[weakly_dominates(s, b, others) for _, s in searched.iterrows()]]
+        p = float(b["accuracy"])
+        noise = 100 * float(np.sqrt(p * (1 - p) / n_val)) if n_val else float("nan")
+        if cheaper.empty:
+            out[str(b["baseline"])] = {"trial": None, "noise_points": round(noise, 3)}
+            continue
+        best = cheaper.sort_values("accuracy", ascending=False).iloc[0]
+        gap = 100 * (p - float(best["accuracy"]))
+        out[str(b["baseline"])] = {"trial": int(best["number"]), "accuracy": round(float(best["accuracy"]), 4),
+                                   "gap_points": round(gap, 3), "noise_points": round(noise, 3),
+                                   "within_noise": bool(gap <= noise)}
+    return out

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from .app import prepare, threads, versions
 from .baselines import near_chance, policies
-from .front import TOLERANCE, baseline_dominance, hypervolume, reference
+from .front import TOLERANCE, baseline_dominance, hypervolume, less_accurate, reference
 from .outputs import students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
 from .report.write import after_search
@@ -99,7 +99,7 @@ def _run(cfg: DictConfig) -> Path:
             return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)
 
         configs = guided(cfg, guide, after_baselines, log=log.info, size_of=size_of)
-        enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))))
+        enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))), refines=guide.refines)
     optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info)
     search_s = time.time() - searching
 
@@ -109,6 +109,7 @@ def _run(cfg: DictConfig) -> Path:
     figures = write_pareto_figures(df, s.out_dir, title=title, png=bool(cfg.png))
     dominance = baseline_dominance(df, tolerance=TOLERANCE)
     again = timed_again(study, df, s, p) if cfg.study.baselines else {}
+    missed = less_accurate(df, dominance, n_val=len(s.splits.val_y))
     wall = time.time() - started
     write_json(s.out_dir / "summary.json", {
         "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": p.source,
@@ -122,7 +123,7 @@ def _run(cfg: DictConfig) -> Path:
         "hypervolume": hypervolumes(df),
         "trials": int(len(df)), "front": int(df["on_front"].sum()), "failed": int((df["state"] == "FAIL").sum()),
         "pruned": int((df["state"] == "PRUNED").sum()), **students_summary(df),
-        "baselines_dominated_by": dominance, "dominance_tolerance": TOLERANCE, **again,
+        "baselines_dominated_by": dominance, "dominance_tolerance": TOLERANCE, "baselines_missed": missed, **again,
     })
     after_search(study, cfg, s.out_dir, log=log.info)
     if "png_skipped" in figures:
@@ -145,10 +146,28 @@ def _run(cfg: DictConfig) -> Path:
     hv = hypervolumes(df)
     log.info(f"hypervolume: searched trials {hv['searched']:.2%}, baselines {hv['baselines']:.2%}, all {hv['all']:.2%}")
     remeasured = again.get("baselines_dominated_by_remeasured", {})
+    slower = again.get("baselines_missed_remeasured", {})
     for name, number in dominance.items():
         again_by = remeasured.get(name)
         log.info(f"baseline {name}: " + (f"weakly dominated by searched trial {number}" if number is not None
-                                          else "not dominated by any searched trial")
+                                          else "not dominated by any searched trial" + _why(missed.get(name)))
                  + ("" if name not in remeasured else "; timed again together: "
-                    + (f"dominated by trial {again_by}" if again_by is not None else "not dominated")))
+                    + (f"dominated by trial {again_by}" if again_by is not None else "not dominated"
+                       + _why_slower(slower.get(name), again.get("remeasured_session_gap")))))
     return s.out_dir
+
+
+def _why(miss: dict | None) -> str:
+    if not miss:
+        return ""
+    if miss.get("trial") is None:
+        return " (none is as small and as fast)"
+    return (f" (trial {miss['trial']}, the most accurate as small and as fast, is {miss['gap_points']:.2f} points "
+            f"below; the validation split's noise is {miss['noise_points']:.2f})")
+
+
+def _why_slower(miss: dict | None, noise: float | None) -> str:
+    if not miss:
+        return ""
+    return (f" (trial {miss['trial']}, as accurate and as small, reads {miss['slower_share']:+.1%} of its latency; "
+            f"two sessions of one model differ by {noise:.1%})")

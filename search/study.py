@@ -165,14 +165,17 @@ def already_guided(study: optuna.Study) -> bool:
     return any("guided" in t.user_attrs for t in study.get_trials(deepcopy=False))
 
 
-def enqueue_guided(study: optuna.Study, configs: Mapping[int, dict[str, Any]]) -> int:
-    """Enqueue the guided start-up configurations once per study (user attribute ``guided``: their index); they
-    are searched trials, counted in ``study.n_trials``. Returns how many were enqueued."""
+def enqueue_guided(study: optuna.Study, configs: Mapping[int, dict[str, Any]],
+                   refines: Mapping[int, str] | None = None) -> int:
+    """Enqueue the guided start-up configurations once per study (user attribute ``guided``: their index; ``refines``:
+    the baseline one is a step smaller than, where it is); they are searched trials, counted in ``study.n_trials``.
+    Returns how many were enqueued."""
     if not configs or already_guided(study):
         return 0
     for i, params in configs.items():
         fixed = {FIXED_ARCH: params[ARCH]} if ARCH in params else {}
-        study.enqueue_trial(params, user_attrs={"guided": int(i), **fixed})
+        twin = {"refines": refines[i]} if refines and i in refines else {}
+        study.enqueue_trial(params, user_attrs={"guided": int(i), **twin, **fixed})
     return len(configs)
 
 

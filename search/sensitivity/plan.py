@@ -19,7 +19,7 @@ from spaces._layers import targets
 
 from .._checks import whole
 from ..front import TOLERANCE
-from .guide import anchor_policies, cover_order, guided_configs, recovery_factor
+from .guide import anchor_policies, cover_order, guided_configs, recovery_factor, refined
 from .sweep import Measurer, Sweep, cache_key, load_or_sweep
 
 
@@ -32,6 +32,7 @@ class Guidance:
     cached: bool = False
     anchors: dict[str, dict[str, Any]] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
+    refines: dict[int, str] = field(default_factory=dict)  # index in ``configs`` -> the baseline it refines
     space: Any = None  # the teacher's JointSpace the table covers
     weights: dict[str, int] = field(default_factory=dict)  # weights per layer
     measurer: Measurer | None = None  # what measured the table: times the guided configurations' structure
@@ -52,7 +53,7 @@ def settings(cfg: DictConfig) -> tuple[Sweep | None, dict[str, Any], dict[str, A
     except TypeError as exc:
         raise ValueError(f"sensitivity: {exc}; allowed keys: enabled, subset, latency, warmup, repeats") from exc
     anchors, guided = _section(cfg, "anchors"), _section(cfg, "guided")
-    for key in ("n", "perturbed"):
+    for key in ("n", "perturbed", "refine"):
         whole(f"guided.{key}", guided.get(key, 0), 0)
     for b in anchors.get("bits") or []:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
@@ -124,13 +125,15 @@ def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str
     params -> exact packed bytes, to correct the table's size predictions (``guide.guided_configs``)."""
     _, _, guided_cfg = settings(cfg)
     n, perturbed = int(guided_cfg.get("n", 0)), int(guided_cfg.get("perturbed", 0))
-    if g.table is None or not n:
+    refine = int(guided_cfg.get("refine", 0))
+    if g.table is None or not (n or refine):
         return []
     identity = g.table[g.table["identity"].astype(bool)].iloc[0]
     done = df[(df["state"] == "COMPLETE") & (df["baseline"] != "")]
     base = done[done["baseline"] == "uncompressed"]
     timed = g.measurer is not None and g.measurer.sweep.latency and pd.notna(identity["latency_ms"])
     aims = []  # (size, latency, accuracy) of each baseline, size and latency as fractions of the uncompressed one's
+    aimed_at = []  # the baselines' rows, in the order of ``aims``
     if len(base) and {"size_bytes", "latency_ms"} <= set(df.columns):
         size0, ms0 = float(base["size_bytes"].iloc[0]), float(base["latency_ms"].iloc[0])
         for _, b in done[done["baseline"] != "uncompressed"].iterrows():
@@ -139,23 +142,44 @@ def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str
                 # against 14.9 for the uncompressed model of one benchmark run) put every budget 25% too tight
                 fraction = retimed(g, b, fraction)
             aims.append((SIZE_MARGIN * b["size_bytes"] / size0, LATENCY_MARGIN * fraction, float(b["accuracy"])))
+            aimed_at.append(b)
     # a start-up that fits only a few trials in its time first tries the budgets that, if each keeps about the
     # accuracy of the baseline it is aimed below, dominate the most baselines (``cover_order``); before them one
     # beyond the corner (the smallest size and the shortest latency any baseline reached), where the front's
     # hypervolume grows most. (Corners of two baselines as budgets, one trial for both, were tried: tighter, and
     # the trial aimed at the first lost 0.5 points after fine-tuning; docs/guides/search-strategy.md)
-    targets = [aims[i][:2] for i in cover_order(aims, tolerance=TOLERANCE["accuracy"])]
+    order = cover_order(aims, tolerance=TOLERANCE["accuracy"])
+    twins = refinements(g, [aimed_at[i] for i in order], refine, taken=[params_of(g, b) for b in aimed_at])
+    targets = [aims[i][:2] for i in order]
     if len(aims) > 1:
         corner = (min(a[0] for a in aims), min(a[1] for a in aims))
         targets.insert(0, (BEYOND[0] * corner[0], BEYOND[1] * corner[1]))
     base_ms = float(identity["latency_ms"]) if pd.notna(identity["latency_ms"]) else float("nan")
     recovered = recovery_factor(g.table, g.space, done, accuracy=float(base["accuracy"].iloc[0])) if len(base) else 1.0
-    g.configs = guided_configs(g.table, g.space, layer_bytes={f: 4.0 * w for f, w in g.weights.items()},
+    solved = [] if not n else guided_configs(g.table, g.space, layer_bytes={f: 4.0 * w for f, w in g.weights.items()},
                                base_bytes=float(identity["bytes"]), base_ms=base_ms, n=n, perturbed=perturbed,
                                seed=int(cfg.study.seed), targets=targets, size_of=size_of, recovered=recovered,
                                latency_of=g.measurer.latency_fraction if timed else None,
                                weights_of=g.measurer.weights if g.measurer is not None else None,
                                ms_from_macs=g.measurer is not None and g.measurer.cost_model.measures)
-    log(f"guided start: {len(g.configs)} configuration(s) from the sensitivity table, {len(targets)} budget(s) aimed "
-        f"below the baselines; structural losses x{recovered:.3f} (what fine-tuning left of them on the baselines)")
+    g.configs = list(twins.values()) + [c for c in solved if c not in twins.values()]
+    g.refines = dict(enumerate(twins))
+    log(f"guided start: {len(g.configs)} configuration(s) from the sensitivity table: {len(twins)} baseline(s) "
+        f"refined ({', '.join(twins) or 'none'}), {len(g.configs) - len(twins)} solved, {len(targets)} budget(s) "
+        f"aimed below the baselines; structural losses x{recovered:.3f} (what fine-tuning left of them on the "
+        "baselines)")
     return g.configs
+
+
+def refinements(g: Guidance, rows: list[pd.Series], k: int, *, taken: list[dict[str, Any] | None]) -> dict[str, dict]:
+    """{baseline name: its params a step smaller (``guide.refined``)} for the first ``k`` of the baselines' ``rows``
+    that have one, each new (not another baseline's params nor an earlier refinement's)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if len(out) >= k:
+            break
+        params = params_of(g, row)
+        twin = None if params is None else refined(g.table, g.space, params)
+        if twin is not None and twin not in taken and twin not in out.values():
+            out[str(row["baseline"])] = twin
+    return out

@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from search.run import run
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
-GUIDED = ["study.name=guided", "sensitivity.enabled=true", "screening.enabled=true", "guided.n=2",
-          "guided.perturbed=1", "anchors.bits=[4]", "space.knobs.rank=null", "space.knobs.sparsity=null"]
+GUIDED = ["study.name=guided", "sensitivity.enabled=true", "screening.enabled=true", "guided.refine=1",
+          "guided.n=1", "guided.perturbed=1", "anchors.bits=[4]", "space.knobs.rank=null", "space.knobs.sparsity=null"]
 
 
 def cfg_for(results: Path, teacher: Path, *overrides: str):
@@ -44,6 +44,9 @@ def test_the_guided_search_writes_the_table_anchors_fidelities_and_figures(guide
     assert (df["guided"] != "").sum() >= 2  # the guided start-up ran first among the searched trials
     guided_trials = searched[searched["guided"] != ""]  # screened for the record, always promoted
     assert (guided_trials["fidelity"] == "full").all() and (guided_trials["screen_accuracy"] != "").all()
+    first = guided_trials.sort_values("number").iloc[0]  # a baseline a step smaller, on the same graph
+    twin = df[df["baseline"] == first["refines"]].iloc[0]
+    assert first["int8_layers"] == twin["int8_layers"] and int(first["size_bytes"]) < int(twin["size_bytes"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sensitivity"]["entries"] == len(table) and not summary["sensitivity"]["read_back"]
     assert 0 < summary["sensitivity"]["share_of_wall"] < 1

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from objectives import Accuracy, AnalyticCostModel
-from search.sensitivity.guide import guided_configs, layer_options
+from search.sensitivity.guide import guided_configs, layer_options, refined
 from search.sensitivity.sweep import Measurer, Sweep, load_or_sweep, sweep_table
 from spaces import JointSpace
 from tests.spaces.knob_contract import build_knob
@@ -261,3 +261,30 @@ def test_a_baselines_latency_budget_is_its_structure_timed_again_not_its_recorde
     assert retimed(g, row, 0.123) == pytest.approx(expected) and expected != pytest.approx(0.123)
     assert retimed(g, row.drop("bits.fc2"), 0.123) == 0.123
 
+
+
+def _bits_table(losses: dict[tuple[str, int], float], saved: dict[tuple[str, int], float]) -> pd.DataFrame:
+    rows = [{"knob": "bits", "layer": layer, "choice": float(b), "identity": b == 32, "loss": losses.get((layer, b), 0.0),
+             "bytes_saved": saved.get((layer, b), 0.0)} for layer in ("fc1", "fc2") for b in (2, 3, 4, 6, 8, 32)]
+    return pd.DataFrame(rows)
+
+
+def test_a_refined_baseline_is_the_same_graph_a_step_smaller_where_the_table_says_it_costs_least(toy):
+    model, x, y, space, measurer = toy
+    saved = {("fc1", 8): 2200, ("fc1", 6): 2600, ("fc1", 4): 2800, ("fc2", 8): 1100, ("fc2", 6): 1200,
+             ("fc2", 4): 1300, ("fc1", 3): 2900, ("fc2", 3): 1350, ("fc1", 2): 3000, ("fc2", 2): 1400}
+    # float weights: every layer whose 8-bit entry loses at most 1 point gets 8-bit weights, the rest untouched
+    table = _bits_table({("fc2", 8): 0.05}, saved)
+    sparse = space.with_values(sparsity={"sparsity.fc1": 0.5})
+    twin = refined(table, space, sparse)
+    assert twin == {**sparse, "bits.fc1": 8}
+    # all stored in 8 bits already: one layer one bit-width lower, the most bytes per point lost (fc1: 400 B for
+    # 0.2 points -> 400 / 0.0025 = 160,000; fc2: 100 B for nothing -> 100 / 0.0005 = 200,000)
+    table = _bits_table({("fc1", 6): 0.002}, saved)
+    at8 = space.with_values(bits={"bits.fc1": 8, "bits.fc2": 8})
+    assert refined(table, space, at8) == {**at8, "bits.fc2": 6}
+    # a step that loses more than 1 point alone is not taken; none left: None
+    table = _bits_table({("fc2", 6): 0.02, ("fc1", 6): 0.02}, saved)
+    assert refined(table, space, at8) is None
+    assert refined(table, space, space.with_values(bits={"bits.fc1": 2, "bits.fc2": 2})) is None
+    assert refined(table, JointSpace([build_knob("sparsity", model)]), sparse) is None  # no bits knob
