@@ -4,7 +4,7 @@ same wall time, on several seeds.
     python3 -m uv run --locked python benchmarks/search_efficiency.py [--seeds 0 1 2] [hydra overrides]
 
 For each seed, first the default search (``study.seed=<seed>``, everything else as ``make search``), then plain
-TPE (``sensitivity.enabled=false guided.n=0 screening.enabled=false``: the hand-made baselines and the TPE
+TPE (``sensitivity.enabled=false guided.n=0 guided.refine=0 screening.enabled=false``: the hand-made baselines and the TPE
 sampler only) with ``study.timeout_s`` set to the wall time the default search spent from its sensitivity pass to
 its last trial, and a trial budget it cannot reach in that time. Both share the cached teacher. Per study:
 
@@ -56,7 +56,8 @@ from search.training.teacher import cache_key
 from spaces import Artifact
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAIN_TPE = ["sensitivity.enabled=false", "guided.n=0", "screening.enabled=false", "study.n_trials=100000"]
+PLAIN_TPE = ["sensitivity.enabled=false", "guided.n=0", "guided.refine=0", "screening.enabled=false",
+             "study.n_trials=100000"]
 TOLERANCE = 0.001  # accuracy a searched trial may lack and still dominate a baseline (0.1 point)
 
 

@@ -178,29 +178,56 @@ def baseline_dominance(df: pd.DataFrame, *, tolerance: dict[str, float] | None =
     return out
 
 
-def less_accurate(df: pd.DataFrame, dominance: dict[str, int | None], *, n_val: int) -> dict[str, dict]:
-    """For each baseline no searched trial dominates (but ``uncompressed``), the most accurate searched trial no
-    worse on every other objective: how many points it lacks, beside the validation split's noise (the binomial
-    standard error of the baseline's accuracy on ``n_val`` images, in points) and whether the gap is within it."""
+
+def misses(df: pd.DataFrame, dominance: dict[str, int | None], *, n_val: int, tolerance: dict[str, float],
+           latency_noise: float | None = None) -> dict[str, dict[str, dict | None]]:
+    """Why each baseline no searched trial dominates (but ``uncompressed``) is not dominated, by measurement:
+
+    - ``less_accurate``: the most accurate searched trial no worse on every other objective, how many points it
+      lacks (``gap_points``) beside the validation split's noise (``noise_points``: the binomial standard error of
+      the baseline's accuracy on ``n_val`` images) and whether the gap is within it; ``trial`` None where no searched
+      trial is as small and as fast;
+    - ``slower``: the fastest searched trial as accurate (to ``tolerance``) and no worse on the rest, how much slower
+      it reads as a share of the baseline's latency (``slower_share``) and, given ``latency_noise`` (a share: how far
+      two readings of one model fall apart), whether that is within it; None where there is none.
+    """
     names = objective_names(df)
-    if "accuracy" not in names:
-        return {}
-    others = [n for n in names if n != "accuracy"]
     ok = done(df)
     searched = ok[ok["baseline"] == ""]
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, dict | None]] = {}
     for _, b in ok[ok["baseline"] != ""].iterrows():
         if dominance.get(b["baseline"]) is not None or b["baseline"] == "uncompressed":
             continue
-        cheaper = searched[[weakly_dominates(s, b, others) for _, s in searched.iterrows()]]
-        p = float(b["accuracy"])
-        noise = 100 * float(np.sqrt(p * (1 - p) / n_val)) if n_val else float("nan")
-        if cheaper.empty:
-            out[str(b["baseline"])] = {"trial": None, "noise_points": round(noise, 3)}
-            continue
-        best = cheaper.sort_values("accuracy", ascending=False).iloc[0]
-        gap = 100 * (p - float(best["accuracy"]))
-        out[str(b["baseline"])] = {"trial": int(best["number"]), "accuracy": round(float(best["accuracy"]), 4),
-                                   "gap_points": round(gap, 3), "noise_points": round(noise, 3),
-                                   "within_noise": bool(gap <= noise)}
+        out[str(b["baseline"])] = {"less_accurate": _less_accurate(searched, b, names, n_val),
+                                   "slower": _slower(searched, b, names, tolerance, latency_noise)}
     return out
+
+
+def _less_accurate(searched: pd.DataFrame, b: pd.Series, names: list[str], n_val: int) -> dict | None:
+    if "accuracy" not in names:
+        return None
+    others = [n for n in names if n != "accuracy"]
+    cheaper = searched[[weakly_dominates(s, b, others) for _, s in searched.iterrows()]]
+    p = float(b["accuracy"])
+    noise = round(100 * float(np.sqrt(p * (1 - p) / n_val)), 3) if n_val else None
+    if cheaper.empty:
+        return {"trial": None, "noise_points": noise}
+    best = cheaper.sort_values("accuracy", ascending=False).iloc[0]
+    gap = 100 * (p - float(best["accuracy"]))
+    return {"trial": int(best["number"]), "accuracy": round(float(best["accuracy"]), 4), "gap_points": round(gap, 3),
+            "noise_points": noise, "within_noise": None if noise is None else bool(gap <= noise)}
+
+
+def _slower(searched: pd.DataFrame, b: pd.Series, names: list[str], tolerance: dict[str, float],
+            noise: float | None) -> dict | None:
+    if "latency_ms" not in names:
+        return None
+    others = [n for n in names if n != "latency_ms"]
+    close = searched[[weakly_dominates(s, b, others, tolerance=tolerance) for _, s in searched.iterrows()]]
+    if close.empty:
+        return None
+    fastest = close.sort_values("latency_ms").iloc[0]
+    excess = float(fastest["latency_ms"]) / float(b["latency_ms"]) - 1.0
+    return {"trial": int(fastest["number"]), "latency_ms": round(float(fastest["latency_ms"]), 4),
+            "baseline_latency_ms": round(float(b["latency_ms"]), 4), "slower_share": round(excess, 4),
+            "within_noise": None if noise is None else bool(excess <= noise)}

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from .app import prepare, threads, versions
 from .baselines import near_chance, policies
-from .front import TOLERANCE, baseline_dominance, hypervolume, less_accurate, reference
+from .front import TOLERANCE, baseline_dominance, hypervolume, misses, reference
 from .outputs import students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
 from .report.write import after_search
@@ -32,7 +32,8 @@ def timed_again(study, df, s, p) -> dict:
     is said, never raised: the search's files stay."""
     try:
         return remeasure(study, df, storage=s.storage, cost_model=s.cost_model, out_dir=s.out_dir,
-                         input_shape=s.splits.input_shape, example=p.pipeline.calibration.numpy(), tolerance=TOLERANCE)
+                         input_shape=s.splits.input_shape, example=p.pipeline.calibration.numpy(), tolerance=TOLERANCE,
+                         n_val=len(s.splits.val_y))
     except Exception as exc:  # noqa: BLE001 - a second reading is a convenience
         log.info(f"re-timing not done ({type(exc).__name__}: {exc})")
         return {}
@@ -109,7 +110,7 @@ def _run(cfg: DictConfig) -> Path:
     figures = write_pareto_figures(df, s.out_dir, title=title, png=bool(cfg.png))
     dominance = baseline_dominance(df, tolerance=TOLERANCE)
     again = timed_again(study, df, s, p) if cfg.study.baselines else {}
-    missed = less_accurate(df, dominance, n_val=len(s.splits.val_y))
+    missed = misses(df, dominance, n_val=len(s.splits.val_y), tolerance=TOLERANCE)
     wall = time.time() - started
     write_json(s.out_dir / "summary.json", {
         "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": p.source,
@@ -146,28 +147,30 @@ def _run(cfg: DictConfig) -> Path:
     hv = hypervolumes(df)
     log.info(f"hypervolume: searched trials {hv['searched']:.2%}, baselines {hv['baselines']:.2%}, all {hv['all']:.2%}")
     remeasured = again.get("baselines_dominated_by_remeasured", {})
-    slower = again.get("baselines_missed_remeasured", {})
+    missed_again = again.get("baselines_missed_remeasured", {})
     for name, number in dominance.items():
         again_by = remeasured.get(name)
         log.info(f"baseline {name}: " + (f"weakly dominated by searched trial {number}" if number is not None
                                           else "not dominated by any searched trial" + _why(missed.get(name)))
                  + ("" if name not in remeasured else "; timed again together: "
-                    + (f"dominated by trial {again_by}" if again_by is not None else "not dominated"
-                       + _why_slower(slower.get(name), again.get("remeasured_session_gap")))))
+                    + (f"dominated by trial {again_by}" if again_by is not None
+                       else "not dominated" + _why(missed_again.get(name), again.get("remeasured_session_gap")))))
     return s.out_dir
 
 
-def _why(miss: dict | None) -> str:
+
+def _why(miss: dict | None, latency_noise: float | None = None) -> str:
+    """The run's measured reason a baseline is not dominated (``front.misses``), in words."""
     if not miss:
         return ""
-    if miss.get("trial") is None:
-        return " (none is as small and as fast)"
-    return (f" (trial {miss['trial']}, the most accurate as small and as fast, is {miss['gap_points']:.2f} points "
-            f"below; the validation split's noise is {miss['noise_points']:.2f})")
-
-
-def _why_slower(miss: dict | None, noise: float | None) -> str:
-    if not miss:
-        return ""
-    return (f" (trial {miss['trial']}, as accurate and as small, reads {miss['slower_share']:+.1%} of its latency; "
-            f"two sessions of one model differ by {noise:.1%})")
+    said = []
+    acc, slow = miss.get("less_accurate"), miss.get("slower")
+    if acc and acc.get("trial") is not None:
+        said.append(f"trial {acc['trial']}, the most accurate as small and as fast, is {acc['gap_points']:.2f} points "
+                    f"below; the validation split's noise is {acc['noise_points']:.2f}")
+    elif acc:
+        said.append("no searched trial is as small and as fast")
+    if slow:
+        said.append(f"trial {slow['trial']}, as accurate and as small, reads {slow['slower_share']:+.1%} of its latency"
+                    + (f"; two sessions of one model differ by {latency_noise:.1%}" if latency_noise is not None else ""))
+    return f" ({'; '.join(said)})" if said else ""

@@ -23,7 +23,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all
 from objectives import BaseCostModel
 from spaces import Artifact
 
-from ..front import done, objective_names, weakly_dominates
+from ..front import baseline_dominance, done, misses, objective_names, weakly_dominates
 from ..outputs import atomic_write
 
 ONNX = "model.onnx"
@@ -67,10 +67,11 @@ def candidates(df: pd.DataFrame, tolerance: dict[str, float]) -> pd.DataFrame:
 
 
 def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model: BaseCostModel, out_dir: Path,
-              input_shape: tuple[int, ...], example: np.ndarray, tolerance: dict[str, float],
+              input_shape: tuple[int, ...], example: np.ndarray, tolerance: dict[str, float], n_val: int,
               limit: int = 40) -> dict[str, Any]:
-    """Time the candidates together; write ``remeasured.csv``; the baselines' dominance under the new reading.
-    ``storage``: the study's storage URL (where the artifacts' records are)."""
+    """Time the candidates together; write ``remeasured.csv``; the baselines' dominance under the new reading, and
+    why each one left undominated is (``front.misses``, on ``n_val`` validation images). ``storage``: the study's
+    storage URL (where the artifacts' records are)."""
     if "latency_ms" not in objective_names(df):
         return {}
     rows = candidates(df, tolerance)
@@ -98,36 +99,10 @@ def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model
     # their gap over their mean, over all the models timed)
     gap = (table["latency_first_ms"] - table["latency_second_ms"]).abs() / table["latency_remeasured_ms"]
     noise = float(np.sqrt((gap ** 2).mean()))
-    again = table.assign(latency_ms=table["latency_remeasured_ms"])
-    names = objective_names(df)
-    dominance = {}
-    for _, b in again[again["baseline"] != ""].iterrows():
-        better = [int(s["number"]) for _, s in again[again["baseline"] == ""].iterrows()
-                  if weakly_dominates(s, b, names, tolerance=tolerance)]
-        dominance[b["baseline"]] = better[0] if better else None
+    again = rows[rows["number"].isin(list(got))].assign(latency_ms=table["latency_remeasured_ms"])
+    dominance = baseline_dominance(again, tolerance=tolerance)
     return {"baselines_dominated_by_remeasured": dominance, "remeasured_trials": int(len(table)),
             "remeasured_session_gap": round(noise, 4),
-            "baselines_missed_remeasured": slower(again, dominance, names=names, tolerance=tolerance, noise=noise)}
+            "baselines_missed_remeasured": misses(again, dominance, n_val=n_val, tolerance=tolerance,
+                                                  latency_noise=noise)}
 
-
-def slower(again: pd.DataFrame, dominance: dict[str, int | None], *, names: list[str], tolerance: dict[str, float],
-           noise: float) -> dict[str, dict[str, Any]]:
-    """For each baseline no searched trial dominates here, the fastest searched trial that is no worse on every
-    other objective (tolerance allowed): how much slower it reads, as a share of the baseline's latency, and whether
-    that is within ``noise`` (the reading's own: one model's two sessions' root-mean-square gap). ``again``: the
-    re-timed table (``number``, ``baseline``, the study's objectives ``names``)."""
-    others = [n for n in names if n != "latency_ms"]
-    out: dict[str, dict[str, Any]] = {}
-    searched = again[again["baseline"] == ""]
-    for _, b in again[again["baseline"] != ""].iterrows():
-        if dominance.get(b["baseline"]) is not None or b["baseline"] == "uncompressed":
-            continue
-        close = searched[[weakly_dominates(s, b, others, tolerance=tolerance) for _, s in searched.iterrows()]]
-        if close.empty:
-            continue
-        fastest = close.sort_values("latency_ms").iloc[0]
-        excess = float(fastest["latency_ms"]) / float(b["latency_ms"]) - 1.0
-        out[str(b["baseline"])] = {"trial": int(fastest["number"]), "latency_ms": round(float(fastest["latency_ms"]), 4),
-                                   "baseline_latency_ms": round(float(b["latency_ms"]), 4),
-                                   "slower_share": round(excess, 4), "within_noise": bool(excess <= noise)}
-    return out
