@@ -4,9 +4,9 @@ same wall time, on several seeds.
     python3 -m uv run --locked python benchmarks/search_efficiency.py [--seeds 0 1 2] [hydra overrides]
 
 For each seed, first the default search (``study.seed=<seed>``, everything else as ``make search``), then plain
-TPE (``sensitivity.enabled=false guided.n=0 guided.refine=0 screening.enabled=false``: the hand-made baselines and the TPE
-sampler only) with ``study.timeout_s`` set to the wall time the default search spent from its sensitivity pass to
-its last trial, and a trial budget it cannot reach in that time. Both share the cached teacher. Per study:
+TPE (``sensitivity.enabled=false guided.n=0 guided.refine=0 screening.enabled=false``: the hand-made
+baselines and the TPE sampler only) with ``study.timeout_s`` set to the wall time the default search spent from its
+sensitivity pass to its last trial, and a trial budget it cannot reach in that time. Both share the cached teacher. Per study:
 
 - ``hypervolume``: of the searched full-fidelity trials alone, against the study's own reference point
   (``search/front.py``: 1.1 x its uncompressed model's size and latency, timed in the same run);
@@ -22,7 +22,10 @@ its last trial, and a trial budget it cannot reach in that time. Both share the 
   of its hypervolume (plain TPE's mean moved from 0.707 to 0.771 between two runs of unchanged code). Timed again
   together, the two methods of a seed are compared under one reading;
 - ``wall_s``: the time from the first step of the search (the sensitivity pass, or the first baseline) to the end
-  of its last trial; ``trials_full``, ``trials_screened``, ``sensitivity_s``.
+  of its last trial; ``trials_full``, ``trials_screened``, ``sensitivity_s``;
+- ``hypervolume_equal_wall``: the hypervolume (recorded latencies) of the searched full-fidelity trials finished
+  within ``equal_wall_s``, the shorter of the seed's two wall times: plain TPE's timeout is the default's wall time,
+  but the last trial of either may run past it, and a reused plain-TPE study ran on another day's machine.
 
 Writes ``results/benchmarks/search_efficiency.csv`` (``search_efficiency-<hash of the overrides>.csv`` with
 overrides), ``search_efficiency_curves.csv`` and ``search_efficiency.html`` / ``.png``: hypervolume of the
@@ -133,6 +136,12 @@ def history(study: optuna.Study, df: pd.DataFrame, start: float) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["seconds", "hypervolume"])
 
 
+def at(curve: pd.DataFrame, seconds: float) -> float:
+    """The hypervolume a ``history`` curve had reached ``seconds`` after its start (0 before its first trial)."""
+    reached = curve[curve["seconds"] <= seconds + 1e-6]
+    return float(reached["hypervolume"].iloc[-1]) if len(reached) else 0.0
+
+
 def started_at(study: optuna.Study, summary: dict) -> float:
     """The study's first trial start, less the sensitivity pass that ran before it (when it ran now)."""
     first = min(t.datetime_start.timestamp() for t in study.get_trials(deepcopy=False) if t.datetime_start)
@@ -175,7 +184,9 @@ def main(seeds: list[int], overrides: list[str], reuse_tpe: bool = False) -> Non
         again = retimed(default_cfg, {m: (v[2], v[3], v[1]) for m, v in studies.items()})
         base_again = done(again["default"])[lambda d: (d["baseline"] != "") & (d["baseline"] != "uncompressed")].assign(
             ratio=lambda d: latency_ratio(again["default"]).loc[d.index])
+        equal = min(v[6] for v in studies.values())  # the shorter of the two runs' wall times
         for method, (cfg, _, st, frame, summ, st_start, st_wall) in studies.items():
+            curves[(method, seed)] = history(st, frame, st_start)
             cand = searched(frame).assign(ratio=lambda d: latency_ratio(frame).loc[d.index])
             timed = again[method]
             cand_again = searched(timed).assign(ratio=lambda d: latency_ratio(timed).loc[d.index])
@@ -183,6 +194,7 @@ def main(seeds: list[int], overrides: list[str], reuse_tpe: bool = False) -> Non
             rows.append({
                 "method": method, "seed": seed, "study": str(cfg.study.name),
                 "hypervolume": round(hypervolume(searched(frame), reference(frame)), 6),
+                "hypervolume_equal_wall": round(at(curves[(method, seed)], equal), 6), "equal_wall_s": round(equal, 1),
                 "baselines_dominated": dominated(cand, base), "baselines_total": int(len(base)),
                 "hypervolume_retimed": round(hypervolume(searched(timed), reference(timed)), 6),
                 "baselines_dominated_retimed": dominated(cand_again, base_again),
@@ -194,7 +206,6 @@ def main(seeds: list[int], overrides: list[str], reuse_tpe: bool = False) -> Non
                 "kendall_tau": screening.get("kendall_tau"),
                 "sensitivity_s": float((summ.get("sensitivity") or {}).get("seconds", 0.0)),
             })
-            curves[(method, seed)] = history(st, frame, st_start)
     write(pd.DataFrame(rows), curves, tag if overrides else "")
 
 

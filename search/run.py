@@ -15,6 +15,7 @@ from .baselines import near_chance, policies
 from .front import TOLERANCE, baseline_dominance, hypervolume, misses, reference
 from .outputs import students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
+from .pick.verify import between_readings
 from .report.write import after_search
 from .report.plots import write_pareto_figures
 from .screening import counts, kendall
@@ -110,7 +111,9 @@ def _run(cfg: DictConfig) -> Path:
     figures = write_pareto_figures(df, s.out_dir, title=title, png=bool(cfg.png))
     dominance = baseline_dominance(df, tolerance=TOLERANCE)
     again = timed_again(study, df, s, p) if cfg.study.baselines else {}
-    missed = misses(df, dominance, n_val=len(s.splits.val_y), tolerance=TOLERANCE)
+    recorded_gap = between_readings(s.out_dir / "remeasured.csv") if again else None  # how far one model's
+    # recorded reading and the reading at the end fall apart (its latency as a share of the uncompressed model's)
+    missed = misses(df, dominance, n_val=len(s.splits.val_y), tolerance=TOLERANCE, latency_noise=recorded_gap)
     wall = time.time() - started
     write_json(s.out_dir / "summary.json", {
         "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": p.source,
@@ -124,7 +127,8 @@ def _run(cfg: DictConfig) -> Path:
         "hypervolume": hypervolumes(df),
         "trials": int(len(df)), "front": int(df["on_front"].sum()), "failed": int((df["state"] == "FAIL").sum()),
         "pruned": int((df["state"] == "PRUNED").sum()), **students_summary(df),
-        "baselines_dominated_by": dominance, "dominance_tolerance": TOLERANCE, "baselines_missed": missed, **again,
+        "baselines_dominated_by": dominance, "dominance_tolerance": TOLERANCE, "baselines_missed": missed,
+        "recorded_reading_gap": None if recorded_gap is None else round(recorded_gap, 4), **again,
     })
     after_search(study, cfg, s.out_dir, log=log.info)
     if "png_skipped" in figures:
@@ -151,7 +155,8 @@ def _run(cfg: DictConfig) -> Path:
     for name, number in dominance.items():
         again_by = remeasured.get(name)
         log.info(f"baseline {name}: " + (f"weakly dominated by searched trial {number}" if number is not None
-                                          else "not dominated by any searched trial" + _why(missed.get(name)))
+                                          else "not dominated by any searched trial"
+                                          + _why(missed.get(name), recorded_gap))
                  + ("" if name not in remeasured else "; timed again together: "
                     + (f"dominated by trial {again_by}" if again_by is not None
                        else "not dominated" + _why(missed_again.get(name), again.get("remeasured_session_gap")))))
@@ -172,5 +177,5 @@ def _why(miss: dict | None, latency_noise: float | None = None) -> str:
         said.append("no searched trial is as small and as fast")
     if slow:
         said.append(f"trial {slow['trial']}, as accurate and as small, reads {slow['slower_share']:+.1%} of its latency"
-                    + (f"; two sessions of one model differ by {latency_noise:.1%}" if latency_noise is not None else ""))
+                    + (f"; two readings of one model differ by {latency_noise:.1%}" if latency_noise is not None else ""))
     return f" ({'; '.join(said)})" if said else ""

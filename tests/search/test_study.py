@@ -107,4 +107,4 @@ def test_an_undominated_baseline_is_said_with_its_nearest_trials_and_the_noise_b
     tight = misses(df, dominance, n_val=5000, tolerance=TOLERANCE, latency_noise=0.01)
     assert not tight["int8"]["slower"]["within_noise"]
     said = _why(missed["int8"], 0.08)
-    assert "trial 4" in said and "0.20 points below" in said and "+5.0%" in said and "8.0%" in said
+    assert "trial 4" in said and "0.20 points below" in said and "+5.0%" in said and "differ by 8.0%" in said
