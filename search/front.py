@@ -178,7 +178,6 @@ def baseline_dominance(df: pd.DataFrame, *, tolerance: dict[str, float] | None =
     return out
 
 
-
 def misses(df: pd.DataFrame, dominance: dict[str, int | None], *, n_val: int, tolerance: dict[str, float],
            latency_noise: float | None = None) -> dict[str, dict[str, dict | None]]:
     """Why each baseline no searched trial dominates (but ``uncompressed``) is not dominated, by measurement:

@@ -163,7 +163,6 @@ def _run(cfg: DictConfig) -> Path:
     return s.out_dir
 
 
-
 def _why(miss: dict | None, latency_noise: float | None = None) -> str:
     """The run's measured reason a baseline is not dominated (``front.misses``), in words."""
     if not miss:

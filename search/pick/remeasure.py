@@ -88,7 +88,8 @@ def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model
         return {}
     readings = cost_model.reference().measure_many(list(got.values()) * 2)  # each model in two sessions
     first, second = readings[: len(got)], readings[len(got):]
-    table = rows[rows["number"].isin(list(got))].copy()
+    kept = rows[rows["number"].isin(list(got))]
+    table = kept.copy()
     table["latency_first_ms"] = table["number"].map(dict(zip(got, (m.value_ms for m in first))))
     table["latency_second_ms"] = table["number"].map(dict(zip(got, (m.value_ms for m in second))))
     table["latency_remeasured_ms"] = (table["latency_first_ms"] + table["latency_second_ms"]) / 2
@@ -99,10 +100,9 @@ def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model
     # their gap over their mean, over all the models timed)
     gap = (table["latency_first_ms"] - table["latency_second_ms"]).abs() / table["latency_remeasured_ms"]
     noise = float(np.sqrt((gap ** 2).mean()))
-    again = rows[rows["number"].isin(list(got))].assign(latency_ms=table["latency_remeasured_ms"])
+    again = kept.assign(latency_ms=table["latency_remeasured_ms"])
     dominance = baseline_dominance(again, tolerance=tolerance)
     return {"baselines_dominated_by_remeasured": dominance, "remeasured_trials": int(len(table)),
             "remeasured_session_gap": round(noise, 4),
             "baselines_missed_remeasured": misses(again, dominance, n_val=n_val, tolerance=tolerance,
                                                   latency_noise=noise)}
-
