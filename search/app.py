@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import objectives
@@ -158,7 +158,8 @@ def ensemble_members(cfg: DictConfig, splits: data_module.Splits) -> list[DictCo
             if not path.is_file():
                 options = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
                 raise ValueError(f"{key}: no model config {entry!r}; options: {options}, or a model config mapping")
-            entry = OmegaConf.create({"model": OmegaConf.load(path)}).model  # resolves ${model.*} within itself
+            # resolves ${model.*} within itself and ${data.*} from the splits
+            entry = OmegaConf.create({"model": OmegaConf.load(path), "data": data_facts(splits)}).model
         if not isinstance(entry, DictConfig) or "net" not in entry or "train" not in entry:
             raise ValueError(f"{key}: need a conf/model option name or a mapping with net and train, got {entry!r}")
         member = OmegaConf.create(OmegaConf.to_container(entry, resolve=True))
@@ -195,6 +196,21 @@ def objective_names(cfg: DictConfig) -> list[str]:
     return names
 
 
+def data_facts(splits: data_module.Splits) -> dict[str, int]:
+    """What the model configs read from the data: ``${data.num_classes}``, ``${data.channels}``."""
+    return {"num_classes": splits.num_classes, "channels": splits.channels}
+
+
+def load_data(cfg: DictConfig) -> data_module.Splits:
+    """The splits of ``cfg.data``; ``data.num_classes`` and ``data.channels`` filled from them where null (the
+    data module has checked any value given), so the model configs' ``${data.*}`` resolve to the data's own."""
+    splits = data_module.build(cfg.data).splits()
+    with open_dict(cfg):
+        for key, value in data_facts(splits).items():
+            cfg.data[key] = value
+    return splits
+
+
 def setup(cfg: DictConfig) -> Setup:
     """Check and build everything from ``cfg``; writes nothing."""
     name = str(cfg.study.name)
@@ -205,9 +221,7 @@ def setup(cfg: DictConfig) -> Setup:
     if not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"study.n_trials must be an integer >= 0, got {n_trials!r}")
     results = Path(cfg.results_dir)
-    splits = data_module.load(
-        root=cfg.data.root, download_dir=cfg.data.get("download_dir"), val_size=cfg.data.val_size, seed=cfg.data.seed
-    )
+    splits = load_data(cfg)  # first: the model is sized for the data
     net = build_model(cfg.model, splits)
     out_dir = results / name
     storage = cfg.study.storage or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
@@ -258,10 +272,11 @@ class Prepared:
     test_accuracy: float
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    """Check the config, then get the teacher (trained once, cached) and its logits."""
-    s = setup(cfg)
-    data_key = cache_key(cfg.data.name, cfg.data.val_size, cfg.data.seed)
+def prepare(cfg: DictConfig, checked: Setup | None = None) -> Prepared:
+    """Check the config (or take ``checked``, its ``setup``), then get the teacher (trained once, cached) and its
+    logits. The caches are keyed by the data's fingerprint (its contents and split), not its name."""
+    s = checked or setup(cfg)
+    data_key = s.splits.fingerprint
     teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
     folded = fold_batchnorm(teacher)
     val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y).of(folded)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .app import prepare, threads, versions
+from .app import prepare, setup, threads, versions
 from .baselines import near_chance, policies
 from .front import TOLERANCE, baseline_dominance, hypervolume, misses, reference
 from .outputs import students_summary, trials_frame, write_json, write_tables
@@ -59,8 +59,9 @@ def _run(cfg: DictConfig) -> Path:
     started = time.time()
     for noisy in ("kaleido", "choreographer"):  # PNG export logs every browser step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    checked = setup(cfg)  # reads the data and fills data.num_classes / data.channels: the config a study stores
     changes = check_resume(cfg, Path(cfg.results_dir) / str(cfg.study.name))  # before anything is written
-    p = prepare(cfg)
+    p = prepare(cfg, checked)
     s = p.setup
     s.out_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(name=str(cfg.study.name), storage=s.storage, sampler=s.sampler, objectives=s.objectives)

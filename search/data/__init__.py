@@ -1,4 +1,39 @@
-"""The data a search scores trials on: fixed, seeded train / validation / test splits (``Splits``)."""
-from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, Splits, load, locate, read_idx
+"""The data a search scores trials on: a data module (``BaseDataModule``, one per ``conf/data/`` option) yields
+fixed, seeded train / validation / test splits (``Splits``) with their classes, normalisation and fingerprint."""
+from __future__ import annotations
 
-__all__ = ["Splits", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
+from typing import Any
+
+from ._base import BaseDataModule, Splits, check, digest
+from .arrays import ArraysData
+from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, load, locate, read_idx
+from .image_folder import ImageFolderData
+
+__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "build", "check",
+           "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
+
+LEGACY = "search.data.FashionMNISTData"  # a study config written before data options names no _target_
+
+
+def build(data_cfg: Any) -> BaseDataModule:
+    """The data module of ``cfg.data`` (its ``_target_``, with the other keys as keywords); a key left ``???``, a
+    target that cannot be imported or built, or one that is not a ``BaseDataModule`` is one ValueError."""
+    from hydra.utils import get_class, instantiate
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
+    unset = [k for k, v in settings.items() if v == "???"]
+    if unset:
+        raise ValueError(f"data.{unset[0]}: not set; give it on the command line, e.g. data.{unset[0]}=...")
+    target = settings.setdefault("_target_", LEGACY)
+    try:
+        cls = get_class(target)
+    except Exception as exc:
+        raise ValueError(f"data._target_: cannot import {target!r} ({exc})") from exc
+    if not (isinstance(cls, type) and issubclass(cls, BaseDataModule)):
+        raise ValueError(f"data._target_: {target!r} is not a search.data.BaseDataModule")
+    try:
+        return instantiate(settings, _convert_="all")
+    except Exception as exc:  # the constructors' own messages name their keys
+        cause = exc.__cause__ or exc
+        raise ValueError(str(cause).splitlines()[0] if str(cause) else repr(cause)) from exc

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._base import BaseDataModule, Splits, digest
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -23,28 +24,6 @@ FILES = {
 # Per-pixel statistics of the Fashion-MNIST training images (computed from the 60k set).
 MEAN, STD = 0.2860, 0.3530
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-
-@dataclass(frozen=True)
-class Splits:
-    """The training split, the fixed seeded validation split carved from it (what trials are scored on) and the
-    test split (reports only), as normalised N x C x H x W tensors with their labels, and where they came from."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    source: str
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, *self.train_x.shape[1:])
-
-    @property
-    def num_classes(self) -> int:
-        return len(CLASSES)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -116,5 +95,26 @@ def load(*, root: str | None = DEBIAN_ROOT, download_dir: str | None = None, val
         val_x=_to_tensor(images[val_idx]), val_y=labels[val_idx],
         test_x=_to_tensor(arrays["test_images"]),
         test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        source=str(folder),
+        source=str(folder), classes=CLASSES, mean=(MEAN,), std=(STD,),
+        fingerprint=digest(*((folder / name).read_bytes() for name in FILES.values()), f"val_size={val_size}",
+                           f"seed={seed}"),
     )
+
+
+class FashionMNISTData(BaseDataModule):
+    """Fashion-MNIST (``data=fashion_mnist``, the default): 28 x 28 grey images of 10 classes, normalised with
+    the training set's statistics (``MEAN``, ``STD``); ``val_size`` images carved from the 60k training images
+    with ``seed``; the 10k test images as the test split."""
+
+    key = "data.root"
+
+    def __init__(self, *, name: str = "fashion-mnist", root: str | None = DEBIAN_ROOT, download_dir: str | None = None,
+                 val_size: int = 5000, seed: int = 0, num_classes: int | None = None,
+                 channels: int | None = None) -> None:
+        if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < 60000:
+            raise ValueError(f"data.val_size must be an image count in (0, 60000), got {val_size!r}")
+        super().__init__(name=name, val_size=val_size, seed=seed, num_classes=num_classes, channels=channels)
+        self.root, self.download_dir = root, download_dir
+
+    def load(self) -> Splits:
+        return load(root=self.root, download_dir=self.download_dir, val_size=self.val_size, seed=self.seed)

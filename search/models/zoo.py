@@ -1,4 +1,4 @@
-"""The models to compress: a small zoo for 28x28 inputs, torchvision adapters, and users' own modules.
+"""The models to compress: a small zoo made for 28x28 inputs (any size works), torchvision adapters, users' modules.
 
 The zoo models also take the knobs of their student families (``conf/model/*.yaml: student``): a width
 multiplier, a depth, a kernel size and depthwise-separable convolutions. Their defaults build the teachers
@@ -38,8 +38,39 @@ def _conv_bn(cin: int, cout: int, kernel_size: int = 3, *, separable: bool = Fal
     return [conv(cin, cout, kernel_size, separable=separable), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
+def _bins(n: int, out: int) -> torch.Tensor:
+    """The (out, n) matrix that averages ``n`` positions into ``out`` bins as adaptive average pooling does:
+    bin i spans [floor(i n / out), ceil((i + 1) n / out)) (PyTorch's AdaptiveAvgPool2d)."""
+    m = torch.zeros(out, n)
+    for i in range(out):
+        start, end = (i * n) // out, -((-(i + 1) * n) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``adaptive_avg_pool2d(x, side)``; in an ONNX export the same bins as two matrix products, as PyTorch's ONNX
+    export of adaptive_avg_pool2d refuses a size that ``side`` does not divide (Torch-Pruning's graph, in turn,
+    takes hours over the matrix products, so they stand in only while exporting)."""
+    if not torch.onnx.is_in_onnx_export():
+        return nn.functional.adaptive_avg_pool2d(x, side)
+    h, w = (int(d) for d in x.shape[-2:])
+    return torch.matmul(torch.matmul(_bins(h, side).to(x), x), _bins(w, side).to(x).t())
+
+
+@torch.fx.wrap  # a leaf for FX (conv+BN folding traces the model): the size test needs the real shape
+def _to_side(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``x`` as it is where its feature map is side x side (a 28 x 28 input: nothing added), else pooled to it."""
+    if tuple(x.shape[-2:]) == (side, side):
+        return x
+    return adaptive_avg_pool(x, side)
+
+
 class SmallCNN(nn.Module):
     """Three conv+BN+ReLU+max-pool stages and a two-layer classifier (241,770 parameters by default).
+
+    Made for 28 x 28 inputs (fc1 reads a 3 x 3 feature map); any other size is pooled to 3 x 3 first (adaptive
+    average pooling), so at 28 x 28 nothing is added: the same layers, weights and outputs.
 
     Student knobs: ``width_mult`` scales every width and the hidden layer; ``depth`` convolutions per stage;
     ``kernel_size``; ``separable`` makes every convolution but the first (1 input channel) depthwise-separable.
@@ -60,14 +91,14 @@ class SmallCNN(nn.Module):
                 cin = w
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        side = 28 // 2 ** len(widths)
+        self.side = 28 // 2 ** len(widths)  # the feature map of a 28 x 28 input; fc1 reads side x side per channel
         hidden = _scaled(hidden, width_mult)
-        self.fc1 = nn.Linear(cin * side * side, hidden)
+        self.fc1 = nn.Linear(cin * self.side * self.side, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.features(x), 1)
-        return self.fc2(torch.relu(self.fc1(x)))
+        x = _to_side(self.features(x), self.side)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
 
 
 class BasicBlock(nn.Module):
@@ -89,7 +120,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet (He et al. 2016, sec. 4.2) for 28x28 inputs: ``depth = 6n + 2``.
+    """CIFAR-style ResNet (He et al. 2016, sec. 4.2), any input size (global average pooling): ``depth = 6n + 2``.
 
     Student knobs: ``width_mult`` scales the widths, ``kernel_size`` the blocks' convolutions, ``separable``
     makes the blocks' convolutions depthwise-separable (the stem and the 1x1 shortcuts stay as they are).

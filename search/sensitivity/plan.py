@@ -75,7 +75,7 @@ def guidance(cfg: DictConfig, prepared: Any, out_dir: Path, *, log: Callable[[st
     measurer = Measurer(teacher=teacher, space=space, calibration=prepared.pipeline.calibration,
                         accuracy=Accuracy(images=splits.val_x[: sweep.subset], labels=splits.val_y[: sweep.subset]),
                         input_shape=splits.input_shape, cost_model=s.cost_model, sweep=sweep)
-    key = cache_key(teacher=teacher, data=f"{cfg.data.name}/{cfg.data.val_size}/{cfg.data.seed}",
+    key = cache_key(teacher=teacher, data=splits.fingerprint,
                     space_cfg=OmegaConf.to_container(cfg.space, resolve=True), sweep=sweep, cost_model=s.cost_model)
     table, seconds, cached = load_or_sweep(measurer, out_dir=out_dir, key=key, log=log)
     out = Guidance(table, seconds, cached, measurer=measurer)

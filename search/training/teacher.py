@@ -31,12 +31,18 @@ def build_model(model_cfg: DictConfig, splits: Splits) -> nn.Module:
         raise ValueError(f"model.net: cannot build {model_cfg.net.get('_target_')!r}: {exc}") from exc
     if not isinstance(net, nn.Module):
         raise ValueError(f"model.net: {model_cfg.net.get('_target_')!r} built a {type(net).__name__}, not an nn.Module")
-    with torch.no_grad():
-        out = net.eval()(torch.zeros(splits.input_shape))
-    if out.shape != (1, splits.num_classes):
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(splits.input_shape))
+    except Exception as exc:  # noqa: BLE001 - any failure on the data's shape is the same mismatch
+        why = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"model.net: {type(net).__name__} fails on the data's input {splits.input_shape} (1, C, H, W) "
+                         f"({type(exc).__name__}: {why}); give it in_channels={splits.channels}") from exc
+    if tuple(out.shape) != (1, splits.num_classes):
         raise ValueError(
-            f"model.net: output shape {tuple(out.shape)} for input {splits.input_shape}; "
-            f"expected (1, {splits.num_classes})"
+            f"model.net: output shape {tuple(out.shape)} for input {splits.input_shape}; expected (1, "
+            f"{splits.num_classes}): the data has {splits.num_classes} classes (data.num_classes), so the model's head "
+            "needs as many outputs"
         )
     return net
 
