@@ -75,7 +75,7 @@ class ArraysData(BaseDataModule):
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         unknown = sorted(set(arrays) - set(KEYS))
         missing = [k for k in ("train_x", "train_y") if k not in arrays]
-        halves = [f"{s}_x" if f"{s}_y" in arrays else f"{s}_y" for s in ("val", "test")
+        halves = [f"{s}_x" if f"{s}_x" in arrays else f"{s}_y" for s in ("val", "test")
                   if (f"{s}_x" in arrays) != (f"{s}_y" in arrays)]
         if unknown or missing or halves:
             raise ValueError(f"data.path={self.path}: holds {sorted(arrays)}; " + "; ".join(

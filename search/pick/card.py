@@ -5,6 +5,9 @@ from typing import Any
 
 from ..data import MEAN, STD
 
+# a report.json written before the data options holds no normalisation: it was Fashion-MNIST's
+_FASHION_MNIST = {"mean": [MEAN], "std": [STD]}
+
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
@@ -73,6 +76,15 @@ def how_compressed(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
     )
 
 
+def scaling(report: dict[str, Any]) -> str:
+    """How a pixel becomes the model's input, with the data's per-channel normalisation."""
+    norm = report.get("normalisation") or _FASHION_MNIST
+    mean, std = norm["mean"], norm["std"]
+    if len(mean) == 1:
+        return f"`(pixel / 255 - {mean[0]}) / {std[0]}`"
+    return f"`(pixel / 255 - mean[c]) / std[c]` per channel c, mean {list(mean)}, std {list(std)}"
+
+
 def render(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
     shape, cost = report["input_shape"], report["cost_model"]
     one_sample = ", ".join(map(str, [1, *shape[1:]]))
@@ -108,8 +120,8 @@ layers stand for it; one column per knob of the search space, as that knob descr
 
 ## Use it
 
-Inputs are float32 of shape (N, {', '.join(map(str, shape[1:]))}), pixels scaled as in `search/data.py`:
-`(pixel / 255 - {MEAN}) / {STD}`. Outputs are logits for {report['num_classes']} classes.
+Inputs are float32 of shape (N, {', '.join(map(str, shape[1:]))}), pixels scaled as the search's data module did
+(`search/data/`): {scaling(report)}. Outputs are logits for {report['num_classes']} classes.
 
 ```python
 import numpy as np, onnxruntime as ort
