@@ -18,6 +18,7 @@ from spaces import ARCH, FIXED_ARCH, JointSpace, StudentSpace
 
 from . import _optuna
 from ._checks import flat, under
+from .data import upgraded
 from .front import hypervolume, reference, signs
 from .outputs import atomic_write, trials_frame
 from .pick.remeasure import keep_onnx
@@ -51,6 +52,8 @@ def check_resume(cfg: DictConfig, out_dir: Path) -> dict[str, tuple[Any, Any]]:
     if not path.is_file():
         return {}
     stored = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    if "data" in stored:  # a study from before the data options: its data section as one written now
+        stored["data"] = upgraded(stored["data"])
     changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
     if changes and mode != "force":
         shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:4])

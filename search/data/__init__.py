@@ -9,10 +9,19 @@ from .arrays import ArraysData
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, load, locate, read_idx
 from .image_folder import ImageFolderData
 
-__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "build", "check",
+__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "build", "check", "upgraded",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
 LEGACY = "search.data.FashionMNISTData"  # a study config written before data options names no _target_
+
+
+def upgraded(stored: Any) -> Any:
+    """A study's stored ``data`` section as the engine writes it now: one written before the data options (no
+    ``_target_``) was Fashion-MNIST's, with its 10 classes and 1 channel; any other section as it is."""
+    if not isinstance(stored, dict) or "_target_" in stored:
+        return stored
+    return {"_target_": LEGACY, **stored, "num_classes": stored.get("num_classes", 10),
+            "channels": stored.get("channels", 1)}
 
 
 def build(data_cfg: Any) -> BaseDataModule:

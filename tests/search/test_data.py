@@ -331,3 +331,43 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written(tmp_path, fmnist_test, 
     for word in expected:
         assert word in lines[0], (word, lines[0])
     assert sorted(tmp_path.rglob("*")) == before  # no results/, nothing else
+
+
+# --------------------------------------------------------------------------- caches keyed by the contents
+
+
+def test_changing_a_folders_contents_trains_a_new_teacher(tmp_path, fmnist_test):
+    """The teacher cache follows the data's fingerprint: the same folder reuses its teacher, the same folder
+    name (and data.name) with one image changed trains a new one. One training step each (16 images, batch 128)."""
+    from search.app import prepare
+    from search.cli import compose_checked
+
+    x, y = grey_set(fmnist_test, n=24)
+    paths = write_folder(tmp_path / "data", x, y)
+    cfg = lambda: compose_checked([  # noqa: E731 - a fresh config per run: setup fills data.num_classes in it
+        "experiment=smoke", "data=image_folder", f"data.root={tmp_path / 'data'}", "data.val_size=4",
+        "data.test_size=4", "data.name=tiny", f"results_dir={tmp_path / 'results'}"])
+    first = prepare(cfg())
+    assert first.source.startswith("trained now") and first.setup.splits.input_shape == (1, 1, 28, 28)
+    assert first.setup.cfg.data.num_classes == 3 and first.setup.cfg.model.net.num_classes == 3
+    assert prepare(cfg()).source.startswith("cache")
+    Image.fromarray(255 - x[5]).save(paths[5])
+    again = prepare(cfg())
+    assert again.source.startswith("trained now") and again.setup.splits.fingerprint != first.setup.splits.fingerprint
+    assert len(list((tmp_path / "results" / "cache" / "teachers").glob("*.pt"))) == 2
+
+
+def test_a_study_stored_before_the_data_options_resumes_on_fashion_mnist(tmp_path):
+    """Its config.yaml names no data._target_, num_classes or channels: read as Fashion-MNIST's, not as changes."""
+    import json
+
+    from search.cli import compose_checked
+    from search.study import check_resume
+
+    legacy = {"name": "fashion-mnist", "root": DEBIAN_ROOT, "download_dir": str(tmp_path / "results" / "data"),
+              "val_size": 1000, "seed": 0}
+    cfg = compose_checked(["experiment=smoke", f"results_dir={tmp_path / 'results'}", "study.resume=force"])
+    (tmp_path / "config.yaml").write_text(json.dumps({"data": legacy}))
+    assert not [k for k in check_resume(cfg, tmp_path) if k.startswith("data.")]
+    (tmp_path / "config.yaml").write_text(json.dumps({"data": {**legacy, "val_size": 2000}}))
+    assert [k for k in check_resume(cfg, tmp_path) if k.startswith("data.")] == ["data.val_size"]
