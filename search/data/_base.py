@@ -43,7 +43,7 @@ class Splits:
     def __post_init__(self) -> None:
         # frozen: the defaults derived from the tensors are set once, here
         if not self.classes:
-            top = max(int(y.max()) for y in (self.train_y, self.val_y, self.test_y) if len(y))
+            top = max((int(y.max()) for y in (self.train_y, self.val_y, self.test_y) if len(y)), default=-1)
             object.__setattr__(self, "classes", tuple(str(i) for i in range(top + 1)))
         if not self.mean:
             object.__setattr__(self, "mean", (0.0,) * self.channels)

@@ -45,7 +45,7 @@ class _Read:
     skipped: list[str] = field(default_factory=list)
 
 
-def _image_size(value: Any) -> tuple[int, int] | None:
+def image_size_of(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
     sides = [value] if isinstance(value, int) else value
@@ -77,7 +77,7 @@ class ImageFolderData(BaseDataModule):
         if (mean is None) != (std is None):
             raise ValueError(f"data.mean and data.std go together: both null or both set, got {mean=} and {std=}")
         self.root, self.test_size = Path(root), size(test_size, key="data.test_size")
-        self.image_size, self.on_corrupt = _image_size(image_size), on_corrupt
+        self.image_size, self.on_corrupt = image_size_of(image_size), on_corrupt
         self.mean, self.std = mean, std
         self.extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
@@ -98,8 +98,8 @@ class ImageFolderData(BaseDataModule):
         classes = self.classes()
         h = hashlib.sha256()
         read = {split: self._read(split, classes, h) for split in SPLITS if (self.root / split).is_dir()}
-        grey = self._majority(read["train"])
-        x = {split: self._stack(r, grey, split) for split, r in read.items()}
+        grey = majority_grey(read["train"].arrays, key=self.key)
+        x = {split: stack(r.arrays, grey, where=str(self.root / split)) for split, r in read.items()}
         y = {split: np.asarray(r.labels, dtype=np.int64) for split, r in read.items()}
         x, y, carved = carve_missing(x, y, {"val": self.val_size, "test": self.test_size}, self.seed)
         train = scaled(x["train"])
@@ -149,36 +149,44 @@ class ImageFolderData(BaseDataModule):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
-                image = im.convert("L" if im.mode in GREY else "RGB")
+                return pil_array(im, self.image_size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             if self.on_corrupt == "error":
                 raise ValueError(f"data.on_corrupt=error: {path} is not a readable image ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); set data.on_corrupt=skip to "
                                  "skip such files") from exc
             return None
-        if self.image_size is not None and image.size != self.image_size[::-1]:
-            image = image.resize(self.image_size[::-1], Image.BILINEAR)
-        return np.asarray(image)
 
-    def _majority(self, train: _Read) -> bool:
-        """Whether the training images are mostly grey (then every image is read as grey); says a mixed folder."""
-        grey = sum(a.ndim == 2 for a in train.arrays)
-        colour = len(train.arrays) - grey
-        is_grey = grey > colour
-        if grey and colour:
-            log.info(f"data.root: {grey} grey and {colour} colour training images; all read as "
-                     f"{'grey (1 channel)' if is_grey else 'colour (3 channels)'}, the majority's mode")
-        return is_grey
 
-    def _stack(self, r: _Read, grey: bool, split: str) -> np.ndarray:
-        """One N x C x H x W uint8 array of a split's images in the chosen mode; one size or a ValueError."""
-        sizes = Counter(a.shape[:2] for a in r.arrays)
-        if len(sizes) > 1:
-            found = ", ".join(f"{h}x{w}: {n}" for (h, w), n in sizes.most_common(4))
-            raise ValueError(f"data.image_size: the images of {self.root / split} have {len(sizes)} sizes ({found}); "
-                             "set data.image_size=N (or [height,width]) to resize them")
-        arrays = [_mode(a, grey) for a in r.arrays]
-        return np.stack(arrays).transpose(0, 3, 1, 2) if not grey else np.stack(arrays)[:, None]
+
+def pil_array(im: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
+    """A Pillow image as an L (H x W) or RGB (H x W x 3) uint8 array, resized (bilinear) to (height, width)."""
+    image = im.convert("L" if im.mode in GREY else "RGB")
+    if image_size is not None and image.size != image_size[::-1]:
+        image = image.resize(image_size[::-1], Image.BILINEAR)
+    return np.asarray(image)
+
+
+def majority_grey(arrays: list[np.ndarray], *, key: str) -> bool:
+    """Whether the training images are mostly grey (then every image is read as grey); says a mixed set."""
+    grey = sum(a.ndim == 2 for a in arrays)
+    colour = len(arrays) - grey
+    is_grey = grey > colour
+    if grey and colour:
+        log.info(f"{key}: {grey} grey and {colour} colour training images; all read as "
+                 f"{'grey (1 channel)' if is_grey else 'colour (3 channels)'}, the majority's mode")
+    return is_grey
+
+
+def stack(arrays: list[np.ndarray], grey: bool, *, where: str) -> np.ndarray:
+    """One N x C x H x W uint8 array of a split's images in the chosen mode; one size or a ValueError."""
+    sizes = Counter(a.shape[:2] for a in arrays)
+    if len(sizes) > 1:
+        found = ", ".join(f"{h}x{w}: {n}" for (h, w), n in sizes.most_common(4))
+        raise ValueError(f"data.image_size: the images of {where} have {len(sizes)} sizes ({found}); "
+                         "set data.image_size=N (or [height,width]) to resize them")
+    converted = [_mode(a, grey) for a in arrays]
+    return np.stack(converted)[:, None] if grey else np.stack(converted).transpose(0, 3, 1, 2)
 
 
 def _mode(a: np.ndarray, grey: bool) -> np.ndarray:

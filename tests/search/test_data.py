@@ -371,3 +371,12 @@ def test_a_study_stored_before_the_data_options_resumes_on_fashion_mnist(tmp_pat
     assert not [k for k in check_resume(cfg, tmp_path) if k.startswith("data.")]
     (tmp_path / "config.yaml").write_text(json.dumps({"data": {**legacy, "val_size": 2000}}))
     assert [k for k in check_resume(cfg, tmp_path) if k.startswith("data.")] == ["data.val_size"]
+
+
+def test_the_model_card_says_the_datas_normalisation():
+    from search.pick.card import scaling
+
+    assert scaling({}) == f"`(pixel / 255 - {MEAN}) / {STD}`"  # a report.json from before: Fashion-MNIST's
+    assert scaling({"normalisation": {"mean": [0.5], "std": [0.25]}}) == "`(pixel / 255 - 0.5) / 0.25`"
+    three = scaling({"normalisation": {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}})
+    assert "per channel" in three and "[0.1, 0.2, 0.3]" in three and "[1.0, 2.0, 3.0]" in three
