@@ -8,8 +8,9 @@ from ._base import BaseDataModule, Splits, check, digest
 from .arrays import ArraysData
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, load, locate, read_idx
 from .image_folder import ImageFolderData
+from .torchvision_data import TorchvisionData
 
-__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "build", "check", "upgraded",
+__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData", "build", "check", "upgraded",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
 LEGACY = "search.data.FashionMNISTData"  # a study config written before data options names no _target_

@@ -380,3 +380,44 @@ def test_the_model_card_says_the_datas_normalisation():
     assert scaling({"normalisation": {"mean": [0.5], "std": [0.25]}}) == "`(pixel / 255 - 0.5) / 0.25`"
     three = scaling({"normalisation": {"mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 3.0]}})
     assert "per channel" in three and "[0.1, 0.2, 0.3]" in three and "[1.0, 2.0, 3.0]" in three
+
+
+# --------------------------------------------------------------------------- torchvision (nothing downloaded)
+
+
+def test_torchvision_fake_data_reads_as_colour_splits():
+    from search.data import TorchvisionData
+
+    options = {"size": 40, "image_size": [3, 10, 12], "num_classes": 4}
+    s = TorchvisionData(name="FakeData", options=options, val_size=8, test_size=0.25).splits()
+    assert s.input_shape == (1, 3, 10, 12) and (len(s.train_y), len(s.val_y), len(s.test_y)) == (22, 8, 10)
+    assert "val and test carved" in s.source and len(s.mean) == 3
+    again = TorchvisionData(name="FakeData", options={**options, "random_offset": 1}, val_size=8, test_size=0.25)
+    assert again.splits().fingerprint != s.fingerprint  # other images, another fingerprint
+    small = TorchvisionData(name="FakeData", options=options, val_size=8, test_size=0.25, image_size=6).splits()
+    assert small.input_shape == (1, 3, 6, 6)
+
+
+def test_torchvision_errors_name_the_key_and_download_nothing(tmp_path):
+    from search.data import TorchvisionData
+
+    with pytest.raises(ValueError, match=r"data\.name='CIFAR11': torchvision\.datasets has no such .*CIFAR10"):
+        TorchvisionData(name="CIFAR11")
+    with pytest.raises(ValueError, match=r"data\.name=CIFAR10: .*failed \(RuntimeError: Dataset not found.*"
+                                         r"data\.download=true"):
+        TorchvisionData(name="CIFAR10", root=str(tmp_path / "none")).splits()
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+    with pytest.raises(ValueError, match=r"data\.download must be true or false"):
+        TorchvisionData(name="CIFAR10", download="yes")
+
+
+def test_an_unknown_torchvision_class_is_one_line_exit_2(tmp_path, capsys):
+    from search.cli import entry
+    from search.run import run
+
+    with pytest.raises(SystemExit) as exc:
+        entry(run, argv=["experiment=smoke", f"results_dir={tmp_path / 'results'}", "data=torchvision",
+                         "data.name=NoSuchSet"])
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and "data.name='NoSuchSet'" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
