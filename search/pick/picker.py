@@ -278,8 +278,9 @@ def context(r: Replay, df) -> dict[str, Any]:
     return {
         "study": r.study.study_name, "trial": r.trial.number, "baseline": r.trial.user_attrs.get("baseline", ""),
         "rule": r.rule, "model": r.cfg.model.name, "data": r.cfg.data.name, "input_shape": list(r.artifact.input_shape),
-        "num_classes": p.setup.splits.num_classes,
-        "normalisation": {"mean": list(p.setup.splits.mean), "std": list(p.setup.splits.std)}, "onnx_input": "input", "uncompressed": uncompressed(df, p),
+        "num_classes": p.setup.splits.num_classes, "classes": list(p.setup.splits.classes),
+        "normalisation": {"mean": list(p.setup.splits.mean), "std": list(p.setup.splits.std)},
+        "onnx_input": "input", "uncompressed": uncompressed(df, p),
         "finetune": r.finetune, "recovery": asdict(p.setup.recovery), "int8_layers": list(r.artifact.int8_layers),
         "student": student(r), "knobs": knobs_summary(r),
         "machine": machine(), "cost_model": p.setup.cost_model.reference().describe(),
