@@ -10,7 +10,8 @@ from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, lo
 from .image_folder import ImageFolderData
 from .torchvision_data import TorchvisionData
 
-__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData", "build", "check", "upgraded",
+__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData",
+           "build", "check", "upgraded",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
 LEGACY = "search.data.FashionMNISTData"  # a study config written before data options names no _target_

@@ -107,7 +107,8 @@ class BaseDataModule(abc.ABC):
         """``load()``, then the checks every data set must pass (labels in range, one image shape, counts)."""
         s = self.load()
         check(s, key=self.key)
-        for key, want, got in (("num_classes", self.num_classes, s.num_classes), ("channels", self.channels, s.channels)):
+        stated = (("num_classes", self.num_classes, s.num_classes), ("channels", self.channels, s.channels))
+        for key, want, got in stated:
             if want is not None and want != got:
                 raise ValueError(f"data.{key}={want}, but {s.source} has {got}; set data.{key}=null to take it from "
                                  "the data")
@@ -177,6 +178,11 @@ def carve_missing(x: dict[str, np.ndarray], y: dict[str, np.ndarray], sizes: dic
         x[split], y[split] = x["train"][idx], y["train"][idx]
     x["train"], y["train"] = x["train"][rest], y["train"][rest]
     return x, y, [split for split, _ in wanted]
+
+
+def described(where: str, carved: list[str], seed: int) -> str:
+    """A ``Splits.source``: where the data is, and which splits were carved from train."""
+    return where + (f" ({' and '.join(carved)} carved from train with seed {seed})" if carved else "")
 
 
 def scaled(images: np.ndarray) -> np.ndarray:

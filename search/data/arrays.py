@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._base import BaseDataModule, Splits, carve_missing, channel_stats, normalisation, normalised, scaled, size
+from ._base import BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size
 
 KEYS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "classes")
 LAYOUTS = ("NHWC", "NCHW")
@@ -31,7 +31,8 @@ def layout_of(shape: tuple[int, ...], layout: str | None, key: str) -> str:
     if len(shape) == 3:
         return "NHW"
     if len(shape) != 4:
-        raise ValueError(f"data.path: {key} has shape {shape}; images must be N x H x W, N x H x W x C or N x C x H x W")
+        raise ValueError(f"data.path: {key} has shape {shape}; images must be N x H x W, N x H x W x C or "
+                         "N x C x H x W")
     if layout is not None:
         return layout
     last, second = shape[3] <= SMALL, shape[1] <= SMALL
@@ -55,9 +56,11 @@ class ArraysData(BaseDataModule):
                  std: list[float] | None = None, num_classes: int | None = None, channels: int | None = None) -> None:
         super().__init__(name=name, val_size=val_size, seed=seed, num_classes=num_classes, channels=channels)
         if not isinstance(path, str) or not path:
-            raise ValueError(f"data.path must be a .npz file (numpy.savez(path, train_x=..., train_y=...)), got {path!r}")
+            raise ValueError("data.path must be a .npz file (numpy.savez(path, train_x=..., train_y=...)), "
+                             f"got {path!r}")
         if layout is not None and layout not in LAYOUTS:
-            raise ValueError(f"data.layout must be null (told from the shape) or one of {list(LAYOUTS)}, got {layout!r}")
+            raise ValueError(f"data.layout must be null (told from the shape) or one of {list(LAYOUTS)}, "
+                             f"got {layout!r}")
         if (mean is None) != (std is None):
             raise ValueError(f"data.mean and data.std go together: both null or both set, got {mean=} and {std=}")
         self.path, self.test_size, self.layout = Path(path), size(test_size, key="data.test_size"), layout
@@ -97,7 +100,7 @@ class ArraysData(BaseDataModule):
         for part in (self.val_size, self.test_size, self.seed, self.layout, self.mean, self.std):
             h.update(repr(part).encode())
         t = {s: normalised(train if s == "train" else scaled(x[s]), *stats) for s in x}
-        source = f"{self.path}" + (f" ({' and '.join(carved)} carved from train with seed {self.seed})" if carved else "")
+        source = described(str(self.path), carved, self.seed)
         return Splits(train_x=t["train"], train_y=torch.from_numpy(y["train"]), val_x=t["val"],
                       val_y=torch.from_numpy(y["val"]), test_x=t["test"], test_y=torch.from_numpy(y["test"]),
                       source=source, classes=classes, mean=stats[0], std=stats[1], fingerprint=h.hexdigest()[:16])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._base import BaseDataModule, Splits, carve_missing, channel_stats, normalisation, normalised, scaled, size
+from ._base import BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size
 
 log = logging.getLogger("search")
 GREY = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -84,7 +84,8 @@ class ImageFolderData(BaseDataModule):
     def classes(self) -> tuple[str, ...]:
         """The class names: the sub-folders of ``root/train``, sorted."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root={self.root}: no such folder (expected {self.root}/train/<class>/<image>)")
+            raise FileNotFoundError(f"data.root={self.root}: no such folder (expected "
+                                    f"{self.root}/train/<class>/<image>)")
         train = self.root / "train"
         if not train.is_dir():
             raise FileNotFoundError(f"data.root={self.root}: no train/ folder in it (expected {train}/<class>/<image>; "
@@ -110,7 +111,7 @@ class ImageFolderData(BaseDataModule):
             h.update(part.encode())
         t = {split: normalised(train if split == "train" else scaled(x[split]), *stats) for split in SPLITS}
         label = {split: torch.from_numpy(y[split]) for split in SPLITS}
-        source = f"{self.root}" + (f" ({' and '.join(carved)} carved from train with seed {self.seed})" if carved else "")
+        source = described(str(self.root), carved, self.seed)
         return Splits(train_x=t["train"], train_y=label["train"], val_x=t["val"], val_y=label["val"],
                       test_x=t["test"], test_y=label["test"], source=source, classes=classes, mean=stats[0],
                       std=stats[1], fingerprint=h.hexdigest()[:16])
@@ -139,7 +140,8 @@ class ImageFolderData(BaseDataModule):
                 raise ValueError(f"data.root: {sub} holds no readable image ({len(files)} image file(s) by extension, "
                                  "none readable)")
         if out.skipped:
-            log.warning(f"data.root: skipped {len(out.skipped)} unreadable image(s) in {folder} (data.on_corrupt=skip), "
+            log.warning(f"data.root: skipped {len(out.skipped)} unreadable image(s) in {folder} "
+                        "(data.on_corrupt=skip), "
                         f"e.g. {out.skipped[0]}")
         if not out.files:
             raise ValueError(f"data.root: {folder} holds no class folder with images")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._base import BaseDataModule, Splits, carve_missing, channel_stats, normalisation, normalised, scaled, size
+from ._base import BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size
 from .image_folder import image_size_of, majority_grey, pil_array, stack
 
 
@@ -79,15 +79,18 @@ class TorchvisionData(BaseDataModule):
             why = (str(exc).strip().splitlines() or [""])[0][:200]
             hint = "" if self.download else "; set data.download=true on a machine with internet, or data.root to " \
                                              "a folder that holds it"
-            raise ValueError(f"data.name={self.name}: torchvision's {self.name}({', '.join(f'{k}={v!r}' for k, v in kw.items())}) "
+            called = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+            raise ValueError(f"data.name={self.name}: torchvision's {self.name}({called}) "
                              f"failed ({type(exc).__name__}: {why}){hint}") from exc
 
     def _read(self, ds: Any) -> tuple[list[np.ndarray], np.ndarray]:
         arrays, labels = [], []
         for i in range(len(ds)):
             image, label = ds[i]
-            if not isinstance(image, Image.Image) or isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-                raise ValueError(f"data.name={self.name}: its items are ({type(image).__name__}, {type(label).__name__}); "
+            index = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
+            if not isinstance(image, Image.Image) or not index:
+                raise ValueError(f"data.name={self.name}: its items are ({type(image).__name__}, "
+                                 f"{type(label).__name__}); "
                                  "need (PIL image, class index): a classification data set")
             arrays.append(pil_array(image, self.image_size))
             labels.append(int(label))
@@ -111,8 +114,8 @@ class TorchvisionData(BaseDataModule):
             h.update(part)
         t = {s: normalised(train if s == "train" else scaled(x[s]), *stats) for s in x}
         classes = getattr(sets["train"], "classes", None)
-        source = f"torchvision {self.name}" + (f" at {self.root}" if self.root else "") + (
-            f" ({' and '.join(carved)} carved from train with seed {self.seed})" if carved else "")
+        where = f"torchvision {self.name}" + (f" at {self.root}" if self.root else "")
+        source = described(where, carved, self.seed)
         return Splits(train_x=t["train"], train_y=torch.from_numpy(y["train"]), val_x=t["val"],
                       val_y=torch.from_numpy(y["val"]), test_x=t["test"], test_y=torch.from_numpy(y["test"]),
                       source=source, classes=tuple(map(str, classes)) if classes else (), mean=stats[0],
