@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._base import BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size
+from ._base import (
+    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size)
 
 KEYS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "classes")
 LAYOUTS = ("NHWC", "NCHW")

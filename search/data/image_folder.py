@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._base import BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size
+from ._base import (
+    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size)
 
 log = logging.getLogger("search")
 GREY = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._base import BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size
+from ._base import (
+    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size)
 from .image_folder import image_size_of, majority_grey, pil_array, stack
 
 
