@@ -129,7 +129,8 @@ class ImageFolderData(BaseDataModule):
                            and not p.name.startswith("."))
             for path in files:
                 data = path.read_bytes()
-                h.update(str(path.relative_to(self.root)).encode() + b"\0" + data)
+                name = str(path.relative_to(self.root)).encode()
+                h.update(len(name).to_bytes(8, "little") + name + len(data).to_bytes(8, "little") + data)
                 image = self._decode(path, data)
                 if image is None:
                     out.skipped.append(str(path))
@@ -142,8 +143,7 @@ class ImageFolderData(BaseDataModule):
                                  "none readable)")
         if out.skipped:
             log.warning(f"data.root: skipped {len(out.skipped)} unreadable image(s) in {folder} "
-                        "(data.on_corrupt=skip), "
-                        f"e.g. {out.skipped[0]}")
+                        f"(data.on_corrupt=skip), e.g. {out.skipped[0]}")
         if not out.files:
             raise ValueError(f"data.root: {folder} holds no class folder with images")
         return out
