@@ -49,7 +49,7 @@ def train_teacher(
 ) -> nn.Module:
     """SGD with Nesterov momentum and a one-cycle schedule; cross-entropy on hard labels."""
     torch.manual_seed(seed)
-    steps_per_epoch = len(x) // batch_size
+    steps_per_epoch = max(1, len(x) // batch_size)  # a training split smaller than a batch: one batch of it
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     model.train()
