@@ -11,9 +11,10 @@ from .image_folder import ImageFolderData
 from .torchvision_data import TorchvisionData
 
 __all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData",
-           "build", "check", "upgraded",
+           "build", "check", "upgraded", "FROM_DATA",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
+FROM_DATA = ("num_classes", "channels")  # data.* keys that setup fills from the splits where null
 LEGACY = "search.data.FashionMNISTData"  # a study config written before data options names no _target_
 
 

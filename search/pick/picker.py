@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from objectives import Measurement, Outcome, cpu_name
@@ -29,6 +29,7 @@ from . import card
 from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files
 from .._checks import flat, under
 from ..cli import entry
+from ..data import FROM_DATA
 from ..front import objective_names
 from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
 from ..app import Prepared, prepare, threads, versions
@@ -83,7 +84,12 @@ def replay_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
         log.info(f"note: {path} is missing; replaying with this command's config")
         return cfg
     recorded = OmegaConf.load(path)
-    now, then = (flat(OmegaConf.to_container(c, resolve=True)) for c in (cfg, recorded))
+    here = cfg.copy()
+    with open_dict(here):  # null here: "from the data", which the study read and recorded
+        for key in FROM_DATA:
+            if here.data.get(key) is None and recorded.get("data", {}).get(key) is not None:
+                here.data[key] = recorded.data[key]
+    now, then = (flat(OmegaConf.to_container(c, resolve=True)) for c in (here, recorded))
     differ = [k for k in sorted(set(now) | set(then)) if _replayed(k) and now.get(k) != then.get(k)]
     if differ:
         pairs = (f"{k} (study {then.get(k, '<absent>')!r}, here {now.get(k, '<absent>')!r})" for k in differ)
