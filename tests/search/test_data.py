@@ -421,3 +421,25 @@ def test_an_unknown_torchvision_class_is_one_line_exit_2(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
     assert exc.value.code == 2 and len(lines) == 1 and "data.name='NoSuchSet'" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_folder_study_resumes_once_its_data_is_read(tmp_path, fmnist_test):
+    """The stored config holds the class count and channels read from the data; a rerun compares against them
+    after reading the data (search/run.py: setup, then check_resume), so the same command resumes."""
+    from search.app import load_data
+    from search.cli import compose_checked
+    from search.study import check_resume, keep_config
+
+    x, y = grey_set(fmnist_test, n=12)
+    write_folder(tmp_path / "data", x, y)
+    overrides = ["experiment=smoke", "data=image_folder", f"data.root={tmp_path / 'data'}", "data.val_size=2",
+                 "data.test_size=2", "model=resnet8"]
+    first = compose_checked(overrides)
+    load_data(first)
+    keep_config(first, tmp_path, {})
+    stored = (tmp_path / "config.yaml").read_text()
+    assert "num_classes: 3" in stored and "in_channels: 1" in stored
+    again = compose_checked([*overrides, "study.n_trials=9"])
+    assert "model.net.num_classes" in check_resume(compose_checked([*overrides, "study.resume=force"]), tmp_path)
+    load_data(again)
+    assert check_resume(again, tmp_path) == {}
