@@ -443,3 +443,33 @@ def test_an_image_folder_study_resumes_once_its_data_is_read(tmp_path, fmnist_te
     assert "model.net.num_classes" in check_resume(compose_checked([*overrides, "study.resume=force"]), tmp_path)
     load_data(again)
     assert check_resume(again, tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_a_colour_image_folder_runs_end_to_end(tmp_path):
+    """python -m search on 32x32 colour images of 4 classes (not Fashion-MNIST's shape or count): search, report and
+    a verified pick whose bundle and card carry the data's shape, classes and normalisation."""
+    from search.cli import compose_checked
+    from search.pick.bundle import load_model
+    from search.pick.picker import pick
+    from search.run import run
+
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        k = i % 4  # a bright square in the class's quadrant, over dark noise
+        image = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+        image[(k // 2) * 16 + 3:(k // 2) * 16 + 13, (k % 2) * 16 + 3:(k % 2) * 16 + 13] = (220, 40 * k, 200 - 40 * k)
+        path = tmp_path / "data" / ("test" if i >= 48 else "train") / f"class{k}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    overrides = ["experiment=smoke", "data=image_folder", f"data.root={tmp_path / 'data'}", "data.val_size=8",
+                 "data.name=squares", f"results_dir={tmp_path / 'results'}", "study.n_trials=1"]
+    out = run(compose_checked(overrides))
+    assert (out / "report.html").is_file() and (out / "pareto.csv").is_file()
+    picked = pick(compose_checked([*overrides, "pick.trial=0"]))
+    report = picked.report
+    assert picked.verified, report["reasons"]
+    assert report["input_shape"] == [1, 3, 32, 32] and report["num_classes"] == 4
+    assert report["classes"] == ["class0", "class1", "class2", "class3"] and len(report["normalisation"]["mean"]) == 3
+    assert "per channel c" in (picked.path / "README.md").read_text()
+    assert load_model(picked.path)(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
