@@ -198,7 +198,7 @@ def objective_names(cfg: DictConfig) -> list[str]:
 
 def data_facts(splits: data_module.Splits) -> dict[str, int]:
     """What the model configs read from the data: ``${data.num_classes}``, ``${data.channels}``."""
-    return {"num_classes": splits.num_classes, "channels": splits.channels}
+    return {key: getattr(splits, key) for key in data_module.FROM_DATA}
 
 
 def load_data(cfg: DictConfig) -> data_module.Splits:
