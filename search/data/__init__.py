@@ -6,11 +6,12 @@ from typing import Any
 
 from ._base import BaseDataModule, Splits, check, digest
 from .arrays import ArraysData
+from .custom import CustomData
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, load, locate, read_idx
 from .image_folder import ImageFolderData
 from .torchvision_data import TorchvisionData
 
-__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData",
+__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData", "CustomData",
            "build", "check", "upgraded", "FROM_DATA",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
@@ -27,10 +28,37 @@ def upgraded(stored: Any) -> Any:
             "channels": stored.get("channels", 1)}
 
 
+def located(path: str, *, key: str) -> Any:
+    """The object a dotted ``path`` names (``package.module.name``): the longest importable module, then attributes;
+    one ValueError naming ``key`` where it cannot be found."""
+    import importlib
+
+    parts = path.split(".") if isinstance(path, str) else []
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as exc:
+            if exc.name and not ".".join(parts[:cut]).startswith(exc.name):
+                raise ValueError(f"{key}: importing {'.'.join(parts[:cut])!r} failed ({exc})") from exc
+            continue
+        except Exception as exc:  # noqa: BLE001 - the user's module fails on import: its first line
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{key}: importing {'.'.join(parts[:cut])!r} failed ({type(exc).__name__}: {why})") \
+                from exc
+        for i, name in enumerate(parts[cut:], start=cut):
+            if not hasattr(obj, name):
+                raise ValueError(f"{key}: cannot import {path!r} ({'.'.join(parts[:i])} has no {name!r})")
+            obj = getattr(obj, name)
+        return obj
+    raise ValueError(f"{key}: cannot import {path!r} (no module of that name; it must be importable: on PYTHONPATH "
+                     "or in the working folder)")
+
+
 def build(data_cfg: Any) -> BaseDataModule:
-    """The data module of ``cfg.data`` (its ``_target_``, with the other keys as keywords); a key left ``???``, a
-    target that cannot be imported or built, or one that is not a ``BaseDataModule`` is one ValueError."""
-    from hydra.utils import get_class, instantiate
+    """The data module of ``cfg.data``: its ``_target_`` (a ``BaseDataModule`` class) built with the other keys as
+    keywords, or, where ``_target_`` names a plain function (``data=custom``), a ``CustomData`` that calls it. A key
+    left ``???``, a target that cannot be imported or built, or one that is neither is one ValueError."""
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     settings = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
@@ -38,11 +66,13 @@ def build(data_cfg: Any) -> BaseDataModule:
     if unset:
         raise ValueError(f"data.{unset[0]}: not set; give it on the command line, e.g. data.{unset[0]}=...")
     target = settings.setdefault("_target_", LEGACY)
-    try:
-        cls = get_class(target)
-    except Exception as exc:
-        raise ValueError(f"data._target_: cannot import {target!r} ({exc})") from exc
-    if not (isinstance(cls, type) and issubclass(cls, BaseDataModule)):
+    cls = located(target, key="data._target_")
+    if not isinstance(cls, type):
+        if not callable(cls):
+            raise ValueError(f"data._target_: {target!r} is neither a search.data.BaseDataModule class nor a "
+                             "function returning the splits")
+        settings["_target_"], settings["function"] = f"{__name__}.CustomData", target
+    elif not issubclass(cls, BaseDataModule):
         raise ValueError(f"data._target_: {target!r} is not a search.data.BaseDataModule")
     try:
         return instantiate(settings, _convert_="all")
