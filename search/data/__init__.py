@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import BaseDataModule, Splits, check, digest
+from ._stream import Streamed, feed
 from .arrays import ArraysData
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, load, locate, read_idx
 from .image_folder import ImageFolderData
 from .torchvision_data import TorchvisionData
 
-__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData",
+__all__ = ["BaseDataModule", "Splits", "Streamed", "feed", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData",
            "build", "check", "upgraded", "FROM_DATA",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
