@@ -1,6 +1,6 @@
 """Benchmark: peak memory of a smoke search on an image folder, in memory and streamed (``data.stream``).
 
-    python3 -m uv run --locked python benchmarks/data_memory.py DIR [--workers 0 1 2] [--repeats 1]
+    python3 -m uv run --locked python benchmarks/data_memory.py DIR [--workers 0 1 2] [--repeats 1] [--append]
         [hydra overrides of the search config]
 
 ``DIR``: an image folder (``benchmarks/image_folders.py fashion-mnist DIR`` writes Fashion-MNIST's 70,000 images
@@ -9,7 +9,7 @@ data.stream=false`` (in memory) or ``data.stream=true data.workers=W`` (W from `
 in a fresh results folder (so each trains its own teacher and computes its own logits: the same work in every
 case), and samples the proportional set size (PSS) of that process and its descendants (DataLoader workers) every
 0.1 s from ``/proc/<pid>/smaps_rollup``: PSS splits the pages workers share with their parent, so the sum is what
-the tree takes. Cases alternate, ``--repeats`` rounds. Writes ``results/benchmarks/data_memory.csv``: ``case``,
+the tree takes. Cases alternate, ``--repeats`` rounds (``--append``: after the rounds the CSV holds). Writes ``results/benchmarks/data_memory.csv``: ``case``,
 ``stream``, ``workers``, ``round``, ``peak_pss_mb``, ``seconds``, ``trials`` (complete), ``accuracies`` (the
 trials' validation accuracies in trial order: the same data read either way gives the same figures), ``exit``,
 ``command``.
@@ -93,10 +93,13 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="an image folder (DIR/train/<class>/<image>)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="data.workers of streamed cases")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--append", action="store_true", help="keep the CSV's rows; number the new rounds after them")
     args, overrides = parser.parse_known_args()
     cases = [("in_memory", False, 0)] + [(f"stream_w{w}", True, w) for w in args.workers]
-    rows, out = [], ROOT / "results" / "benchmarks" / "data_memory.csv"
-    for round_ in range(1, args.repeats + 1):
+    out = ROOT / "results" / "benchmarks" / "data_memory.csv"
+    rows = pd.read_csv(out).to_dict("records") if args.append and out.is_file() else []
+    first = max((r["round"] for r in rows), default=0) + 1
+    for round_ in range(first, first + args.repeats):
         for case, stream, workers in cases:
             common = ["experiment=smoke", "data=image_folder", f"data.root={args.root.resolve()}",
                       f"data.stream={str(stream).lower()}", *([f"data.workers={workers}"] if stream else []),

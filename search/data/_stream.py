@@ -11,8 +11,8 @@ Labels stay tensors: they are small.
 
 The teacher's logits are cached per sample index, as in memory: one streamed pass over the training split, then
 an N x classes tensor on disk (60,000 x 10 floats is 2.4 MB) that every trial indexes with its batch. Computing
-them on the fly instead would run the teacher forward on every batch of every trial, about doubling the cost of a
-recovery step, to save memory that the images, not the logits, take.
+them on the fly instead would add the teacher's forward pass to every batch of every trial, to save memory that the
+images, not the logits, take.
 """
 from __future__ import annotations
 
