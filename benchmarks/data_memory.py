@@ -9,9 +9,12 @@ data.stream=false`` (in memory) or ``data.stream=true data.workers=W`` (W from `
 in a fresh results folder (so each trains its own teacher and computes its own logits: the same work in every
 case), and samples the proportional set size (PSS) of that process and its descendants (DataLoader workers) every
 0.1 s from ``/proc/<pid>/smaps_rollup``: PSS splits the pages workers share with their parent, so the sum is what
-the tree takes. Cases alternate, ``--repeats`` rounds (``--append``: after the rounds the CSV holds). Writes ``results/benchmarks/data_memory.csv``: ``case``,
-``stream``, ``workers``, ``round``, ``peak_pss_mb``, ``seconds``, ``trials`` (complete), ``accuracies`` (the
-trials' validation accuracies in trial order: the same data read either way gives the same figures), ``exit``,
+the tree takes. ``peak_anon_mb`` counts the anonymous and shared-memory pages only (``Pss_Anon`` + ``Pss_Shmem``:
+the data, the heap, a DataLoader's batches), not the shared libraries', whose share of PSS falls when other
+processes map them too (another job of the same environment). Cases alternate, ``--repeats`` rounds (``--append``:
+after the rounds the CSV holds). Writes ``results/benchmarks/data_memory.csv``: ``case``, ``stream``, ``workers``,
+``round``, ``peak_anon_mb``, ``peak_pss_mb``, ``seconds``, ``trials`` (complete), ``accuracies`` (the trials'
+validation accuracies in trial order: the same data read either way gives the same figures), ``exit``,
 ``command``.
 """
 from __future__ import annotations
@@ -49,33 +52,37 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def pss_mb(pids: list[int]) -> float:
-    """The summed PSS of ``pids`` in MB (a process gone meanwhile counts 0)."""
-    total = 0
+def pss_mb(pids: list[int]) -> tuple[float, float]:
+    """The summed PSS of ``pids`` in MB (a process gone meanwhile counts 0): all of it, and its anonymous and
+    shared-memory part (``Pss_Anon`` + ``Pss_Shmem``)."""
+    total, own = 0, 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     total += int(line.split()[1])  # kB
-                    break
+                elif line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                    own += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return total / 1024, own / 1024
 
 
-def measure(args: list[str]) -> tuple[float, float, int]:
-    """Run ``python -m search *args``; its peak PSS (MB, the process tree), seconds and exit status."""
+def measure(args: list[str]) -> tuple[float, float, float, int]:
+    """Run ``python -m search *args``; its peak PSS and peak anonymous PSS (MB, the process tree), seconds and exit
+    status."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    peak = 0.0
+    peak = own = 0.0
     while proc.poll() is None:
-        peak = max(peak, pss_mb(tree(proc.pid)))
+        now = pss_mb(tree(proc.pid))
+        peak, own = max(peak, now[0]), max(own, now[1])
         time.sleep(PERIOD_S)
     err = proc.stderr.read()
     if proc.returncode:
         print(err[-2000:], flush=True)
-    return peak, time.perf_counter() - start, proc.returncode
+    return peak, own, time.perf_counter() - start, proc.returncode
 
 
 def accuracies(results: Path) -> tuple[int, str]:
@@ -105,12 +112,12 @@ def main() -> None:
                       f"data.stream={str(stream).lower()}", *([f"data.workers={workers}"] if stream else []),
                       *overrides]
             with tempfile.TemporaryDirectory(dir=ROOT / "results") as tmp:
-                peak, seconds, code = measure([*common, f"results_dir={tmp}"])
+                peak, own, seconds, code = measure([*common, f"results_dir={tmp}"])
                 trials, accs = accuracies(Path(tmp))
             rows.append({"case": case, "stream": stream, "workers": workers, "round": round_,
-                         "peak_pss_mb": round(peak), "seconds": round(seconds, 1), "trials": trials,
+                         "peak_anon_mb": round(own), "peak_pss_mb": round(peak), "seconds": round(seconds, 1), "trials": trials,
                          "accuracies": accs, "exit": code, "command": "python -m search " + " ".join(common)})
-            print(f"{case} (round {round_}): peak PSS {peak:,.0f} MB, {seconds:.0f} s, {trials} trials, exit {code}",
+            print(f"{case} (round {round_}): peak anonymous PSS {own:,.0f} MB, PSS {peak:,.0f} MB, {seconds:.0f} s, {trials} trials, exit {code}",
                   flush=True)
             df = pd.DataFrame(rows)
             atomic_write(out, df.to_csv(index=False))  # after every case: a stopped benchmark keeps what it measured
