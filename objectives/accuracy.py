@@ -35,9 +35,8 @@ class Accuracy(BaseObjective):
         was_training = model.training
         model.eval()
         correct = 0
-        for start in range(0, len(self.images), self.batch_size):
-            logits = model(self.images[start : start + self.batch_size])
-            correct += int((logits.argmax(1) == self.labels[start : start + self.batch_size]).sum())
+        for key, images in self._batches():
+            correct += int((model(images).argmax(1) == self.labels[key]).sum())
         model.train(was_training)
         return correct / len(self.images)
 
@@ -45,8 +44,14 @@ class Accuracy(BaseObjective):
         """The same figure for an ``onnxruntime.InferenceSession`` (how a bundle is verified)."""
         name = session.get_inputs()[0].name
         correct = 0
-        for start in range(0, len(self.images), self.batch_size):
-            x = self.images[start : start + self.batch_size].numpy()
-            pred = np.argmax(session.run(None, {name: x})[0], axis=1)
-            correct += int((pred == self.labels[start : start + self.batch_size].numpy()).sum())
+        for key, images in self._batches():
+            pred = np.argmax(session.run(None, {name: images.numpy()})[0], axis=1)
+            correct += int((pred == self.labels[key].numpy()).sum())
         return correct / len(self.images)
+
+    def _batches(self):
+        """(slice, images) in order; images that are read on demand (``search.data.Streamed``) come through their
+        own ``feed`` (its DataLoader's workers)."""
+        keys = [slice(start, start + self.batch_size) for start in range(0, len(self.images), self.batch_size)]
+        feed = getattr(self.images, "feed", None)
+        return zip(keys, feed(keys) if feed is not None else (self.images[k] for k in keys))

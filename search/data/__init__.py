@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import BaseDataModule, Splits, check, digest
+from ._stream import Streamed, feed
 from .arrays import ArraysData
 from .custom import CustomData
 from .fashion_mnist import CLASSES, DEBIAN_ROOT, MEAN, STD, FashionMNISTData, load, locate, read_idx
 from .image_folder import ImageFolderData
 from .torchvision_data import TorchvisionData
 
-__all__ = ["BaseDataModule", "Splits", "FashionMNISTData", "ImageFolderData", "ArraysData", "TorchvisionData", "CustomData",
-           "build", "check", "upgraded", "FROM_DATA",
+__all__ = ["BaseDataModule", "Splits", "Streamed", "feed", "FashionMNISTData", "ImageFolderData", "ArraysData",
+           "TorchvisionData", "CustomData",
+           "build", "located", "check", "upgraded", "FROM_DATA",
            "digest", "load", "locate", "read_idx", "CLASSES", "DEBIAN_ROOT", "MEAN", "STD"]
 
 FROM_DATA = ("num_classes", "channels")  # data.* keys that setup fills from the splits where null

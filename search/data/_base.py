@@ -3,7 +3,8 @@
 A data module is one class and one ``conf/data/<option>.yaml`` whose ``_target_`` names it; every config key is
 a keyword of its constructor, which rejects a bad value at once naming ``data.<key>``, the value and what is
 allowed. ``Splits`` carries what the rest of the engine needs: the three splits as normalised N x C x H x W
-float tensors, the class names, the per-channel normalisation and a fingerprint of the contents (cache keys).
+float tensors (or, for data larger than memory, ``Streamed`` images read on demand: ``_stream.py``), the class
+names, the per-channel normalisation and a fingerprint of the contents (cache keys).
 """
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ import abc
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ._stream import Streamed
 
 
 @dataclass(frozen=True)
 class Splits:
     """The training split, the fixed seeded validation split (what trials are scored on) and the test split
-    (reports only), as normalised N x C x H x W tensors with their labels, and where they came from.
+    (reports only), as normalised N x C x H x W tensors (or ``Streamed``, indexed alike) with their labels, and
+    where they came from.
 
     ``classes``: the class names, label i is ``classes[i]`` (empty: ``"0"``, ``"1"``, ... up to the largest
     label). ``mean`` / ``std``: the per-channel normalisation applied to pixels scaled to [0, 1] (empty: none,
@@ -28,11 +33,11 @@ class Splits:
     the tensors (empty: a hash of the tensors themselves).
     """
 
-    train_x: torch.Tensor
+    train_x: torch.Tensor | Streamed
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: torch.Tensor | Streamed
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | Streamed
     test_y: torch.Tensor
     source: str
     classes: tuple[str, ...] = ()

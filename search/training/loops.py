@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search.data import Streamed, feed
+
 CLIP_NORM = 5.0  # gradient-norm limit during recovery fine-tunes
 
 
@@ -44,7 +46,7 @@ def distillation_loss(
 
 
 def train_teacher(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
+    model: nn.Module, x: torch.Tensor | Streamed, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
     seed: int, log=print,
 ) -> nn.Module:
     """SGD with Nesterov momentum and a one-cycle schedule; cross-entropy on hard labels."""
@@ -55,8 +57,9 @@ def train_teacher(
     model.train()
     for epoch in range(epochs):
         total = 0.0
-        for step, idx in enumerate(batches(len(x), batch_size, seed=seed + epoch, steps=steps_per_epoch)):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+        order = list(batches(len(x), batch_size, seed=seed + epoch, steps=steps_per_epoch))
+        for idx, images in zip(order, feed(x, order)):
+            loss = F.cross_entropy(model(images), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -67,13 +70,14 @@ def train_teacher(
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def logits_of(model: nn.Module, x: torch.Tensor | Streamed, batch_size: int = 1000) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(images) for images in feed(x, [slice(i, i + batch_size)
+                                                            for i in range(0, len(x), batch_size)])])
 
 
 def _fit(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None, *,
+    model: nn.Module, x: torch.Tensor | Streamed, y: torch.Tensor, teacher_logits: torch.Tensor | None, *,
     opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, steps: int, batch_size: int,
     temperature: float, alpha: float, seed: int, what: str, lr_key: str, lr: float,
     checkpoints: Sequence[int] = (), on_checkpoint: Callable[[int, nn.Module], None] | None = None,
@@ -82,9 +86,10 @@ def _fit(
     only at ``alpha = 0``), gradients clipped, ``on_checkpoint`` after each step in ``checkpoints``."""
     wanted = set(checkpoints)
     model.train()
-    for step, idx in enumerate(batches(len(x), batch_size, seed=seed, steps=steps), start=1):
+    order = list(batches(len(x), batch_size, seed=seed, steps=steps))  # indices are small; the images are read
+    for step, (idx, images) in enumerate(zip(order, feed(x, order)), start=1):
         teacher = teacher_logits[idx] if teacher_logits is not None else None
-        loss = distillation_loss(model(x[idx]), teacher, y[idx], temperature=temperature, alpha=alpha)
+        loss = distillation_loss(model(images), teacher, y[idx], temperature=temperature, alpha=alpha)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{what} diverged at step {step} of {steps} (loss {loss.item()}); "
                                      f"lower {lr_key} ({lr})")
