@@ -188,7 +188,7 @@ def entry(task: Callable[..., Any], *, actions: Sequence[str] = (), defaults: Se
     args = [d for d in defaults if d.split("=", 1)[0] not in given] + args
     overrides = [a for a in args if not a.startswith("-")]
     try:
-        cfg = compose_checked(overrides)
+        cfg = compose_checked(_not_swept(overrides))  # a sweep's values are Hydra's to expand, job by job
     except ValueError as exc:
         fail(str(exc))
     run = (lambda c: task(action, c)) if actions else task
@@ -202,11 +202,50 @@ def entry(task: Callable[..., Any], *, actions: Sequence[str] = (), defaults: Se
         fail(str(exc))
 
 
+def _not_swept(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` less the sweeps of a ``--multirun`` (``sampler=tpe,nsga2``, ``range(...)``): what can be
+    checked before Hydra runs the jobs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - compose_checked says what is wrong with it, in one line
+        return list(overrides)
+    return [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
+
+
+def sweep_study_name(name: str, overrides: Sequence[str]) -> str:
+    """The study of one job of a ``--multirun`` sweep: ``name`` and the job's overrides (``fashion-mnist-cnn-
+    sampler_nsga2``), every character but letters, digits, ``.``, ``_`` and ``-`` read ``_``: a plain folder name
+    that a later command line can give back as ``study.name=...`` or in ``report.studies=[...]``."""
+    import re
+
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("results_dir", "hydra."))]
+    return "-".join([name, *(re.sub(r"[^A-Za-z0-9._-]", "_", o) for o in sorted(kept))])
+
+
+def _job_study(cfg: DictConfig) -> None:
+    """In a ``--multirun`` sweep, each job searches its own study (``sweep_study_name``), unless the command names
+    ``study.name`` or sets ``study.share=true``: else every job would resume one study with another setting."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get()
+    task = list(hc.overrides.task)
+    named = any(o.split("=", 1)[0].lstrip("+~") == "study.name" for o in task)
+    if hc.mode != RunMode.MULTIRUN or named or cfg.study.get("share"):
+        return
+    with open_dict(cfg):
+        cfg.study.name = sweep_study_name(str(cfg.study.name), task)
+
+
 def _hydra_main(run: Callable[[DictConfig], Any], args: list[str]) -> None:
     import hydra
 
     def app(cfg: DictConfig) -> None:
         try:
+            _job_study(cfg)
             run(cfg)
         except BAD_INPUT as exc:
             fail(str(exc))

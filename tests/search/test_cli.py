@@ -189,3 +189,45 @@ def test_a_forced_resume_keeps_both_configs(tmp_path):
     assert OmegaConf.load(tmp_path / "config.1.yaml").recovery.steps == 7
     assert OmegaConf.load(tmp_path / "config.yaml").recovery.steps == second.recovery.steps
     assert config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == {"a.c": ("<absent>", 2)}
+
+
+# --------------------------------------------------------------------------- --multirun: one study per job
+
+
+def test_sweep_study_names_follow_the_jobs_overrides():
+    from search.cli import compose_checked, sweep_study_name
+
+    assert sweep_study_name("fashion-mnist-cnn", ["sampler=nsga2", "experiment=smoke"]) == \
+        "fashion-mnist-cnn-experiment_smoke-sampler_nsga2"
+    name = sweep_study_name("x", ["model.net.name=resnet18", "results_dir=/tmp/r", "data.root=/a b/c"])
+    assert name == "x-data.root__a_b_c-model.net.name_resnet18"
+    assert compose_checked([f"study.name={name}", f"report.studies=[{name},y]"]).study.name == name  # read back
+
+
+@pytest.mark.parametrize(("extra", "names"), [
+    ([], ["smoke-experiment_smoke-sampler_random", "smoke-experiment_smoke-sampler_tpe"]),
+    (["study.share=true"], ["smoke", "smoke"]),
+    (["study.name=mine"], ["mine", "mine"]),
+])
+def test_each_multirun_job_gets_its_own_study_unless_told_to_share(tmp_path, extra, names):
+    """``python -m search --multirun sampler=tpe,random``: Hydra runs one job per sampler (in this process here);
+    each searches its own study, not the first job's study resumed with another sampler."""
+    from search.cli import _hydra_main
+
+    seen = []
+    _hydra_main(lambda cfg: seen.append(str(cfg.study.name)),
+                ["--multirun", "experiment=smoke", "sampler=tpe,random", f"results_dir={tmp_path}", *extra])
+    assert sorted(seen) == sorted(names)
+
+
+def test_a_multirun_command_line_reaches_hydra_with_its_sweeps(tmp_path, monkeypatch):
+    """``entry`` checks what it can before Hydra runs the jobs: a sweep (``sampler=tpe,random``) is not a value
+    to compose, so it is left to Hydra, and each job gets one sampler."""
+    from search.cli import entry
+
+    seen = []
+    monkeypatch.chdir(tmp_path)
+    entry(lambda cfg: seen.append((str(cfg.study.name), cfg.sampler._target_.rsplit(".", 1)[-1])),
+          argv=["--multirun", "experiment=smoke", "sampler=tpe,random", f"results_dir={tmp_path}"])
+    assert sorted(seen) == [("smoke-experiment_smoke-sampler_random", "RandomSampler"),
+                            ("smoke-experiment_smoke-sampler_tpe", "TPESampler")]
