@@ -216,11 +216,17 @@ def _not_swept(overrides: Sequence[str]) -> list[str]:
 
 def sweep_study_name(name: str, overrides: Sequence[str]) -> str:
     """The study of one job of a ``--multirun`` sweep: ``name`` and the job's overrides (``fashion-mnist-cnn-
-    sampler_nsga2``), every character but letters, digits, ``.``, ``_`` and ``-`` read ``_``: a plain folder name
+    sampler_nsga2``) less the keys a resume may change (``study.RESUMABLE``: run length, outputs), every character but letters, digits, ``.``, ``_`` and ``-`` read ``_``: a plain folder name
     that a later command line can give back as ``study.name=...`` or in ``report.studies=[...]``."""
     import re
 
-    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("results_dir", "hydra."))]
+    from .study import RESUMABLE
+
+    def setting(o: str) -> bool:  # not how long it runs or where it writes (a rerun with more trials resumes it)
+        key = o.split("=", 1)[0].lstrip("+~")
+        return not any(key == k or key.startswith(f"{k}.") for k in RESUMABLE)
+
+    kept = [o for o in overrides if setting(o)]
     return "-".join([name, *(re.sub(r"[^A-Za-z0-9._-]", "_", o) for o in sorted(kept))])
 
 

@@ -197,7 +197,7 @@ def test_a_forced_resume_keeps_both_configs(tmp_path):
 def test_sweep_study_names_follow_the_jobs_overrides():
     from search.cli import compose_checked, sweep_study_name
 
-    assert sweep_study_name("fashion-mnist-cnn", ["sampler=nsga2", "experiment=smoke"]) == \
+    assert sweep_study_name("fashion-mnist-cnn", ["sampler=nsga2", "experiment=smoke", "study.n_trials=60"]) == \
         "fashion-mnist-cnn-experiment_smoke-sampler_nsga2"
     name = sweep_study_name("x", ["model.net.name=resnet18", "results_dir=/tmp/r", "data.root=/a b/c"])
     assert name == "x-data.root__a_b_c-model.net.name_resnet18"
