@@ -5,12 +5,13 @@ every module of this package is imported here, so a new objective is one new fil
 by its ``name``. Cost models (``hardware=``), one base class, ``BaseCostModel``: ``cpu`` (``OrtCpuCostModel``,
 measured in ONNX Runtime or PyTorch on this CPU), ``gpu`` (``CudaCostModel``, CUDA events), ``lut``
 (``LutCostModel``, a per-kernel lookup table for a named device) and ``analytic`` (``AnalyticCostModel``, a
-roofline estimate, no measurement).
+roofline estimate, no measurement). The measuring ones time under ``host_lock``: one measurement at a time per host.
 """
 import importlib
 import pkgutil
 
 from ._base import BaseCostModel, BaseObjective, Measurement, Outcome, build, objective_class
+from ._hostlock import host_lock
 from ._ort import cpu_name
 from .accuracy import Accuracy
 from .analytic import AnalyticCostModel
@@ -24,7 +25,7 @@ from .size import ArtifactSize
 __all__ = [
     "BaseObjective", "BaseCostModel", "Measurement", "Outcome", "build", "objective_class", "Accuracy",
     "ArtifactSize", "Latency", "OrtCpuCostModel", "CudaCostModel", "LutCostModel", "LatencyTable",
-    "AnalyticCostModel", "count_macs", "count_params", "cpu_name",
+    "AnalyticCostModel", "count_macs", "count_params", "cpu_name", "host_lock",
 ]
 
 for _info in pkgutil.iter_modules(__path__):  # objectives added as one file register themselves on import

@@ -9,11 +9,16 @@ from typing import Any, ClassVar, Literal
 
 @dataclass(frozen=True)
 class Measurement:
-    """A latency in milliseconds with its spread (interquartile range) over ``samples`` repeats."""
+    """A latency in milliseconds with its spread (interquartile range) over ``samples`` repeats.
+
+    ``waited_s``: the seconds the measurement waited for the host lock (``objectives._hostlock``) before it
+    could time; None where it took no lock (a predictor, or ``hardware.host_lock=false``).
+    """
 
     value_ms: float
     spread_ms: float = 0.0
     samples: tuple[float, ...] = field(default=(), repr=False)
+    waited_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The ``cpu`` cost model: an artifact timed on this CPU, in ONNX Runtime (default) or PyTorch."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 
 from . import _ort
 from ._base import BaseCostModel, Measurement
+from ._hostlock import host_lock, lock_path, neighbours
 from ._ort import cpu_name
 
 RUNTIMES = ("onnxruntime", "torch")
@@ -37,6 +39,11 @@ class OrtCpuCostModel(BaseCostModel):
     do not share the interpreter with the timed runs. ``runtime="torch"`` times the plain PyTorch
     module instead of the ONNX model.
 
+    ``host_lock`` keeps the workers of one host from timing at the same moment: the settle pause and the
+    timed runs hold an exclusive lock on a file every process shares (True: the default file in the
+    temporary folder; a string: that file; False: none), and each measurement records how long it waited
+    (``Measurement.waited_s``). With ``isolate=True`` the calling process holds it around the worker's run.
+
     Why these defaults, measured on the 2-vCPU VM this was built on: at 2 threads the same model
     read 2.0 ms in one measurement and 3.6-5.2 ms in the next (spread up to 2.6x over six repeats);
     at 1 thread the six readings stayed within 16%. And right after a recovery fine-tune one model
@@ -48,7 +55,7 @@ class OrtCpuCostModel(BaseCostModel):
     def __init__(
         self, *, batch_size: int = 64, threads: int = 1, warmup: int = 10, repeats: int = 50, rounds: int = 5,
         max_rel_spread: float = 0.2, retries: int = 2, settle_s: float = 2.0, isolate: bool = False,
-        runtime: str = "onnxruntime",
+        runtime: str = "onnxruntime", host_lock: bool | str = True,
     ) -> None:
         for key, value in (("batch_size", batch_size), ("threads", threads), ("repeats", repeats), ("rounds", rounds)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -64,12 +71,13 @@ class OrtCpuCostModel(BaseCostModel):
         self.rounds = min(rounds, repeats)
         self.max_rel_spread, self.retries, self.settle_s = max_rel_spread, retries, settle_s
         self.isolate, self.runtime = bool(isolate), runtime
+        self.host_lock, self.lock_path = host_lock, lock_path(host_lock)
         self._worker: ProcessPoolExecutor | None = None
 
     def quick(self, *, warmup: int, repeats: int) -> OrtCpuCostModel:
         return OrtCpuCostModel(batch_size=self.batch_size, threads=self.threads, warmup=warmup, repeats=repeats,
                                rounds=min(3, repeats), max_rel_spread=self.max_rel_spread, retries=0, settle_s=0.0,
-                               runtime=self.runtime)
+                               runtime=self.runtime, host_lock=self.host_lock)
 
     def settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("batch_size", "threads", "warmup", "repeats", "rounds", "runtime")}
@@ -84,16 +92,26 @@ class OrtCpuCostModel(BaseCostModel):
         return self.measure_many([artifact])[0]
 
     def measure_many(self, artifacts: Sequence[Any]) -> list[Measurement]:
-        """Each artifact's latency, the timed runs interleaved across all of them in ``rounds``."""
+        """Each artifact's latency, the timed runs interleaved across all of them in ``rounds``, the host lock
+        held from the settle pause to the last timed run."""
         jobs = [(self._payload(a), self.batch(a)) for a in artifacts]
-        time.sleep(self.settle_s)
-        if self.isolate:
-            if self._worker is None:
-                import multiprocessing
+        with host_lock(self.lock_path) as waited:
+            if self.isolate:
+                worker = self._started_worker()  # a first start imports torch: before the pause, not after
+                time.sleep(self.settle_s)
+                got = worker.submit(_measure, self.settings(), jobs, self.max_rel_spread, self.retries).result()
+            else:
+                time.sleep(self.settle_s)
+                got = _measure(self.settings(), jobs, self.max_rel_spread, self.retries)
+        return [dataclasses.replace(m, waited_s=waited) for m in got]
 
-                self._worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            return self._worker.submit(_measure, self.settings(), jobs, self.max_rel_spread, self.retries).result()
-        return _measure(self.settings(), jobs, self.max_rel_spread, self.retries)
+    def _started_worker(self) -> ProcessPoolExecutor:
+        if self._worker is None:
+            import multiprocessing
+
+            self._worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._worker.submit(_ready).result()
+        return self._worker
 
     def _payload(self, artifact: Any) -> Any:
         if self.runtime == "onnxruntime":
@@ -111,6 +129,7 @@ class OrtCpuCostModel(BaseCostModel):
             "cost_model": self.name, "device": cpu_name(), **self.settings(), "runtime": runtime,
             "provider": "CPUExecutionProvider" if self.runtime == "onnxruntime" else "eager",
             "settle_s": self.settle_s, "isolate": self.isolate, "cpu_count": os.cpu_count(), "predicted": False,
+            "neighbours": neighbours(self.lock_path),
         }
 
     def close(self) -> None:
@@ -120,6 +139,10 @@ class OrtCpuCostModel(BaseCostModel):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_worker": None}
+
+
+def _ready() -> None:
+    """A no-op run in a fresh worker: unpickling it imports this package there."""
 
 
 def _torch_version() -> str:

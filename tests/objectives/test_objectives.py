@@ -137,6 +137,7 @@ def test_cost_model_describe_names_where_and_how():
     assert d["runtime"] == f"onnxruntime {ort.__version__}"
     assert d["threads"] == 1 and d["batch_size"] == 16
     assert d["warmup"] == 3 and d["repeats"] == 9
+    assert d["neighbours"].startswith("host lock ")  # measurements queue behind the host's lock by default
 
 
 @pytest.mark.parametrize("key", ["batch_size", "threads", "repeats"])
