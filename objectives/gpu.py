@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _ort
 from ._base import BaseCostModel, Measurement
+from ._hostlock import host_lock, lock_path, neighbours
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -31,17 +32,23 @@ class CudaCostModel(BaseCostModel):
     quantized weights run dequantized in that dtype (PyTorch has no int8 convolution on CUDA), and
     ``describe()`` says so. Each of ``repeats`` timings is one forward pass bracketed by events on
     the current stream; ``torch.backends.cudnn.benchmark`` is on, so warm-up also picks algorithms.
+
+    ``host_lock`` (as for ``cpu``: True the default lock file, a string that file, False none) keeps the
+    workers of one host from timing on the GPU at the same moment; the warm-up and the timed runs hold it.
+    The default file is the one the ``cpu`` cost model uses: one model timed at a time per host, whatever
+    the device. Workers on different GPUs of one host that should time side by side each name their own file.
     """
 
     name: ClassVar[str] = "gpu"
 
     def __init__(self, *, batch_size: int = 64, dtype: str = "float16", warmup: int = 20, repeats: int = 100,
-                 device: int = 0, channels_last: bool = True) -> None:
+                 device: int = 0, channels_last: bool = True, host_lock: bool | str = True) -> None:
         for key, value in (("batch_size", batch_size), ("repeats", repeats)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"hardware.{key} must be a positive integer, got {value!r}")
         if dtype not in DTYPES:
             raise ValueError(f"hardware.dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        self.host_lock, self.lock_path = host_lock, lock_path(host_lock)
         ok, why = cuda_available()
         if not ok:
             raise ValueError(f"hardware=gpu: {why}; use hardware=cpu, hardware=lut or hardware=analytic here")
@@ -54,7 +61,7 @@ class CudaCostModel(BaseCostModel):
 
     def quick(self, *, warmup: int, repeats: int) -> CudaCostModel:
         return CudaCostModel(batch_size=self.batch_size, dtype=self.dtype, warmup=warmup, repeats=repeats,
-                             device=self.device, channels_last=self.channels_last)
+                             device=self.device, channels_last=self.channels_last, host_lock=self.host_lock)
 
     def latency_ms(self, artifact: Any) -> Measurement:
         import copy
@@ -72,7 +79,7 @@ class CudaCostModel(BaseCostModel):
         if self.channels_last and x.dim() == 4:
             model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         times = np.empty(self.repeats)
-        with torch.inference_mode(), torch.cuda.device(dev):
+        with host_lock(self.lock_path) as waited, torch.inference_mode(), torch.cuda.device(dev):
             for _ in range(self.warmup):
                 model(x)
             torch.cuda.synchronize(dev)
@@ -86,7 +93,7 @@ class CudaCostModel(BaseCostModel):
             for i in range(self.repeats):
                 times[i] = starts[i].elapsed_time(ends[i])
         q1, median, q3 = np.percentile(times, [25, 50, 75])
-        return Measurement(float(median), float(q3 - q1), tuple(float(t) for t in times))
+        return Measurement(float(median), float(q3 - q1), tuple(float(t) for t in times), waited_s=waited)
 
     def describe(self) -> dict[str, Any]:
         import torch
@@ -96,5 +103,5 @@ class CudaCostModel(BaseCostModel):
             "runtime": f"torch {torch.__version__} CUDA {torch.version.cuda} cuDNN {torch.backends.cudnn.version()}",
             "dtype": self.dtype, "batch_size": self.batch_size, "warmup": self.warmup, "repeats": self.repeats,
             "channels_last": self.channels_last, "predicted": False,
-            "note": f"quantized layers run dequantized in {self.dtype}",
+            "note": f"quantized layers run dequantized in {self.dtype}", "neighbours": neighbours(self.lock_path),
         }
