@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _ort
 from ._base import BaseCostModel, Measurement
+from ._hostlock import host_lock, lock_path, neighbours
 
 FORMAT = "compress-search latency table v1"
 KEEP = 15  # times kept per entry (the entry is their median)
@@ -98,18 +99,24 @@ class LutCostModel(BaseCostModel):
     ``table`` is the folder of tables (``<table>/<device>/lut-b<batch>-t<threads>.json``); ``device``
     names the folder to use, by default this machine's. The kernels of an artifact are found by
     ONNX Runtime's optimizer and one profiled run (its time is not used), a few tens of ms.
+
+    A lookup takes no lock; measuring a missing kernel does: ``host_lock`` (as for ``cpu``: True the default
+    lock file, a string that file, False none) is held around its profiled runs, so it never times beside
+    another worker's measurement, and ``reference()`` measures with the same setting.
     """
 
     name: ClassVar[str] = "lut"
     measures: ClassVar[bool] = False
 
     def __init__(self, *, table: str = "results/costmodels", device: str | None = None, batch_size: int = 64,
-                 threads: int = 1, measure_missing: bool = True, warmup: int = 3, repeats: int = 10) -> None:
+                 threads: int = 1, measure_missing: bool = True, warmup: int = 3, repeats: int = 10,
+                 host_lock: bool | str = True) -> None:
         for key, value in (("batch_size", batch_size), ("threads", threads), ("repeats", repeats)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"hardware.{key} must be a positive integer, got {value!r}")
         self.batch_size, self.threads, self.warmup, self.repeats = batch_size, threads, warmup, repeats
         self.measure_missing = measure_missing
+        self.host_lock, self.lock_path = host_lock, lock_path(host_lock)
         self.here = _ort.fingerprint(threads=threads, batch_size=batch_size)
         self.device = device or device_slug(self.here["cpu"])
         self.path = table_path(table, self.device, batch_size=batch_size, threads=threads)
@@ -135,16 +142,16 @@ class LutCostModel(BaseCostModel):
     def latency_ms(self, artifact: Any) -> Measurement:
         kernels = self.kernels(artifact)
         missing = self.table.missing(kernels)
-        if missing:
-            self.fill(artifact, missing)
+        waited = self.fill(artifact, missing) if missing else None
         total = self.table.kernel_sum(kernels)
         # the constant is the runtime's own cost per run; on a table calibrated under load it can come out
         # negative, and a prediction below the kernels' own time (or below zero) would be meaningless
         value = total + self.table.constant_ms if total + self.table.constant_ms > 0 else total
-        return Measurement(value, float(self.table.meta.get("residual_iqr_ms", 0.0)))
+        return Measurement(value, float(self.table.meta.get("residual_iqr_ms", 0.0)), waited_s=waited)
 
-    def fill(self, artifact: Any, missing: list[_ort.Kernel]) -> None:
-        """Measure the artifact's kernels here and add the missing ones (only on the table's device)."""
+    def fill(self, artifact: Any, missing: list[_ort.Kernel]) -> float | None:
+        """Measure the artifact's kernels here and add the missing ones (only on the table's device); returns the
+        seconds waited for the host lock (None: no lock)."""
         example = ", ".join(k.describe() for k in missing[:3])
         if not self.measure_missing or not self.same_device:
             why = ("hardware.measure_missing is false" if self.same_device else
@@ -155,16 +162,18 @@ class LutCostModel(BaseCostModel):
                 f"and {why}; extend the table on its device with `python -m search.hardware build`"
             )
         batch = _ort.example_batch(getattr(artifact, "example", None), artifact.input_shape, self.batch_size)
-        profile = _ort.profile(_ort.optimized(artifact.onnx, threads=self.threads), batch, threads=self.threads,
-                               warmup=self.warmup, repeats=self.repeats)
+        with host_lock(self.lock_path) as waited:
+            profile = _ort.profile(_ort.optimized(artifact.onnx, threads=self.threads), batch, threads=self.threads,
+                                   warmup=self.warmup, repeats=self.repeats)
         self.table.add(profile)
         self.table.meta["filled_on_demand"] = int(self.table.meta.get("filled_on_demand", 0)) + len(missing)
         self.table.save(self.path)
+        return waited
 
     def reference(self) -> BaseCostModel:
         from .cpu import OrtCpuCostModel
 
-        return OrtCpuCostModel(batch_size=self.batch_size, threads=self.threads)
+        return OrtCpuCostModel(batch_size=self.batch_size, threads=self.threads, host_lock=self.host_lock)
 
     def describe(self) -> dict[str, Any]:
         fp = self.table.fingerprint
@@ -172,7 +181,7 @@ class LutCostModel(BaseCostModel):
             "cost_model": self.name, "device": fp["cpu"], "table": str(self.path), "entries": len(self.table.entries),
             "constant_ms": round(self.table.constant_ms, 4), "runtime": fp["runtime"], "threads": self.threads,
             "batch_size": self.batch_size, "built": self.table.meta.get("built"),
-            "same_device": self.same_device, "predicted": True,
+            "same_device": self.same_device, "predicted": True, "neighbours": neighbours(self.lock_path),
         }
 
 

@@ -31,7 +31,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from objectives import BaseCostModel, LatencyTable, LutCostModel, OrtCpuCostModel
+from objectives import BaseCostModel, LatencyTable, LutCostModel, OrtCpuCostModel, host_lock
 from objectives import _ort
 from objectives.lut import device_slug, now, table_path
 from spaces import Artifact, calibrate, materialize
@@ -55,13 +55,14 @@ class LutSettings:
     threads: int
     warmup: int
     repeats: int
+    host_lock: bool | str = True
 
     @classmethod
     def from_cfg(cls, hw: DictConfig) -> "LutSettings":
         if hw.get("_target_") != "objectives.LutCostModel":
             raise ValueError(f"hardware: python -m search.hardware needs hardware=lut, got {hw.get('_target_')!r}")
         return cls(str(hw.table), hw.get("device"), int(hw.batch_size), int(hw.threads), int(hw.warmup),
-                   int(hw.repeats))
+                   int(hw.repeats), hw.get("host_lock", True))
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int = 1) -> int:
@@ -74,7 +75,7 @@ def measuring_setup(cfg: DictConfig) -> tuple[Setup, LutSettings]:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.hardware = OmegaConf.create({"_target_": "objectives.OrtCpuCostModel", "batch_size": lut.batch_size,
-                                     "threads": lut.threads, "settle_s": 0.0})
+                                     "threads": lut.threads, "settle_s": 0.0, "host_lock": lut.host_lock})
     return setup(cfg), lut
 
 
@@ -114,15 +115,16 @@ def build(cfg: DictConfig) -> Path:
         table = LatencyTable(here, meta={})
     calibration = s.splits.train_x[: max(64, int(cfg.calibration_samples))]
     cpu = OrtCpuCostModel(batch_size=lut.batch_size, threads=lut.threads, settle_s=0.0, warmup=5, repeats=20,
-                          rounds=1)
+                          rounds=1, host_lock=lut.host_lock)
     started, since_new, wholes = time.time(), 0, []
     for i, params in enumerate(configurations(s, int(cfg.lut.seed))):
         if i >= max_configs or since_new >= patience:
             break
         artifact = artifact_of(s, params, calibration)
         batch = _ort.example_batch(artifact.example, artifact.input_shape, lut.batch_size)
-        profile = _ort.profile(_ort.optimized(artifact.onnx, threads=lut.threads), batch, threads=lut.threads,
-                               warmup=lut.warmup, repeats=lut.repeats)
+        with host_lock(cpu.lock_path):  # the kernels are timed: not beside another worker's measurement
+            profile = _ort.profile(_ort.optimized(artifact.onnx, threads=lut.threads), batch, threads=lut.threads,
+                                   warmup=lut.warmup, repeats=lut.repeats)
         new = table.add(profile)
         since_new = 0 if new else since_new + 1
         if i % every == 0:
@@ -204,7 +206,8 @@ def validate(cfg: DictConfig) -> Path:
             filled = (len(model.table.entries) - before) if isinstance(model, LutCostModel) else 0
             rows.append({"cost_model": name, "config": i, "predicted_ms": value, "predict_s": took,
                          "kernels_filled": filled})
-    cpu = OrtCpuCostModel(batch_size=lut.batch_size, threads=lut.threads)  # the search's protocol, settle included
+    cpu = OrtCpuCostModel(batch_size=lut.batch_size, threads=lut.threads,  # the search's protocol, settle included
+                          host_lock=lut.host_lock)
     log.info(f"measuring {n} configurations (interleaved) and one of them {noise_n} times for the noise floor")
     timed = []
     for a in artifacts[:3]:  # the cost of one measurement as a search pays it
