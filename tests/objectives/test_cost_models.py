@@ -1,9 +1,12 @@
 """Every cost model passes one contract; the lookup table round-trips, refuses a foreign device and
-predicts a toy model's latency within tolerance of its own measurement."""
+predicts a toy model's latency within tolerance of its own measurement; a measurement waits for the host lock
+and says how long."""
 from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ from torch import nn
 
 import spaces
 from objectives import (
-    AnalyticCostModel, BaseCostModel, CudaCostModel, LatencyTable, LutCostModel, Measurement, OrtCpuCostModel, _ort,
+    AnalyticCostModel, BaseCostModel, CudaCostModel, Latency, LatencyTable, LutCostModel, Measurement, OrtCpuCostModel,
+    _ort, host_lock,
 )
 from objectives.gpu import cuda_available
 from objectives.lut import device_slug, table_path
@@ -119,6 +123,14 @@ class CostModelContract:
         assert isinstance(ref, BaseCostModel) and ref.measures
         assert (ref is cost_model) == cost_model.measures
         assert ref.latency_ms(small).value_ms > 0
+
+    def test_a_measurement_says_whether_it_waited_for_the_host_lock(self, cost_model, small):
+        m, described = cost_model.latency_ms(small), cost_model.describe()
+        if cost_model.measures:  # the default: the host's shared lock file
+            assert m.waited_s is not None and m.waited_s >= 0
+            assert described["neighbours"].startswith("host lock ")
+        else:  # a lookup takes no lock (the table has every kernel of ``small``)
+            assert m.waited_s is None
 
     def test_predictors_are_deterministic(self, cost_model, large):
         if cost_model.measures:
@@ -341,3 +353,61 @@ def test_a_negative_constant_never_predicts_less_than_the_kernels(tmp_path, smal
     table.save(table_path(tmp_path, table.device, batch_size=BATCH, threads=1))
     lut = LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1)
     assert lut.latency_ms(small).value_ms == pytest.approx(lut.table.kernel_sum(lut.kernels(small)))
+
+
+# --------------------------------------------------------------------------- the host lock
+
+
+def test_cpu_waits_for_the_host_lock_and_records_the_wait(tmp_path, small):
+    path = str(tmp_path / "latency.lock")
+    cpu = OrtCpuCostModel(batch_size=BATCH, warmup=1, repeats=3, settle_s=0, retries=0, host_lock=path)
+    assert cpu.describe()["neighbours"] == f"host lock {path}"
+    assert cpu.quick(warmup=1, repeats=3).describe()["neighbours"] == f"host lock {path}"
+    taken = threading.Event()
+
+    def neighbour() -> None:  # another worker timing its own model
+        with host_lock(path):
+            taken.set()
+            time.sleep(0.3)
+
+    t = threading.Thread(target=neighbour)
+    t.start()
+    taken.wait(timeout=5)
+    m = cpu.latency_ms(small)
+    t.join()
+    assert 0.2 < m.waited_s < 10
+    recorded = Latency(cost_model=cpu).attrs(m)
+    assert recorded == {"latency_spread_ms": m.spread_ms, "latency_lock_wait_s": round(m.waited_s, 3)}
+
+
+def test_cpu_without_the_host_lock_says_none(tmp_path, small):
+    cpu = OrtCpuCostModel(batch_size=BATCH, warmup=1, repeats=3, settle_s=0, retries=0, host_lock=False)
+    m = cpu.latency_ms(small)
+    assert m.waited_s is None and cpu.describe()["neighbours"] == "none"
+    assert cpu.quick(warmup=1, repeats=3).describe()["neighbours"] == "none"
+    assert Latency(cost_model=cpu).attrs(m) == {"latency_spread_ms": m.spread_ms}  # no lock, no wait recorded
+
+
+def test_lut_measures_missing_kernels_under_the_lock_and_its_reference_keeps_the_setting(tmp_path, small):
+    build_table(tmp_path, [small])
+    path = str(tmp_path / "latency.lock")
+    lut = LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1, host_lock=path)
+    assert lut.latency_ms(small).waited_s is None  # a lookup
+    assert lut.latency_ms(artifact_of(24)).waited_s >= 0  # kernels the table lacked: profiled, under the lock
+    assert lut.describe()["neighbours"] == lut.reference().describe()["neighbours"] == f"host lock {path}"
+
+
+def test_a_measurement_built_by_position_still_works():
+    m = Measurement(1.0, 0.1, (1.0, 1.1))
+    assert (m.value_ms, m.spread_ms, m.samples, m.waited_s) == (1.0, 0.1, (1.0, 1.1), None)
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: OrtCpuCostModel(host_lock=v), lambda v: CudaCostModel(host_lock=v),
+    lambda v: LutCostModel(table="nowhere", host_lock=v),
+], ids=["cpu", "gpu", "lut"])
+@pytest.mark.parametrize("value", [2, None, "", "/no/such/folder/x.lock"])
+def test_a_bad_host_lock_is_a_one_line_error_naming_the_key(make, value):
+    with pytest.raises(ValueError, match=r"^hardware\.host_lock") as err:
+        make(value)
+    assert "\n" not in str(err.value) and repr(value) in str(err.value)
