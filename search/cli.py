@@ -147,6 +147,23 @@ def _type_error(key: str, value: Any, default: Any) -> str | None:
     return None
 
 
+def _takes_text(base: DictConfig, key: str) -> bool:
+    """Whether the constructor ``key``'s section names (its ``_target_``) declares ``key`` may be a string as well
+    as what its default is: ``hardware.host_lock`` is true, false or a lock file path (``bool | str``)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    section, _, name = key.rpartition(".")
+    target = OmegaConf.select(base, f"{section}._target_", default=None) if section else None
+    try:
+        parameter = inspect.signature(get_object(target)).parameters.get(name) if target else None
+    except Exception:  # noqa: BLE001 - a target that does not import is reported when it is built
+        return False
+    annotation = "" if parameter is None else str(parameter.annotation)  # a string under postponed evaluation
+    return "str" in annotation.replace(" ", "").split("|")
+
+
 def compose_checked(overrides: Sequence[str]) -> DictConfig:
     """The config of ``overrides``; a ValueError with one line naming the key, the value and what is allowed for
     an unknown option or key, a wrong type, or a value where a config section belongs."""
@@ -166,6 +183,8 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
         for o in values:
             default = OmegaConf.select(base, o.key_or_group, default=None)
             why = _type_error(o.key_or_group, o.value(), default)
+            if why and isinstance(o.value(), str) and _takes_text(base, o.key_or_group):
+                why = None
             if why:
                 raise ValueError(why)
     return cfg

@@ -37,6 +37,7 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
         (["early_stopping.checkpoints=[0.5,1.5]"], ["early_stopping.checkpoints", "1.5", "(0, 1)"]),
         (["space=all", "distill.teachers=[nosuchmodel]"], ["distill.teachers[0]", "nosuchmodel", "resnet8"]),
         (["hardware.batch_size=0"], ["hardware", "batch_size", "0"]),
+        (["hardware.host_lock=/nonexistent/x.lock"], ["hardware.host_lock", "/nonexistent/x.lock", "existing"]),
         (["hardware=lut", "hardware.device=nowhere"], ["hardware.device", "nowhere", "python -m search.hardware build"]),
         (["hardware=analytic", "hardware.peak_tops.fp32=-1"], ["hardware.peak_tops", "-1", "fp32"]),
         pytest.param(["hardware=gpu"], ["hardware=gpu", "no CUDA device", "hardware=cpu"], marks=pytest.mark.skipif(
@@ -95,6 +96,7 @@ WRONG = [
     (["sampler=foo"], ["sampler=foo", "tpe", "nsga2"]),
     (["space=ful"], ["space=ful", "full", "compress"]),
     (["study.seed=1.5"], ["study.seed=1.5", "integer"]),
+    (["hardware.isolate=/tmp/x"], ["hardware.isolate=/tmp/x", "true or false"]),
 ]
 
 
@@ -109,6 +111,14 @@ def test_a_wrong_override_is_one_line_naming_key_value_and_what_is_allowed(overr
     assert exc.value.code == 2 and ran == [] and len(err) == 1, err
     for word in expected:
         assert word in err[0], (word, err[0])
+
+
+def test_a_key_whose_constructor_takes_a_string_takes_one_beside_its_default():
+    from search.cli import compose_checked
+
+    # hardware.host_lock defaults to true, and OrtCpuCostModel / CudaCostModel declare it bool | str (a lock file)
+    assert compose_checked(["hardware.host_lock=/tmp/x.lock"]).hardware.host_lock == "/tmp/x.lock"
+    assert compose_checked(["hardware=gpu", "hardware.host_lock=false"]).hardware.host_lock is False
 
 
 @pytest.mark.slow
