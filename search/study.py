@@ -28,10 +28,12 @@ from .training.early_stopping import EarlyStopping, Monitor
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # The keys a resumed study may change: how long it runs, where it is stored and what it writes, not how a trial is
-# built, trained or measured (data.stream and its settings change how images are read, not what they are). Any other
-# key that differs from the study's config.yaml refuses the resume.
+# built, trained or measured (data.stream and its settings change how images are read, not what they are;
+# hardware.host_lock when a measurement may start, not how it times). Any other key that differs from the study's
+# config.yaml refuses the resume.
 RESUMABLE = ("study.n_trials", "study.timeout_s", "study.resume", "study.storage", "study.share", "results_dir", "png",
-             "report", "pick", "data.download_dir", "data.stream", "data.workers", "data.memory_limit_mb", "threads", "hydra")
+             "report", "pick", "data.download_dir", "data.stream", "data.workers", "data.memory_limit_mb", "threads",
+             "hydra", "hardware.host_lock")
 RESUME = (None, "force")  # study.resume: null (resume only with the same settings) or force (resume anyway)
 
 

@@ -201,6 +201,20 @@ def test_a_forced_resume_keeps_both_configs(tmp_path):
     assert config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == {"a.c": ("<absent>", 2)}
 
 
+def test_a_study_resumes_with_another_host_lock_or_one_from_before_the_key(tmp_path):
+    from omegaconf import OmegaConf
+
+    from search.cli import compose_checked
+    from search.study import check_resume, keep_config
+
+    before = OmegaConf.to_container(compose_checked(["experiment=smoke"]))
+    del before["hardware"]["host_lock"]  # a study's config.yaml written before hardware.host_lock existed
+    keep_config(OmegaConf.create(before), tmp_path, {})
+    assert "host_lock" not in OmegaConf.load(tmp_path / "config.yaml").hardware
+    assert check_resume(compose_checked(["experiment=smoke"]), tmp_path) == {}
+    assert check_resume(compose_checked(["experiment=smoke", "hardware.host_lock=false"]), tmp_path) == {}
+
+
 # --------------------------------------------------------------------------- --multirun: one study per job
 
 
