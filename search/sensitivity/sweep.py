@@ -167,12 +167,12 @@ def sweep_table(measurer: Measurer, *, log=print) -> pd.DataFrame:
 
 def cache_key(*, teacher: nn.Module, data: str, space_cfg: Any, sweep: Sweep, cost_model: BaseCostModel) -> str:
     """What the table depends on, hashed: the teacher's weights, the data split, the space, the settings, the
-    cost model (and device)."""
+    cost model (and device); not the cost model's ``neighbours`` (the host lock decides when it times, not how)."""
     h = hashlib.sha256()
     for tensor in teacher.state_dict().values():
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps([data, space_cfg, asdict(sweep), cost_model.describe()], sort_keys=True,
-                        default=str).encode())
+    described = {k: v for k, v in cost_model.describe().items() if k != "neighbours"}
+    h.update(json.dumps([data, space_cfg, asdict(sweep), described], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

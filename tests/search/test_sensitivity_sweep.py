@@ -80,6 +80,20 @@ def test_the_table_is_read_back_when_nothing_it_depends_on_changed(toy, tmp_path
         load_or_sweep(measurer, out_dir=tmp_path, key="other", log=lambda _: None)
 
 
+def test_the_cache_key_follows_the_cost_model_but_not_its_host_lock(toy, tmp_path):
+    from objectives import OrtCpuCostModel
+    from search.sensitivity.sweep import cache_key
+
+    model, *_ = toy
+
+    def key(**cpu) -> str:
+        return cache_key(teacher=model, data="d", space_cfg={}, sweep=Sweep(),
+                         cost_model=OrtCpuCostModel(settle_s=0, **cpu))
+
+    assert key() == key(host_lock=False) == key(host_lock=str(tmp_path / "x.lock"))
+    assert key() != key(threads=2)
+
+
 def test_layer_options_keep_the_pareto_set_and_combine_knobs_of_different_phases(toy):
     model, x, y, space, measurer = toy
     table = sweep_table(measurer, log=lambda _: None)
