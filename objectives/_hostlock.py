@@ -28,7 +28,8 @@ _held = threading.local()  # the lock paths this thread holds now
 
 
 def lock_path(setting: bool | str, key: str = "hardware.host_lock") -> str | None:
-    """The lock file a ``host_lock`` setting names: True the default path, a string that path, False none."""
+    """The lock file a ``host_lock`` setting names: True the default path, a string that path (made absolute: the
+    processes sharing it may run from different folders), False none."""
     if setting is True:
         return DEFAULT_PATH
     if setting is False:
@@ -37,7 +38,7 @@ def lock_path(setting: bool | str, key: str = "hardware.host_lock") -> str | Non
         raise ValueError(f"{key} must be true, false or a lock file path, got {setting!r}")
     if not Path(setting).parent.is_dir():
         raise ValueError(f"{key}: the folder of lock file {setting!r} does not exist; name a file in an existing one")
-    return setting
+    return os.path.abspath(setting)
 
 
 def neighbours(path: str | None) -> str:
@@ -58,7 +59,8 @@ def host_lock(path: str | None) -> Iterator[float | None]:
     held = getattr(_held, "paths", None)
     if held is None:
         held = _held.paths = set()
-    if path in held:
+    key = os.path.realpath(path)
+    if key in held:
         yield 0.0
         return
     start = time.perf_counter()
@@ -68,10 +70,10 @@ def host_lock(path: str | None) -> Iterator[float | None]:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        held.add(path)
+        held.add(key)
         try:
             yield time.perf_counter() - start
         finally:
-            held.discard(path)
+            held.discard(key)
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
