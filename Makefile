@@ -1,14 +1,16 @@
 # The two commands of the README; each installs what it needs (uv, the locked environment,
-# Debian's dataset-fashion-mnist and chromium) on a fresh machine. `docs` and `docs-serve` build and serve
+# Debian's dataset-fashion-mnist, chromium and postgresql) on a fresh machine. `make search WORKERS=4`: four
+# worker processes on the study (search/workers/local.py). `docs` and `docs-serve` build and serve
 # the documentation site (docs/, mkdocs.yml) from the same locked environment.
 UV := python3 -m uv
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-APT_PACKAGES := $(if $(wildcard $(FMNIST)),,dataset-fashion-mnist) $(if $(shell command -v chromium),,chromium)
+APT_PACKAGES := $(if $(wildcard $(FMNIST)),,dataset-fashion-mnist) $(if $(shell command -v chromium),,chromium) \
+	$(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql)
 
 .PHONY: search test setup system benchmarks docs docs-serve
 
 search: setup system
-	$(UV) run --locked python -m search $(ARGS)
+	$(UV) run --locked python -m search $(if $(WORKERS),study.workers=$(WORKERS)) $(ARGS)
 
 test: setup system
 	$(UV) run --locked python -m pytest -q $(ARGS)

@@ -22,11 +22,15 @@ def compute_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
 
 
 def study_id(storage: str, name: str) -> int:
-    return optuna.storages.get_storage(storage).get_study_id_from_name(name)
+    from .workers.storage import backend
+
+    return backend(storage).get_study_id_from_name(name)
 
 
 def set_user_attr(storage: str, name: str, number: int, key: str, value: Any) -> None:
     """``key = value`` on trial ``number`` of study ``name`` in ``storage`` (a URL), whatever its state."""
-    backend = optuna.storages.get_storage(storage)
+    from .workers.storage import backend as opened
+
+    backend = opened(storage)
     trial_id = backend.get_trial_id_from_study_id_trial_number(backend.get_study_id_from_name(name), number)
     backend.set_trial_user_attr(trial_id, key, value)

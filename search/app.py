@@ -29,10 +29,13 @@ from ._checks import whole
 from .cli import CONF
 from .pipeline import Distillation, Pipeline, Recovery
 from .screening import Screening
+from .workers.storage import url_for
 from .sensitivity.plan import settings as sensitivity_settings
 from .study import Constraints
 from .training.early_stopping import EarlyStopping
-from .training.teacher import build_model, cache_key, cached_logits, ensemble_logits, trained_teacher, weights_key
+from .training.teacher import (
+    build_model, cache_key, cached_logits, ensemble_logits, logits_path, teacher_path, trained_teacher, weights_key,
+)
 
 log = logging.getLogger("search")
 
@@ -224,7 +227,6 @@ def setup(cfg: DictConfig) -> Setup:
     splits = load_data(cfg)  # first: the model is sized for the data
     net = build_model(cfg.model, splits)
     out_dir = results / name
-    storage = cfg.study.storage or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
     stopping = OmegaConf.to_container(cfg.get("early_stopping") or {}, resolve=True)
     try:
         early_stopping = EarlyStopping(**stopping)
@@ -238,6 +240,12 @@ def setup(cfg: DictConfig) -> Setup:
     except TypeError as exc:
         raise ValueError(f"screening: {exc}; allowed keys: {[f.name for f in fields(Screening)]}") from exc
     cost_model = _instantiate(cfg.hardware, "hardware")
+    workers = whole("study.workers", cfg.study.get("workers", 1), 1)
+    for key in ("heartbeat_interval", "grace_period"):
+        whole(f"study.{key}", cfg.study.get(key, 1), 1)
+    whole("study.retries", cfg.study.get("retries", 0), 0)
+    whole("study.worker", cfg.study.get("worker") or 0, 0)
+    storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
     return Setup(
         cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape),
         sampler=_instantiate(cfg.sampler, "sampler"), cost_model=cost_model,
@@ -270,6 +278,7 @@ class Prepared:
     pipeline: Pipeline
     val_accuracy: float
     test_accuracy: float
+    files: list[Path]  # the cache files it read or wrote (teachers, logits): what workers elsewhere fetch
 
 
 def prepare(cfg: DictConfig, checked: Setup | None = None) -> Prepared:
@@ -282,15 +291,19 @@ def prepare(cfg: DictConfig, checked: Setup | None = None) -> Prepared:
     val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y).of(folded)
     test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y).of(folded)
     log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}, test {test_acc:.4f}")
-    logits = cached_logits(teacher, s.splits.train_x, cache_key(weights_key(teacher), data_key), s.cache_dir)
+    key = cache_key(weights_key(teacher), data_key)
+    logits = cached_logits(teacher, s.splits.train_x, key, s.cache_dir)
+    files = [logits_path(key, s.cache_dir)] + ([] if cfg.model.get("checkpoint") else
+                                               [teacher_path(cfg.model, data_key, s.cache_dir)])
     student_logits = None
     if s.teachers and isinstance(s.space, StudentSpace):
-        student_logits = ensemble_logits(logits, s.teachers, s.splits, data_key, s.cache_dir, log=log.info)
+        student_logits = ensemble_logits(logits, s.teachers, s.splits, data_key, s.cache_dir, log=log.info,
+                                         used=files)
     pipeline = Pipeline(
         teacher=teacher, space=s.space, splits=s.splits, teacher_logits=logits, recovery=s.recovery,
         cost_model=s.cost_model, objectives=s.objectives, calibration_samples=int(cfg.calibration_samples),
         distillation=s.distillation, student_logits=student_logits,
     )
-    return Prepared(s, teacher, source, pipeline, val_acc, test_acc)
+    return Prepared(s, teacher, source, pipeline, val_acc, test_acc, files)
 
 

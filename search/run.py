@@ -5,13 +5,19 @@ All user input is checked before anything is written, so a bad config leaves no 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
 from .app import prepare, setup, threads, versions
 from .baselines import near_chance, policies
+from .cli import BAD_INPUT
 from .front import TOLERANCE, baseline_dominance, hypervolume, misses, reference
 from .outputs import students_summary, trials_frame, write_json, write_tables
 from .pick.remeasure import remeasure, store
@@ -20,12 +26,18 @@ from .report.write import after_search
 from .report.plots import write_pareto_figures
 from .screening import counts, kendall
 from .sensitivity.plan import guidance, guided
+from ._checks import flat
 from .study import (
-    already_guided, check_resume, enqueue_baselines, enqueue_guided, fail_interrupted, keep_config, make_objective,
-    open_study, optimize, with_arch,
+    already_guided, check_resume, config_changes, enqueue_baselines, enqueue_guided, fail_interrupted, keep_config,
+    make_objective, open_study, optimize, with_arch,
 )
+from .workers.faults import Watcher, configure
+from .workers.lock import StudyLock
+from .workers.shared import artifact_store, fetch, publish
+from .workers.storage import backend, load_study
 
 log = logging.getLogger("search")
+CONFIG = "config"  # study user attribute: the config the study was started with, flat (workers joining compare)
 
 
 def timed_again(study, df, s, p) -> dict:
@@ -34,7 +46,7 @@ def timed_again(study, df, s, p) -> dict:
     try:
         return remeasure(study, df, storage=s.storage, cost_model=s.cost_model, out_dir=s.out_dir,
                          input_shape=s.splits.input_shape, example=p.pipeline.calibration.numpy(), tolerance=TOLERANCE,
-                         n_val=len(s.splits.val_y))
+                         n_val=len(s.splits.val_y), location=s.cfg.study.get("artifacts"))
     except Exception as exc:  # noqa: BLE001 - a second reading is a convenience
         log.info(f"re-timing not done ({type(exc).__name__}: {exc})")
         return {}
@@ -49,63 +61,185 @@ def hypervolumes(df) -> dict[str, float]:
             "all": round(hypervolume(df, ref), 6)}
 
 
-def run(cfg: DictConfig) -> Path:
-    """Search, record, write the outputs; returns ``results/<study>/``. PyTorch runs at ``cfg.threads`` threads."""
+def run(cfg: DictConfig, *, finish: bool = True) -> Path:
+    """Search, record, write the outputs; returns ``results/<study>/``. PyTorch runs at ``cfg.threads`` threads.
+    ``study.workers`` > 1: that many worker processes on one study (``search/workers/local.py``). ``finish=False``:
+    the search only, no tables, figures or report (a worker whose launcher writes them)."""
+    if cfg.study.get("workers", 1) != 1:
+        from .workers.local import launch
+
+        return launch(cfg)
     with threads(cfg.threads):
-        return _run(cfg)
+        return _run(cfg, finish=finish)
 
 
-def _run(cfg: DictConfig) -> Path:
+def joined_config(study_name: str, storage, cfg: DictConfig) -> dict:
+    """What a worker joining an existing study changes of the study's recorded config (``config_changes``: the
+    keys a resume may change left out); one line naming them unless ``study.resume=force``. Reads only."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return {}
+    stored = storage.get_study_user_attrs(study_id).get(CONFIG)
+    if not stored:
+        return {}
+    changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
+    if changes and cfg.study.get("resume") != "force":
+        shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:4])
+        more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
+        raise ValueError(f"study.name={study_name}: this worker's config differs from the study's ({shown}{more}); "
+                         "start it with the study's settings, or set study.resume=force")
+    return changes
+
+
+def _drop_if_empty(name: str, url: str) -> None:
+    """Delete study ``name`` from ``url`` if it holds no trial (created by a run that was then refused)."""
+    try:
+        study = load_study(name, url)
+        if not study.get_trials(deepcopy=False):
+            optuna.delete_study(study_name=name, storage=backend(url))
+    except Exception:  # noqa: BLE001 - nothing there, or the storage itself is what was refused
+        pass
+
+
+def reseeded(cfg: DictConfig):
+    """Worker ``study.worker=i``'s sampler: the configured one seeded with ``study.seed + i`` (the study's config,
+    compared when workers join, stays the same)."""
+    from omegaconf import open_dict
+
+    from .app import _instantiate
+
+    sampler_cfg = OmegaConf.create(OmegaConf.to_container(cfg.sampler, resolve=True))
+    if "seed" in sampler_cfg:
+        with open_dict(sampler_cfg):
+            sampler_cfg.seed = int(cfg.study.seed) + int(cfg.study.worker)
+        return _instantiate(sampler_cfg, "sampler")
+    sampler = _instantiate(sampler_cfg, "sampler")
+    sampler.reseed_rng()  # no seed to set: a random one
+    return sampler
+
+
+def settled(study, seconds: float | None) -> None:
+    """Wait (up to ``seconds``) until no baseline runs: other workers' baselines, which the guided start reads."""
+    waited = 0.0
+    while any("baseline" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        if seconds is not None and waited >= seconds:
+            return
+        time.sleep(2.0)
+        waited += 2.0
+
+
+def _run(cfg: DictConfig, *, finish: bool = True) -> Path:
     started = time.time()
     for noisy in ("kaleido", "choreographer"):  # PNG export logs every browser step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     checked = setup(cfg)  # reads the data and fills data.num_classes / data.channels: the config a study stores
-    changes = check_resume(cfg, Path(cfg.results_dir) / str(cfg.study.name))  # before anything is written
-    p = prepare(cfg, checked)
-    s = p.setup
-    s.out_dir.mkdir(parents=True, exist_ok=True)
-    study = open_study(name=str(cfg.study.name), storage=s.storage, sampler=s.sampler, objectives=s.objectives)
-    described = s.cost_model.describe()
-    recorded = study.user_attrs.get("cost_model")
-    keys = ("cost_model", "device", "batch_size", "threads", "runtime", "dtype")
-    changed = {k: (recorded[k], described[k]) for k in keys if recorded and k in recorded and k in described
-               and recorded[k] != described[k]}
-    if changed:
-        raise ValueError(
-            f"hardware: study {study.study_name!r} holds latencies measured otherwise ({changed}, recorded vs now); "
-            "mixing them would compare unlike numbers: choose another study.name"
-        )
-    study.set_user_attr("cost_model", described)  # which cost model produced the latency objective
-    keep_config(cfg, s.out_dir, changes)
-    if changes:
-        log.info(f"resumed with other settings (study.resume=force) at {', '.join(changes)}; the earlier config "
-                 "is kept beside config.yaml")
-    if (n := fail_interrupted(study, s.storage)):
-        log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
-    guide = guidance(cfg, p, s.out_dir, log=log.info)
-    if cfg.study.baselines:
-        enqueue_baselines(study, {**policies(s.space, p.teacher), **with_arch(s.space, guide.anchors)})
+    s, name = checked, str(cfg.study.name)
+    if int(cfg.study.get("worker") or 0):  # workers started together must not sample the same configurations
+        s.sampler = reseeded(cfg)
+    changes = check_resume(cfg, Path(cfg.results_dir) / name)  # before anything is written
+    made = s.out_dir if not s.out_dir.exists() else None  # the outermost folder this run will create
+    while made is not None and not made.parent.exists():
+        made = made.parent
+    created = False
+    try:
+        if s.storage.startswith("sqlite"):
+            s.out_dir.mkdir(parents=True, exist_ok=True)  # the study's database file lives there
+        storage = backend(s.storage, heartbeat_interval=int(cfg.study.heartbeat_interval),
+                          grace_period=int(cfg.study.grace_period))
+        changes = {**changes, **joined_config(name, storage, cfg)}
+        configure(retries=int(cfg.study.retries))
+        lock = StudyLock(s.storage, name)
+        artifacts = artifact_store(cfg.study.artifacts, s.out_dir)
+        with lock:  # one worker prepares what all share; the next ones find it done (or fetch it)
+            created = name not in optuna.get_all_study_names(storage)
+            study = open_study(name=name, storage=storage, sampler=s.sampler, objectives=s.objectives)
+            fetched = fetch(study, artifacts, Path(cfg.results_dir))
+            if fetched:
+                log.info(f"fetched from the study's artifact store: {', '.join(fetched)}")
+            p = prepare(cfg, checked)
+            s.out_dir.mkdir(parents=True, exist_ok=True)
+            described = s.cost_model.describe()
+            recorded = study.user_attrs.get("cost_model")
+            keys = ("cost_model", "device", "batch_size", "threads", "runtime", "dtype")
+            changed = {k: (recorded[k], described[k]) for k in keys if recorded and k in recorded and k in described
+                       and recorded[k] != described[k]}
+            if changed:
+                raise ValueError(
+                    f"hardware: study {study.study_name!r} holds latencies measured otherwise ({changed}, recorded vs now); "
+                    "mixing them would compare unlike numbers: choose another study.name"
+                )
+            study.set_user_attr("cost_model", described)  # which cost model produced the latency objective
+            study.set_user_attr(CONFIG, flat(OmegaConf.to_container(cfg, resolve=True)))
+            keep_config(cfg, s.out_dir, changes)
+            if changes:
+                log.info(f"resumed with other settings (study.resume=force) at {', '.join(changes)}; the earlier config "
+                         "is kept beside config.yaml")
+            if (n := fail_interrupted(study, s.storage)):
+                log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
+            guide = guidance(cfg, p, s.out_dir, log=log.info)
+            publish(study, artifacts, Path(cfg.results_dir),
+                    [*p.files, s.out_dir / "sensitivity.csv", s.out_dir / "sensitivity.json"])
+            if cfg.study.baselines:
+                enqueue_baselines(study, {**policies(s.space, p.teacher), **with_arch(s.space, guide.anchors)})
+    except BAD_INPUT:  # refused: nothing of this run stays (a study it created, a folder it made)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        if created:
+            _drop_if_empty(name, s.storage)
+        raise
     objective = make_objective(p.pipeline, s.space, s.constraints, p.val_accuracy, s.early_stopping,
-                               s.screening if s.screening.enabled else None, artifacts=store(s.out_dir))
+                               s.screening if s.screening.enabled else None, artifacts=artifacts)
     searching = time.time()
     timeout = cfg.study.timeout_s  # for the whole search stage: the baselines and the searched trials
 
     def left() -> float | None:
         return None if timeout is None else max(1.0, timeout - (time.time() - searching))
 
-    optimize(study, objective, n_trials=0, timeout_s=left(), log=log.info)  # the baselines first
-    after_baselines = trials_frame(study)
-    for line in near_chance(after_baselines, s.space, classes=s.splits.num_classes):
-        log.info(line)
-    if not already_guided(study):
-        def size_of(params: dict) -> int:  # exact packed bytes of a configuration, without training it
-            return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)
+    with Watcher(study, storage, interval=float(cfg.study.heartbeat_interval)):
+        optimize(study, objective, n_trials=0, timeout_s=left(), log=log.info, lock=lock)  # the baselines first
+        settled(study, left())
+        with lock:
+            if not already_guided(study):
+                after_baselines = trials_frame(study)
+                for line in near_chance(after_baselines, s.space, classes=s.splits.num_classes):
+                    log.info(line)
 
-        configs = guided(cfg, guide, after_baselines, log=log.info, size_of=size_of)
-        enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))), refines=guide.refines)
-    optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info)
-    search_s = time.time() - searching
+                def size_of(params: dict) -> int:  # exact packed bytes of a configuration, without training it
+                    return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)
 
+                configs = guided(cfg, guide, after_baselines, log=log.info, size_of=size_of)
+                enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))), refines=guide.refines)
+        optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info, lock=lock)
+    if not finish:
+        return s.out_dir
+    return _finish(cfg, Searched(s, p, study, guide), started=started, search_s=time.time() - searching)
+
+
+@dataclass
+class Searched:
+    """What the end of a search reads: the setup, the prepared pipeline, the study and its guidance."""
+
+    setup: Any
+    prepared: Any
+    study: Any
+    guide: Any
+
+
+def finish(cfg: DictConfig, *, started: float, workers: int = 1) -> Path:
+    """The end of a search its workers ran (``search/workers/local.py``): the study read back, the teacher and the
+    sensitivity table from their caches, then the same tables, figures, summary and report as one process writes."""
+    with threads(cfg.threads):
+        s = setup(cfg)
+        p = prepare(cfg, s)
+        study = load_study(str(cfg.study.name), s.storage)
+        guide = guidance(cfg, p, s.out_dir, log=log.info)
+        return _finish(cfg, Searched(s, p, study, guide), started=started, search_s=time.time() - started,
+                       workers=workers)
+
+
+def _finish(cfg: DictConfig, done: Searched, *, started: float, search_s: float, workers: int = 1) -> Path:
+    s, p, study, guide = done.setup, done.prepared, done.study, done.guide
     df = trials_frame(study)
     write_tables(df, s.out_dir)
     title = f"{study.study_name}: {cfg.model.name} on {cfg.data.name}"
@@ -117,7 +251,7 @@ def _run(cfg: DictConfig) -> Path:
     missed = misses(df, dominance, n_val=len(s.splits.val_y), tolerance=TOLERANCE, latency_noise=recorded_gap)
     wall = time.time() - started
     write_json(s.out_dir / "summary.json", {
-        "study": study.study_name, "storage": s.storage, "model": cfg.model.name, "teacher_source": p.source,
+        "study": study.study_name, "storage": s.storage, "workers": workers, "model": cfg.model.name, "teacher_source": p.source,
         "teacher_val_accuracy": p.val_accuracy, "teacher_test_accuracy": p.test_accuracy, "data": s.splits.source,
         "cost_model": s.cost_model.describe(), "versions": versions(), "wall_s": round(wall, 1),
         "search_s": round(search_s, 1), "sensitivity": {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,13 +26,15 @@ from .pick.remeasure import keep_onnx
 from .pipeline import Pipeline
 from .screening import FULL, PREFIX, SCREEN, Screening, promotes, screened_points
 from .training.early_stopping import EarlyStopping, Monitor
+from .workers.faults import WORKER, alive, identity
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # The keys a resumed study may change: how long it runs, where it is stored and what it writes, not how a trial is
 # built, trained or measured (data.stream and its settings change how images are read, not what they are;
-# hardware.host_lock when a measurement may start, not how it times). Any other key that differs from the study's
-# config.yaml refuses the resume.
-RESUMABLE = ("study.n_trials", "study.timeout_s", "study.resume", "study.storage", "study.share", "results_dir", "png",
+# hardware.host_lock when a measurement may start, not how it times; the study.* keys of many workers where it is
+# stored and who runs it). Any other key that differs from the study's config.yaml refuses the resume.
+RESUMABLE = ("study.n_trials", "study.timeout_s", "study.resume", "study.storage", "study.share", "study.artifacts",
+             "study.workers", "study.worker", "study.heartbeat_interval", "study.grace_period", "study.retries", "results_dir", "png",
              "report", "pick", "data.download_dir", "data.stream", "data.workers", "data.memory_limit_mb", "threads",
              "hydra", "hardware.host_lock")
 RESUME = (None, "force")  # study.resume: null (resume only with the same settings) or force (resume anyway)
@@ -136,8 +139,11 @@ def open_study(*, name: str, storage: str, sampler: optuna.samplers.BaseSampler,
 
 
 def fail_interrupted(study: optuna.Study, storage: str) -> int:
-    """Trials left RUNNING by a killed search are closed as FAIL; finished ones are kept as they are."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    """Trials a killed search left RUNNING are closed as FAIL (reason ``interrupted``); finished ones are kept as
+    they are, and so are the trials of workers that still run (on this host, or on another: the heartbeat is theirs,
+    ``search/workers/faults.py``)."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if WORKER not in t.user_attrs or alive(t.user_attrs[WORKER]) is False]
     for t in stale:
         _optuna.set_user_attr(storage, study.study_name, t.number, "error",
                               "interrupted: the search stopped during this trial")
@@ -185,11 +191,15 @@ def enqueue_guided(study: optuna.Study, configs: Mapping[int, dict[str, Any]],
     return len(configs)
 
 
-def searched_done(study: optuna.Study) -> int:
-    """Searched trials that ran to an end; those cut short by an interruption do not count."""
+def claimed(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Searched trials that count in ``study.n_trials``: running or run to an end, by any worker. Not counted: the
+    baselines, trials cut short by an interruption, and a lost worker's trial that was enqueued again (its copy
+    counts, ``search/workers/faults.py``)."""
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     return sum(
-        1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if "baseline" not in t.user_attrs and not str(t.user_attrs.get("error", "")).startswith("interrupted")
+        1 for t in trials
+        if t.state != TrialState.WAITING and "baseline" not in t.user_attrs and t.number not in retried
+        and not str(t.user_attrs.get("error", "")).startswith("interrupted")
     )
 
 
@@ -267,20 +277,39 @@ def make_objective(
     return objective
 
 
+class _Unlocked:
+    """The lock of a study no other process searches (``search/workers/lock.py``'s ``StudyLock`` otherwise)."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 def optimize(
-    study: optuna.Study, objective: Callable, *, n_trials: int, timeout_s: float | None, log=print
-) -> None:
-    """Run the waiting trials (the baselines, then any enqueued searched ones, such as the guided start-up), then
-    sampled ones until ``n_trials`` searched trials have finished; an enqueued searched trial counts in
-    ``n_trials`` and always runs."""
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    baselines = sum("baseline" in t.user_attrs for t in waiting)
-    todo = baselines + max(len(waiting) - baselines, n_trials - searched_done(study))
+    study: optuna.Study, objective: Callable, *, n_trials: int, timeout_s: float | None, log=print, lock: Any = None,
+) -> int:
+    """Run the waiting trials (the baselines, then any enqueued searched ones, such as the guided start-up, or a
+    lost worker's trial enqueued again), then sampled ones until ``n_trials`` searched trials of the study, by any
+    worker, are running or done (``claimed``); an enqueued searched trial counts in ``n_trials`` and always runs.
+
+    Each trial is claimed under ``lock`` (the study's, shared by all its workers): the count is read and the trial
+    created (``study.ask`` inside Optuna's ``optimize``) while it is held, and the lock is released as the trial
+    starts, so workers never overrun ``n_trials`` together. Each trial records the process that runs it
+    (``worker``). Once a budget (``n_trials`` > 0) is claimed, a worker stays while another's trial runs: should that worker be lost,
+    the trial's copy is enqueued (``search/workers/faults.py``) and run here. Returns the number of trials this call
+    ran."""
+    lock = lock or _Unlocked()
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    todo = len(waiting) + max(0, n_trials - claimed(trials) - sum("baseline" not in t.user_attrs for t in waiting))
     if todo == 0:
         if n_trials:
-            log(f"study {study.study_name!r} already has {n_trials} finished searched trials; nothing to run")
-        return
+            log(f"study {study.study_name!r} already has {n_trials} searched trials; nothing to run")
+        return 0
     bar = tqdm(total=todo, desc="trials", unit="trial", dynamic_ncols=True, mininterval=0)
+    started, ran, me = time.time(), 0, identity()
 
     def show(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         bar.set_postfix(**progress(study), last=trial.state.name, refresh=False)
@@ -289,10 +318,32 @@ def optimize(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study.optimize(
-            objective, n_trials=todo, timeout=timeout_s if timeout_s and not math.isinf(timeout_s) else None,
-            catch=(Exception,), callbacks=[show],
-        )
+        while timeout_s is None or math.isinf(timeout_s) or time.time() - started < timeout_s:
+            held = [True]
+            lock.acquire()
+            try:
+                trials = study.get_trials(deepcopy=False)
+                if not any(t.state == TrialState.WAITING for t in trials) and claimed(trials) >= n_trials:
+                    if not n_trials or not any(t.state == TrialState.RUNNING for t in trials):
+                        break
+                    # another worker's trial runs: should its worker be lost, its copy is this worker's to run
+                    lock.release()
+                    held[0] = False
+                    time.sleep(1.0)
+                    continue
+
+                def claimed_trial(trial: optuna.Trial) -> Any:
+                    trial.set_user_attr(WORKER, me)
+                    lock.release()  # the trial exists, with its worker: the next worker may claim its own
+                    held[0] = False
+                    return objective(trial)
+
+                study.optimize(claimed_trial, n_trials=1, catch=(Exception,), callbacks=[show])
+                ran += 1
+            finally:
+                if held[0]:
+                    lock.release()
     finally:
         optuna.logging.set_verbosity(verbosity)
         bar.close()
+    return ran

@@ -35,6 +35,8 @@ from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
 from ..app import Prepared, prepare, threads, versions
 from .selection import Rule, choose, describe, front_table
 from ..training.loops import recover
+from ..workers.storage import backend as opened
+from ..workers.storage import load_study, url_for
 from .remeasure import onnx_of, store
 from .verify import Companions, Tolerances, accuracies, between_readings, check, files_now, latency
 
@@ -61,13 +63,13 @@ class Picked:
 def open_recorded(cfg: DictConfig) -> tuple[optuna.Study, Path]:
     """The study the search wrote for this config (never creates one)."""
     name, out_dir = str(cfg.study.name), Path(cfg.results_dir) / str(cfg.study.name)
-    if not cfg.study.storage and not (out_dir / "study.db").is_file():
+    storage = url_for(cfg.study.storage, results_dir=cfg.results_dir, name=name)
+    if not cfg.study.storage and storage.startswith("sqlite") and not (out_dir / "study.db").is_file():
         raise FileNotFoundError(
             f"no study at {out_dir / 'study.db'}; run `python -m search` with the same overrides first"
         )
-    storage = cfg.study.storage or f"sqlite:///{(out_dir / 'study.db').as_posix()}"
     try:
-        return optuna.load_study(study_name=name, storage=storage), out_dir
+        return load_study(name, storage), out_dir
     except KeyError as exc:
         raise ValueError(f"study.name: no study {name!r} in {storage}") from exc
 
@@ -202,11 +204,12 @@ def companions(r: Replay, df) -> Companions:
     """The ONNX models the search stored for the trial and for the uncompressed baseline (the study's artifact
     store; absent for a study written without one), to time the bundle together with (``verify.latency``)."""
     s = r.prepared.setup
-    if not (s.out_dir / "artifacts").is_dir():
+    location = s.cfg.study.get("artifacts")
+    if location is None and not (s.out_dir / "artifacts").is_dir():
         return Companions()
     trials = {t.number: t for t in r.study.get_trials(deepcopy=False)}
     base = df[(df["baseline"] == "uncompressed") & (df["state"] == "COMPLETE")]
-    backend, kept = optuna.storages.get_storage(s.storage), store(s.out_dir)
+    backend, kept = opened(s.storage), store(s.out_dir, location)
     with tempfile.TemporaryDirectory() as tmp:
         searched = onnx_of(r.trial, kept, Path(tmp), backend)
         number = int(base["number"].iloc[0]) if len(base) else None

@@ -29,10 +29,12 @@ from ..outputs import atomic_write
 ONNX = "model.onnx"
 
 
-def store(out_dir: Path) -> FileSystemArtifactStore:
-    folder = Path(out_dir) / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(folder))
+def store(out_dir: Path, location: str | None = None) -> Any:
+    """The study's artifact store: ``study.artifacts=location`` (null: ``<out_dir>/artifacts``;
+    ``search/workers/shared.py``)."""
+    from ..workers.shared import artifact_store
+
+    return artifact_store(location, out_dir)
 
 
 def keep_onnx(trial: optuna.Trial, onnx: bytes, artifacts: FileSystemArtifactStore) -> None:
@@ -68,16 +70,18 @@ def candidates(df: pd.DataFrame, tolerance: dict[str, float]) -> pd.DataFrame:
 
 def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model: BaseCostModel, out_dir: Path,
               input_shape: tuple[int, ...], example: np.ndarray, tolerance: dict[str, float], n_val: int,
-              limit: int = 40) -> dict[str, Any]:
+              limit: int = 40, location: str | None = None) -> dict[str, Any]:
     """Time the candidates together; write ``remeasured.csv``; the baselines' dominance under the new reading, and
     why each one left undominated is (``front.misses``, on ``n_val`` validation images). ``storage``: the study's
-    storage URL (where the artifacts' records are)."""
+    storage URL (where the artifacts' records are); ``location``: its artifact store (``study.artifacts``)."""
     if "latency_ms" not in objective_names(df):
         return {}
     rows = candidates(df, tolerance)
     rows = pd.concat([rows[rows["baseline"] != ""], rows[rows["baseline"] == ""].sort_values("size_bytes")[:limit]])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    artifacts, got, backend = store(out_dir), {}, optuna.storages.get_storage(storage)
+    from ..workers.storage import backend as opened
+
+    artifacts, got, backend = store(out_dir, location), {}, opened(storage)
     with tempfile.TemporaryDirectory() as tmp:
         for number in rows["number"].astype(int):
             onnx = onnx_of(trials[number], artifacts, Path(tmp), backend)

@@ -80,8 +80,10 @@ def serve(cfg: DictConfig, *, say: Callable[[str], None] = print) -> None:
     study, url = locate(name, results_dir=cfg.results_dir, storage=cfg.study.storage or None)
     from optuna_dashboard import wsgi
 
+    from ..workers.storage import backend
+
     try:
-        httpd = make_server(host, port, wsgi(url), server_class=_Server, handler_class=_QuietHandler)
+        httpd = make_server(host, port, wsgi(backend(url)), server_class=_Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise ValueError(f"dashboard.host/port: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
     _add_note(study)

@@ -15,6 +15,7 @@ from objectives import objective_class
 
 from ..front import Reference, reference
 from ..outputs import objective_names_of, trials_frame
+from ..workers.storage import load_study, url_for
 from . import analysis as an
 
 DEFAULT_RESULTS = "results"
@@ -76,12 +77,12 @@ def locate(name: str, *, results_dir: str | Path, storage: str | None = None,
            key: str = "study.name") -> tuple[optuna.Study, str]:
     """The study a search wrote and its storage URL (never creates one)."""
     db = Path(results_dir) / name / "study.db"
-    if not storage and not db.is_file():
+    url = url_for(storage, results_dir=results_dir, name=name)
+    if not storage and url.startswith("sqlite") and not db.is_file():
         raise FileNotFoundError(f"{key}: no study at {db}; run `python -m search` with the same overrides first "
                                 f"(results_dir={results_dir})")
-    url = storage or f"sqlite:///{db.as_posix()}"
     try:
-        study = optuna.load_study(study_name=name, storage=url)
+        study = load_study(name, url)
     except KeyError as exc:
         raise ValueError(f"{key}: no study {name!r} in {url}") from exc
     try:

@@ -97,8 +97,7 @@ def trained_teacher(
         load_checkpoint(net, path, key=key)
         return net.eval(), f"checkpoint {path}"
     train_cfg = OmegaConf.to_container(model_cfg.train, resolve=True)
-    key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True), train_cfg, data_key)
-    path = cache_dir / "teachers" / f"{model_cfg.name}-{key}.pt"
+    path = teacher_path(model_cfg, data_key, cache_dir)
     if path.is_file():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.eval(), f"cache {path}"
@@ -110,9 +109,20 @@ def trained_teacher(
     return net.eval(), f"trained now, cached at {path}"
 
 
+def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path) -> Path:
+    """Where the teacher of ``model_cfg`` trained on the data ``data_key`` is cached."""
+    key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True),
+                    OmegaConf.to_container(model_cfg.train, resolve=True), data_key)
+    return Path(cache_dir) / "teachers" / f"{model_cfg.name}-{key}.pt"
+
+
+def logits_path(key: str, cache_dir: Path) -> Path:
+    return Path(cache_dir) / "logits" / f"{key}.pt"
+
+
 def cached_logits(teacher: nn.Module, x: torch.Tensor, key: str, cache_dir: Path) -> torch.Tensor:
     """The teacher's logits on the training split, computed once per (teacher, data)."""
-    path = cache_dir / "logits" / f"{key}.pt"
+    path = logits_path(key, cache_dir)
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     logits = logits_of(teacher, x)
@@ -130,16 +140,21 @@ def weights_key(model: nn.Module) -> str:
 
 
 def ensemble_logits(
-    first: torch.Tensor, members: list[DictConfig], splits: Splits, data_key: str, cache_dir: Path, log=print
+    first: torch.Tensor, members: list[DictConfig], splits: Splits, data_key: str, cache_dir: Path, log=print,
+    used: list[Path] | None = None,
 ) -> torch.Tensor:
     """The mean of ``first`` (the model's own logits) and each extra teacher's logits on the training split.
 
-    Each member is trained once (or loaded from its checkpoint) and its logits cached, like the model's.
+    Each member is trained once (or loaded from its checkpoint) and its logits cached, like the model's; the cache
+    files are added to ``used`` (what workers elsewhere fetch, ``search/workers/shared.py``).
     """
     all_logits = [first]
     for member in members:
         net, source = trained_teacher(build_model(member, splits), member, data_key, splits, cache_dir, log=log,
                                       key=f"distill.teachers ({member.name}) checkpoint")
         log(f"ensemble teacher {member.name} ({source})")
-        all_logits.append(cached_logits(net, splits.train_x, cache_key(weights_key(net), data_key), cache_dir))
+        key = cache_key(weights_key(net), data_key)
+        all_logits.append(cached_logits(net, splits.train_x, key, cache_dir))
+        if used is not None:
+            used += [teacher_path(member, data_key, cache_dir), logits_path(key, cache_dir)]
     return torch.stack(all_logits).mean(dim=0)
