@@ -16,7 +16,9 @@ run only; each study sweeps its own sensitivity table. Per run, one row of ``res
   ``hypervolume_searched`` of its searched full-fidelity trials alone;
 - ``lost``: trials failed as ``worker lost``; ``repeated``: searched trials whose parameters an earlier trial of the
   study already had (retries of a lost trial left out); ``teacher_trained``: workers that trained the teacher;
-- ``wall_s``: the command's wall time; ``span_s``: the span above.
+- ``wall_s``: the command's wall time; ``span_s``: the span above; ``cpu_busy``: the CPU time of the command and
+  every process it started (workers, PostgreSQL) over ``wall_s`` x the machine's cores: how much of the machine a
+  run keeps busy, which bounds what more workers can add.
 
 At the defaults the four runs take about 25 minutes on the 2-core VM.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -49,11 +52,12 @@ def one(storage: str, workers: int, repeat: int, *, n_trials: int, results: Path
            f"study.workers={workers}", f"study.n_trials={n_trials}", "study.timeout_s=null", "threads=2", "png=false",
            *extra]
     print("$", " ".join(cmd[1:]), flush=True)
-    started = time.time()
+    started, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     log = results / f"{name}.log"
     with log.open("w") as out:
         done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
-    wall = time.time() - started
+    wall, after = time.time() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode:
         raise SystemExit(f"{name}: exit status {done.returncode}; see {log}")
     url = url_for(storage, results_dir=results, name=name)
@@ -78,7 +82,7 @@ def one(storage: str, workers: int, repeat: int, *, n_trials: int, results: Path
             "lost": sum(str(t.user_attrs.get("error", "")).startswith(LOST) for t in trials),
             "repeated": repeated, "teacher_trained": trained, "wall_s": round(wall, 1),
             "span_s": round(span.total_seconds(), 1), "threads_per_worker": max(1, 2 // workers),
-            "cpu_count": os.cpu_count()}
+            "cpu_busy": round(cpu_s / (wall * os.cpu_count()), 3), "cpu_count": os.cpu_count()}
 
 
 def main() -> None:

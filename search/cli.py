@@ -20,6 +20,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BAD_INPUT = (ValueError, FileNotFoundError, LookupError)
+# Hydra's flags that take the next word as their value (``--cfg job``, ``-cn other``)
+_VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                 "-cd", "--experimental-rerun"}
 # Hydra's ``hydra/job_logging: stdout``: what a task logs goes to stdout as bare messages.
 _LOGGING = {"version": 1, "formatters": {"simple": {"format": "%(message)s"}},
             "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "simple", "stream": "ext://sys.stdout"}},
@@ -205,7 +208,8 @@ def entry(task: Callable[..., Any], *, actions: Sequence[str] = (), defaults: Se
                  f"{list(actions)}, got {action!r}")
     given = {a.split("=", 1)[0].lstrip("+~") for a in args}
     args = [d for d in defaults if d.split("=", 1)[0] not in given] + args
-    overrides = [a for a in args if not a.startswith("-")]
+    flag_values = {i + 1 for i, a in enumerate(args) if a in _VALUED_FLAGS}  # `--cfg job`: "job" is no override
+    overrides = [a for i, a in enumerate(args) if not a.startswith("-") and i not in flag_values]
     try:
         cfg = compose_checked(_not_swept(overrides))  # a sweep's values are Hydra's to expand, job by job
     except ValueError as exc:

@@ -34,7 +34,7 @@ from .study import (
 from .workers.faults import Watcher, configure
 from .workers.lock import StudyLock
 from .workers.shared import artifact_store, fetch, publish
-from .workers.storage import backend, load_study
+from .workers.storage import backend, is_journal, journal_path, load_study, url_for
 
 log = logging.getLogger("search")
 CONFIG = "config"  # study user attribute: the config the study was started with, flat (workers joining compare)
@@ -92,6 +92,19 @@ def joined_config(study_name: str, storage, cfg: DictConfig) -> dict:
     return changes
 
 
+def prefetch(cfg: DictConfig) -> None:
+    """Before setup, the files a study of many workers shares (``search/workers/shared.py``), where it exists on a
+    storage other processes reach: what setup itself reads (a lookup table) must be here first."""
+    name = str(cfg.study.name)
+    url = url_for(cfg.study.storage, results_dir=cfg.results_dir, name=name, workers=int(cfg.study.get("workers", 1)))
+    if url.startswith("sqlite") or (is_journal(url) and not journal_path(url).is_file()):
+        return
+    if name not in optuna.get_all_study_names(backend(url)):
+        return
+    fetch(load_study(name, url), artifact_store(cfg.study.get("artifacts"), Path(cfg.results_dir) / name),
+          Path(cfg.results_dir))
+
+
 def _drop_if_empty(name: str, url: str) -> None:
     """Delete study ``name`` from ``url`` if it holds no trial (created by a run that was then refused)."""
     try:
@@ -133,6 +146,7 @@ def _run(cfg: DictConfig, *, finish: bool = True) -> Path:
     started = time.time()
     for noisy in ("kaleido", "choreographer"):  # PNG export logs every browser step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    prefetch(cfg)  # a worker joining from elsewhere: a lookup table its cost model reads at setup
     checked = setup(cfg)  # reads the data and fills data.num_classes / data.channels: the config a study stores
     s, name = checked, str(cfg.study.name)
     if int(cfg.study.get("worker") or 0):  # workers started together must not sample the same configurations
@@ -167,7 +181,8 @@ def _run(cfg: DictConfig, *, finish: bool = True) -> Path:
             if changed:
                 raise ValueError(
                     f"hardware: study {study.study_name!r} holds latencies measured otherwise ({changed}, recorded vs now); "
-                    "mixing them would compare unlike numbers: choose another study.name"
+                    "mixing them would compare unlike numbers: choose another study.name (a worker on another "
+                    "kind of machine: search with the target's lookup table, hardware=lut, or hardware=analytic)"
                 )
             study.set_user_attr("cost_model", described)  # which cost model produced the latency objective
             study.set_user_attr(CONFIG, flat(OmegaConf.to_container(cfg, resolve=True)))
@@ -179,7 +194,8 @@ def _run(cfg: DictConfig, *, finish: bool = True) -> Path:
                 log.info(f"resuming {study.study_name!r}: {n} interrupted trial(s) recorded as FAIL")
             guide = guidance(cfg, p, s.out_dir, log=log.info)
             publish(study, artifacts, Path(cfg.results_dir),
-                    [*p.files, s.out_dir / "sensitivity.csv", s.out_dir / "sensitivity.json"])
+                    [*p.files, s.out_dir / "sensitivity.csv", s.out_dir / "sensitivity.json",
+                     *([Path(s.cost_model.path)] if getattr(s.cost_model, "path", None) else [])])
             if cfg.study.baselines:
                 enqueue_baselines(study, {**policies(s.space, p.teacher), **with_arch(s.space, guide.anchors)})
     except BAD_INPUT:  # refused: nothing of this run stays (a study it created, a folder it made)

@@ -36,7 +36,8 @@ from ..app import Prepared, prepare, threads, versions
 from .selection import Rule, choose, describe, front_table
 from ..training.loops import recover
 from ..workers.storage import backend as opened
-from ..workers.storage import load_study, url_for
+from ..workers.shared import fetch, publish
+from ..workers.storage import is_server, load_study, url_for
 from .remeasure import onnx_of, store
 from .verify import Companions, Tolerances, accuracies, between_readings, check, files_now, latency
 
@@ -332,8 +333,17 @@ def _pick(cfg: DictConfig, tol: Tolerances) -> Picked:
     log.info(f"study {study.study_name!r}: the front and the baselines\n{front_table(df).to_string(index=False)}")
     choice = choose(df, rule)
     log.info(f"picked {describe(df[df['number'] == choice.number].iloc[0])}: {choice.reason}")
+    location = cfg.study.get("artifacts")
+    shared = location is not None or is_server(url_for(cfg.study.storage, results_dir=cfg.results_dir,
+                                                       name=str(cfg.study.name)))
+    if shared:  # a study of many workers: the teacher and its logits from its artifact store, where missing here
+        fetch(study, store(out_dir, location), Path(cfg.results_dir))
     r = replay(study, choice.number, choice.reason, replay_config(cfg, out_dir), float(epochs))
     picked = write_bundle(r, df, out_dir / "picked" / str(choice.number), tol)
+    if shared and picked.verified:  # and the bundle into it, for the other hosts
+        added = publish(study, store(out_dir, location), Path(cfg.results_dir),
+                        sorted(p for p in Path(picked.path).rglob("*") if p.is_file()))
+        log.info(f"bundle shared through the study's artifact store ({len(added)} files)")
     announce(picked)
     return picked
 

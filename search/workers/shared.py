@@ -59,8 +59,8 @@ def _sha256(path: Path) -> str:
 
 
 def publish(study: optuna.Study, store: Any, results_dir: Path, paths: Iterable[Path]) -> list[str]:
-    """Upload each file of ``paths`` (under ``results_dir``) the study does not hold yet with these contents, and
-    record it; returns the paths uploaded, relative to ``results_dir``."""
+    """Upload each file of ``paths`` under ``results_dir`` (others are left out) the study does not hold yet with
+    these contents, and record it; returns the paths uploaded, relative to ``results_dir``."""
     results_dir = Path(results_dir).resolve()
     recorded: dict[str, dict[str, Any]] = dict(study.user_attrs.get(SHARED) or {})
     added = []
@@ -68,6 +68,8 @@ def publish(study: optuna.Study, store: Any, results_dir: Path, paths: Iterable[
         path = Path(path)
         if not path.is_file():
             continue
+        if not path.resolve().is_relative_to(results_dir):
+            continue  # a file of the user's own (a lookup table elsewhere): every worker names it in its config
         rel = path.resolve().relative_to(results_dir).as_posix()
         sha = _sha256(path)
         if recorded.get(rel, {}).get("sha256") == sha:

@@ -52,6 +52,9 @@ def url_for(storage: str | None, *, results_dir: str | Path, name: str, workers:
     out_dir = Path(results_dir) / name
     if storage in (None, ""):
         journal, db = out_dir / "journal.log", out_dir / "study.db"
+        if workers > 1 and db.is_file():
+            raise ValueError(f"study.workers={workers}: study {name!r} lives in {db} (SQLite: one process's storage); "
+                             "resume it with study.workers=1, or name another study.name")
         if workers > 1 or (journal.is_file() and not db.is_file()):
             return f"{JOURNAL}:{journal.as_posix()}"
         return f"sqlite:///{db.as_posix()}"

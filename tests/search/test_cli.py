@@ -255,3 +255,13 @@ def test_a_multirun_command_line_reaches_hydra_with_its_sweeps(tmp_path, monkeyp
           argv=["--multirun", "experiment=smoke", "sampler=tpe,random", f"results_dir={tmp_path}"])
     assert sorted(seen) == [("smoke-experiment_smoke-sampler_random", "RandomSampler"),
                             ("smoke-experiment_smoke-sampler_tpe", "TPESampler")]
+
+
+def test_a_hydra_flag_s_value_is_not_read_as_an_override(capsys):
+    """``--cfg job`` (a flag and its value, as Hydra takes them): the config printed, no "not a valid override"."""
+    from search.cli import entry
+    from search.run import run
+
+    entry(run, argv=["experiment=smoke", "study.worker=1", "--cfg", "job"])
+    out = capsys.readouterr().out
+    assert "name: smoke" in out and "worker: 1" in out

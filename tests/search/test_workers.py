@@ -162,6 +162,10 @@ def test_storage_urls_and_bad_ones(tmp_path):
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "journal.log").touch()  # a study searched by workers: found again with no storage named
     assert url_for(None, results_dir=tmp_path, name="j") == f"journal:{tmp_path}/j/journal.log"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "study.db").touch()  # searched by one process: not silently restarted in another storage
+    with pytest.raises(ValueError, match="study.workers=2: study 'one' lives in"):
+        url_for(None, results_dir=tmp_path, name="one", workers=2)
     for bad in ("postgres", "journal:"):
         with pytest.raises(ValueError, match=f"study.storage={bad}"):
             url_for(bad, results_dir=tmp_path, name="s")
