@@ -281,7 +281,7 @@ class Prepared:
     files: list[Path]  # the cache files it read or wrote (teachers, logits): what workers elsewhere fetch
 
 
-def prepare(cfg: DictConfig, checked: Setup | None = None) -> Prepared:
+def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True) -> Prepared:
     """Check the config (or take ``checked``, its ``setup``), then get the teacher (trained once, cached) and its
     logits. The caches are keyed by the data's fingerprint (its contents and split), not its name."""
     s = checked or setup(cfg)
@@ -289,8 +289,9 @@ def prepare(cfg: DictConfig, checked: Setup | None = None) -> Prepared:
     teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
     folded = fold_batchnorm(teacher)
     val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y).of(folded)
-    test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y).of(folded)
-    log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}, test {test_acc:.4f}")
+    # test: False for a worker that writes no outputs (the test split is read only by the summary and the card)
+    test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y).of(folded) if test else float("nan")
+    log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}" + (f", test {test_acc:.4f}" if test else ""))
     key = cache_key(weights_key(teacher), data_key)
     logits = cached_logits(teacher, s.splits.train_x, key, s.cache_dir)
     files = [logits_path(key, s.cache_dir)] + ([] if cfg.model.get("checkpoint") else

@@ -171,7 +171,7 @@ def _run(cfg: DictConfig, *, finish: bool = True) -> Path:
             fetched = fetch(study, artifacts, Path(cfg.results_dir))
             if fetched:
                 log.info(f"fetched from the study's artifact store: {', '.join(fetched)}")
-            p = prepare(cfg, checked)
+            p = prepare(cfg, checked, test=finish)
             s.out_dir.mkdir(parents=True, exist_ok=True)
             described = s.cost_model.describe()
             recorded = study.user_attrs.get("cost_model")

@@ -203,7 +203,7 @@ def test_the_workers_command_and_a_worker_elsewhere_with_only_the_storage_and_ar
     shared, here, elsewhere = tmp_path / "shared", tmp_path / "here", tmp_path / "elsewhere"
     url = f"journal:{shared / 'journal.log'}"
     common = [f"model.checkpoint={quick_teacher}", f"study.storage={url}", f"study.artifacts={shared / 'artifacts'}",
-              "hardware=analytic", "study.n_trials=2"]
+              "hardware=analytic", "study.n_trials=2", "report.importances=false"]
     out = run(_cfg(here, "study.workers=2", *common))
     study = load_study("smoke", url)
     trials = study.get_trials(deepcopy=False)
