@@ -9,6 +9,10 @@ APT_PACKAGES := $(if $(wildcard $(FMNIST)),,dataset-fashion-mnist) $(if $(shell 
 
 .PHONY: search test setup system benchmarks docs docs-serve
 
+# make test installs the optional runtimes its tests measure on (OpenVINO, ExecuTorch); make search keeps what is there
+test: SYNC := --extra runtimes
+search: SYNC := --inexact
+
 search: setup system
 	$(UV) run --locked python -m search $(if $(WORKERS),study.workers=$(WORKERS)) $(ARGS)
 
@@ -27,7 +31,7 @@ docs-serve: setup
 
 setup:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --locked
+	$(UV) sync --locked $(SYNC)
 
 # Debian packages, only when missing and only where apt can install them (root); otherwise say how.
 system:
