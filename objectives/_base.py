@@ -112,6 +112,20 @@ class BaseCostModel(abc.ABC):
     name: ClassVar[str]
     #: True when ``latency_ms`` times the artifact on a real runtime; False for predictors.
     measures: ClassVar[bool] = True
+    #: the files a picked bundle ships for this runtime beside ``model.onnx`` and ``weights.cpz`` (for example
+    #: ``("model.xml", "model.bin")``); () where the runtime runs ``model.onnx`` itself
+    runtime_files: ClassVar[tuple[str, ...]] = ()
+
+    def export(self, artifact: Any) -> dict[str, bytes]:
+        """This runtime's own files for ``artifact``, by the names of ``runtime_files``: what pick writes into a
+        bundle. ``latency_ms`` times these files where the artifact carries them (``artifact.files``, a bundle's),
+        else exports them anew. Default: none."""
+        return {}
+
+    def load(self, files: dict[str, bytes]) -> Any:
+        """A callable that runs a float32 batch (numpy, NCHW) through ``files`` (``export``'s) on this runtime and
+        returns the logits as numpy: pick scores a bundle's accuracy on its runtime with it."""
+        raise NotImplementedError(f"cost model {self.name!r} ships no runtime files of its own")
 
     @abc.abstractmethod
     def latency_ms(self, artifact: Any) -> Measurement:

@@ -39,6 +39,9 @@ class Artifact:
     # plain PyTorch module (pruned channels and factorized layers gone, weights dequantized).
     example: Any = field(default=None, repr=False, compare=False)
     module: Any = field(default=None, repr=False, compare=False)
+    # A runtime's own files for this model (``BaseCostModel.export``: model.xml / model.bin, model.pte), where
+    # they were read from a bundle: the cost model times these rather than exporting anew.
+    files: Any = field(default=None, repr=False, compare=False)
 
 
 def packed_tensors(model: nn.Module) -> list[PackedTensor]:
