@@ -21,7 +21,7 @@ from torch import nn
 import objectives
 from objectives import Accuracy, BaseCostModel, BaseObjective
 from objectives.cpu import torch_threads
-from spaces import STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
+from spaces import INT4_CHOICES, STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
 from spaces.probe import probe, said, without
 
 from . import data as data_module
@@ -239,6 +239,7 @@ def setup(cfg: DictConfig) -> Setup:
         screening = Screening(**OmegaConf.to_container(cfg.get("screening") or {}, resolve=True))
     except TypeError as exc:
         raise ValueError(f"screening: {exc}; allowed keys: {[f.name for f in fields(Screening)]}") from exc
+    onnx_int4(cfg)
     cost_model = _instantiate(cfg.hardware, "hardware")
     workers = whole("study.workers", cfg.study.get("workers", 1), 1)
     for key in ("heartbeat_interval", "grace_period"):
@@ -256,6 +257,14 @@ def setup(cfg: DictConfig) -> Setup:
                                     input_shape=splits.input_shape),
         screening=screening,
     )
+
+
+def onnx_int4(cfg: DictConfig) -> str:
+    """``onnx_int4``, checked: which layers at <= 4 bits the ONNX model stores at 4 bits (spaces.INT4_CHOICES)."""
+    value = cfg.get("onnx_int4", "none")
+    if value not in INT4_CHOICES:
+        raise ValueError(f"onnx_int4 must be one of {list(INT4_CHOICES)}, got {value!r}")
+    return value
 
 
 def versions() -> dict[str, str]:
@@ -303,7 +312,7 @@ def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True)
     pipeline = Pipeline(
         teacher=teacher, space=s.space, splits=s.splits, teacher_logits=logits, recovery=s.recovery,
         cost_model=s.cost_model, objectives=s.objectives, calibration_samples=int(cfg.calibration_samples),
-        distillation=s.distillation, student_logits=student_logits,
+        distillation=s.distillation, student_logits=student_logits, onnx_int4=onnx_int4(cfg),
     )
     return Prepared(s, teacher, source, pipeline, val_acc, test_acc, files)
 

@@ -124,9 +124,10 @@ class Pipeline:
         self, *, teacher: nn.Module, space: JointSpace | StudentSpace, splits: Splits, teacher_logits: torch.Tensor,
         recovery: Recovery, cost_model: BaseCostModel, objectives: list[BaseObjective],
         calibration_samples: int = 256, distillation: Distillation | None = None,
-        student_logits: torch.Tensor | None = None,
+        student_logits: torch.Tensor | None = None, onnx_int4: str = "none",
     ) -> None:
         self.teacher, self.space, self.splits = teacher, space, splits
+        self.onnx_int4 = onnx_int4  # which <= 4-bit layers the ONNX model stores at 4 bits (spaces.INT4_CHOICES)
         self.teacher_logits, self.recovery, self.cost_model = teacher_logits, recovery, cost_model
         self.objectives = list(objectives)
         self.distillation = distillation or Distillation()
@@ -214,7 +215,8 @@ class Pipeline:
         return model.eval()
 
     def materialize(self, model: nn.Module) -> Artifact:
-        return materialize(model, input_shape=self.splits.input_shape, calibration=self.calibration.numpy())
+        return materialize(model, input_shape=self.splits.input_shape, calibration=self.calibration.numpy(),
+                           int4=self.onnx_int4)
 
     def measure(self, objectives: list[BaseObjective], outcome: Outcome, values: dict[str, float],
                 extra: dict[str, Any]) -> None:

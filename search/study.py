@@ -60,6 +60,7 @@ def check_resume(cfg: DictConfig, out_dir: Path) -> dict[str, tuple[Any, Any]]:
     stored = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     if "data" in stored:  # a study from before the data options: its data section as one written now
         stored["data"] = upgraded(stored["data"])
+    stored.setdefault("onnx_int4", "none")  # a study from before the setting stored every ONNX weight at 8 bits
     changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
     if changes and mode != "force":
         shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:4])

@@ -12,7 +12,7 @@ from ._compressed import ActFakeQuant, LinearQuantizer, WeightQuantizer, calibra
 from .fold import fold_batchnorm
 from .joint import JointSpace
 from .knobs import *  # noqa: F403 - every knob class, by the knob modules' own __all__
-from .materialize import Artifact, materialize
+from .materialize import INT4_CHOICES, Artifact, materialize
 from .packing import FLOAT_BITS, Codec, pack, register_codec, unpack
 from .probe import probe
 from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
@@ -20,6 +20,6 @@ from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, Student
 __all__ = [
     "BaseKnob", "BaseFamily", "Phase", "JointSpace", "StudentSpace", "StudentFamily",
     "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "ActFakeQuant",
-    "Artifact", "materialize", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
+    "Artifact", "materialize", "INT4_CHOICES", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
     "fold_batchnorm", "FLOAT_BITS", "probe", *knobs.__all__,
 ]

@@ -21,10 +21,11 @@ import onnx
 import torch
 from torch import nn
 
-from ._compressed import WeightQuantizer, _Compressed, to_plain
-from .packing import FLOAT_BITS, PackedTensor, pack
+from ._compressed import LinearQuantizer, WeightQuantizer, _Compressed, to_plain
+from .packing import FLOAT_BITS, PackedTensor, pack, quantize_weight
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INT4_OPSET = 21  # DequantizeLinear of 4-bit integers: ONNX opset 21, run by ONNX Runtime's CPU provider
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,77 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
         return dst.read_bytes()
 
 
-def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np.ndarray) -> Artifact:
-    """The artifact for a compressed model: packed weights file + ONNX model."""
+#: which int8-run layers with weights of at most 4 bits store them at 4 bits in the ONNX model (``onnx_int4``):
+#: none; linear, the fully connected ones (ONNX Runtime on this CPU runs them as fast as at int8); all (a
+#: convolution then leaves ONNX Runtime's fused int8 kernels: 2-5x slower here, docs/results/runtimes.md)
+INT4_CHOICES = ("none", "linear", "all")
+
+
+def int4_codes(model: nn.Module, which: str = "all") -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(codes, scale, zero point) by layer, of the int8-run layers whose weights are linear codes of at most 4
+    bits (``which``: ``INT4_CHOICES``): the packed file's own codes (``packing.quantize_weight`` of the masked
+    weight), which dequantize to the layer's effective weight exactly."""
+    if which not in INT4_CHOICES:
+        raise ValueError(f"onnx_int4 must be one of {list(INT4_CHOICES)}, got {which!r}")
+    out = {}
+    for name, m in model.named_modules():
+        if which == "none" or (which == "linear" and not isinstance(m, nn.Linear)):
+            continue
+        if isinstance(m, _Compressed) and m.runs_int8 and type(m.wq) is LinearQuantizer and m.wq.bits <= 4:
+            with torch.no_grad():
+                w = m.weight * m.weight_mask if m.weight_mask is not None else m.weight
+                codes, scale, zp = quantize_weight(w.detach(), m.wq.bits)
+            out[name] = (codes.numpy().astype(np.uint8), scale.numpy().astype(np.float32),
+                         zp.numpy().astype(np.uint8))
+    return out
+
+
+def int4_weights(model_bytes: bytes, codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> bytes:
+    """The int8 QDQ model with the weights of ``codes``' layers stored as 4-bit integers (UINT4 codes, a float
+    scale and a UINT4 zero point per output channel, ``DequantizeLinear`` at opset 21): the file then holds 4
+    bits a weight, as the packed file does. A layer whose stored weight is not laid out as its codes (a
+    transposed MatMul weight) keeps int8."""
+    import ml_dtypes  # onnx's own dependency: numpy's 4-bit integer types
+    from onnx import numpy_helper, version_converter
+
+    proto = onnx.load_from_string(model_bytes)
+    if not codes:
+        return model_bytes
+    if max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) < INT4_OPSET:
+        proto = version_converter.convert_version(proto, INT4_OPSET)
+        del proto.graph.value_info[:]  # the converter's inferred shapes: optional, and 10% of a small model's file
+    inits = {i.name: i for i in proto.graph.initializer}
+    dq = {n.input[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    for fqn, (q, scale, zp) in codes.items():
+        node = dq.get(f"{fqn}.weight_quantized")
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if node is not None else None
+        if node is None or axis != 0 or tuple(inits[node.input[0]].dims) != q.shape:
+            continue
+        for name, value in ((node.input[0], q.astype(ml_dtypes.uint4)), (node.input[2], zp.astype(ml_dtypes.uint4)),
+                            (node.input[1], scale.reshape(-1))):
+            inits[name].CopyFrom(numpy_helper.from_array(value, name))  # 4-bit values packed two to a byte
+    return proto.SerializeToString()
+
+
+def onnx_weights(onnx_bytes: bytes) -> dict[str, str]:
+    """How the ONNX model stores each quantized layer's weight, by layer: "int4" or "int8" (a layer missing here
+    is stored as float)."""
+    kinds = {onnx.TensorProto.UINT4: "int4", onnx.TensorProto.INT4: "int4", onnx.TensorProto.INT8: "int8",
+             onnx.TensorProto.UINT8: "int8"}
+    return {i.name.removesuffix(".weight_quantized"): kinds.get(i.data_type, "int8")
+            for i in onnx.load_from_string(onnx_bytes).graph.initializer if i.name.endswith(".weight_quantized")}
+
+
+def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np.ndarray,
+                int4: str = "none") -> Artifact:
+    """The artifact for a compressed model: packed weights file + ONNX model. ``int4`` (``INT4_CHOICES``): which
+    int8-run layers with weights of at most 4 bits store them as 4-bit integers in the ONNX model."""
     layers = int8_layers(model)
+    codes = int4_codes(model, int4)  # first: a bad setting is refused before the export's seconds
     plain = to_plain(model)
     onnx_bytes = export_onnx(plain, input_shape)
     if layers:
-        onnx_bytes = quantize_onnx(onnx_bytes, layers, calibration)
+        onnx_bytes = int4_weights(quantize_onnx(onnx_bytes, layers, calibration), codes)
     return Artifact(
         packed=pack(packed_tensors(model)), onnx=onnx_bytes,
         int8_layers=tuple(layers), input_shape=tuple(input_shape),
@@ -160,4 +225,4 @@ def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np
     )
 
 
-__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "quantize_onnx", "FLOAT_BITS"]
+__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "quantize_onnx", "int4_codes", "int4_weights", "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]

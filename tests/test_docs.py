@@ -196,10 +196,10 @@ def latency_only_miss(results: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_getting_started_commands_run(tmp_path, cli_env, quick_teacher):
+def test_getting_started_commands_run(tmp_path, cli_env, quick_teacher, primed):
     commands = marked_commands(ROOT / "docs" / "getting-started.md")
     assert len(commands) >= 3, commands  # the search, the report and the pick: the marker still matches
-    results = tmp_path / "results"
+    results = primed(tmp_path / "results")
     appended = [f"results_dir={results}", f"model.checkpoint={quick_teacher}"]
     for command in commands:
         if command.startswith(UV_PREFIX + " "):

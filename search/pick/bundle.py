@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from spaces import PRUNED, Artifact, to_plain, unpack
+from spaces.materialize import onnx_weights
 
 from ..outputs import atomic_write
 
@@ -133,10 +134,13 @@ def _dims(layer: nn.Module) -> tuple[int, int]:
     return (layer.weight.shape[0], layer.weight.shape[1]) if layer.weight.dim() > 1 else (layer.weight.shape[0], 1)
 
 
-def layer_table(reference: nn.Module, model: nn.Module, knobs: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def layer_table(reference: nn.Module, model: nn.Module, knobs: Sequence[Any] = (),
+                onnx: bytes | None = None) -> list[dict[str, Any]]:
     """One row per Conv2d/Linear of ``reference`` (the teacher, or a student's own architecture): what the
-    compressed ``model`` (``pipeline.build``) made of it, its shapes and then one column per knob of the space, as
-    the knob describes it (``BaseKnob.describe``; empty where it left the layer alone)."""
+    compressed ``model`` (``pipeline.build``) made of it, its shapes, one column per knob of the space, as the knob
+    describes it (``BaseKnob.describe``; empty where it left the layer alone), and how ``onnx`` (the bundle's
+    model.onnx) stores the layer's weights (int4, int8 or float: ``onnx_int4``)."""
+    stored = onnx_weights(onnx) if onnx is not None else None
     rows = []
     for fqn, layer in reference.named_modules():
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
@@ -148,5 +152,8 @@ def layer_table(reference: nn.Module, model: nn.Module, knobs: Sequence[Any] = (
                "in": f"{in_t} -> {_dims(first)[1]}", "layers now": len(factors)}
         for knob in knobs:
             row[knob.knob] = knob.describe(layer, built) if fqn in knob.layers else ""
+        if stored is not None:
+            kinds = {kind for name, kind in stored.items() if name == fqn or name.startswith(f"{fqn}.")}
+            row["model.onnx"] = "/".join(sorted(kinds)) or "float"
         rows.append(row)
     return rows

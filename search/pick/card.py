@@ -114,7 +114,8 @@ layers stand for it; one column per knob of the search space, as that knob descr
 
 ## Files
 
-- `model.onnx`: the model for ONNX Runtime (int8 QDQ on the layers with <= 8-bit weights and 8-bit inputs).
+- `model.onnx`: the model for ONNX Runtime (int8 QDQ on the layers with <= 8-bit weights and 8-bit inputs; weights
+  at 4 bits where the table's `model.onnx` column says int4).
 - `weights.cpz`: the packed weights ({report['size_bytes']['measured']:,} bytes; the size objective).
 - `config.yaml`: the trial's parameters and the study's resolved config; `report.json`: every figure above.
 

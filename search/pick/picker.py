@@ -87,6 +87,8 @@ def replay_config(cfg: DictConfig, out_dir: Path) -> DictConfig:
         log.info(f"note: {path} is missing; replaying with this command's config")
         return cfg
     recorded = OmegaConf.load(path)
+    if "onnx_int4" not in recorded:  # a study from before the setting stored every ONNX weight at 8 bits
+        recorded.onnx_int4 = "none"
     here = cfg.copy()
     with open_dict(here):  # null here: "from the data", which the study read and recorded
         for key in FROM_DATA:
@@ -312,7 +314,7 @@ def write_bundle(r: Replay, df, final: Path, tol: Tolerances) -> Picked:
         report["verified"] = not report["reasons"]
         write_json(folder / "report.json", report)
         knobs = trial_knobs(r)
-        table = layer_table(reference_model(r), r.model, knobs.knobs if knobs is not None else ())
+        table = layer_table(reference_model(r), r.model, knobs.knobs if knobs is not None else (), r.artifact.onnx)
         atomic_write(folder / "README.md", card.render(report, table))
     return Picked(final, report, r.model)
 

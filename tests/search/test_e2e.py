@@ -28,8 +28,8 @@ def smoke_cfg(results: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, quick_teacher):
-    results = tmp_path_factory.mktemp("results")
+def smoke(tmp_path_factory, quick_teacher, primed):
+    results = primed(tmp_path_factory.mktemp("results"))
     shutil.copyfile(quick_teacher, results / "teacher.pt")
     out = run(smoke_cfg(results))
     return results, out

@@ -23,8 +23,8 @@ def cfg_for(results: Path, teacher: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def guided(tmp_path_factory, quick_teacher):
-    results = tmp_path_factory.mktemp("results")
+def guided(tmp_path_factory, quick_teacher, primed):
+    results = primed(tmp_path_factory.mktemp("results"))
     out = run(cfg_for(results, quick_teacher, "study.n_trials=3"))
     return results, out
 

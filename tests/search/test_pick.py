@@ -35,9 +35,9 @@ def smoke_cfg(results: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, quick_teacher):
+def smoke(tmp_path_factory, quick_teacher, primed):
     """One smoke search (7 baselines + 1 searched trial); the overrides every pick of it repeats."""
-    results = tmp_path_factory.mktemp("results")
+    results = primed(tmp_path_factory.mktemp("results"))
     overrides = [f"model.checkpoint={quick_teacher}", "study.n_trials=1"]
     out = run(smoke_cfg(results, *overrides))
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")

@@ -192,7 +192,8 @@ def test_shared_files_go_through_the_artifact_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_workers_command_and_a_worker_elsewhere_with_only_the_storage_and_artifacts(tmp_path, quick_teacher):
+def test_the_workers_command_and_a_worker_elsewhere_with_only_the_storage_and_artifacts(tmp_path, quick_teacher,
+                                                                                       primed):
     """``study.workers=2`` on the journal: the baselines once, exactly ``n_trials`` searched trials, the outputs
     written once. Then a worker with an empty results folder of its own, sharing only the journal and the artifact
     store, fetches the teacher's logits and gives an enqueued configuration the very values the first host gave it
@@ -200,7 +201,7 @@ def test_the_workers_command_and_a_worker_elsewhere_with_only_the_storage_and_ar
     from search.run import run
     from search.workers.storage import load_study
 
-    shared, here, elsewhere = tmp_path / "shared", tmp_path / "here", tmp_path / "elsewhere"
+    shared, here, elsewhere = tmp_path / "shared", primed(tmp_path / "here"), tmp_path / "elsewhere"
     url = f"journal:{shared / 'journal.log'}"
     common = [f"model.checkpoint={quick_teacher}", f"study.storage={url}", f"study.artifacts={shared / 'artifacts'}",
               "hardware=analytic", "study.n_trials=2", "report.importances=false"]

@@ -228,3 +228,65 @@ def test_every_int8_layer_has_a_quantized_weight_in_onnx(batch):
     graph = Graph(artifact.onnx)
     assert set(graph.layers) == {"0", "2"}
     assert all(graph.weight(fqn)[0] for fqn in artifact.int8_layers)
+
+
+# --------------------------------------------------------------------------- int4 in ONNX (onnx_int4)
+
+
+@pytest.fixture(scope="module")
+def int4_case(trained_cnn):
+    """The trained SmallCNN at 4-bit weights and 8-bit inputs everywhere (the 2-bit fc2 below 4), calibrated."""
+    teacher, data = trained_cnn
+    space = _joint(teacher)
+    bits = {**space["bits"].uniform(4), "bits.fc2": 2}
+    model = space.apply(teacher, space.with_values(bits=bits, abits=space["abits"].uniform(8)))
+    calibration, _ = data.sample(256, seed=5)
+    spaces.calibrate(model, calibration.split(64))
+    return model, {which: spaces.materialize(model, input_shape=INPUT_SHAPE, calibration=calibration.numpy(),
+                                             int4=which) for which in spaces.INT4_CHOICES}, data
+
+
+def test_4bit_weights_are_stored_at_4_bits_and_pass_the_checker(int4_case):
+    from spaces.materialize import onnx_weights
+
+    model, artifacts, data = int4_case
+    layers = ("features.0", "features.4", "features.8", "fc1", "fc2")
+    assert onnx_weights(artifacts["none"].onnx) == dict.fromkeys(layers, "int8")
+    assert onnx_weights(artifacts["linear"].onnx) == {**dict.fromkeys(layers[:3], "int8"), "fc1": "int4", "fc2": "int4"}
+    assert onnx_weights(artifacts["all"].onnx) == dict.fromkeys(layers, "int4")
+    proto = onnx.load_from_string(artifacts["all"].onnx)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {21}
+    # the file follows the packed size: each 4-bit weight takes half a byte, as in weights.cpz
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    assert len(artifacts["none"].onnx) - len(artifacts["all"].onnx) >= 0.45 * weights
+    stored = [i for i in proto.graph.initializer if i.name.endswith(".weight_quantized")]
+    assert sum(len(i.raw_data) for i in stored) == sum((int(np.prod(i.dims)) + 1) // 2 for i in stored)
+    # and the 4-bit codes are the packed file's: dequantized, they are the layer's effective weight exactly
+    graph = Graph(artifacts["all"].onnx)
+    for fqn in layers:
+        node = graph.producer[graph.layers[fqn].input[1]]
+        q, s, z = (numpy_helper.to_array(graph.init[i]) for i in node.input)
+        w = (q.astype(np.float32) - z.astype(np.float32).reshape(-1, *[1] * (q.ndim - 1))) * s.reshape(
+            -1, *[1] * (q.ndim - 1))
+        effective = model.get_submodule(fqn).effective_weight().detach().numpy()
+        assert np.allclose(w, effective, rtol=0, atol=1e-6 * np.abs(effective).max()), fqn
+
+
+def test_4bit_onnx_runs_and_agrees_with_the_pytorch_simulation(int4_case):
+    model, artifacts, data = int4_case
+    x, _ = data.sample(256, seed=6)
+    simulated = _torch(model, x)
+    for which in ("linear", "all"):
+        onnx_logits = _run(artifacts[which].onnx, x)
+        assert (simulated.argmax(1) == onnx_logits.argmax(1)).mean() >= 0.95, which
+        # no worse than the int8 file, whose weights only approximate the 4-bit grid
+        assert np.abs(simulated - onnx_logits).max() <= np.abs(simulated - _run(artifacts["none"].onnx, x)).max() \
+            + 1e-3 * np.abs(simulated).max(), which
+
+
+def test_an_unknown_int4_setting_is_refused_naming_the_key(int4_case):
+    model, _, _ = int4_case
+    with pytest.raises(ValueError, match=r"onnx_int4 must be one of \['none', 'linear', 'all'\], got 'some'"):
+        spaces.materialize(model, input_shape=INPUT_SHAPE, calibration=np.zeros((4, 1, 28, 28), np.float32),
+                           int4="some")
