@@ -224,3 +224,26 @@ def primed(quick_teacher) -> Callable[[Path], Path]:
         return Path(results)
 
     return prime
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, quick_teacher, primed) -> Callable[[Path], Path]:
+    """``smoke_study(results)``: ``results`` holding a copy of one smoke search, run once per session
+    (``experiment=smoke``: the baselines and 3 searched trials, ``model.checkpoint=`` the quick teacher) in
+    ``results/smoke``; each test module copies it rather than searching again (35-50 s a search on 2 cores)."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from search.run import run
+
+    source = primed(tmp_path_factory.mktemp("smoke-once"))
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        run(compose("config", overrides=["experiment=smoke", f"results_dir={source}",
+                                         f"model.checkpoint={quick_teacher}"]))
+
+    def copy(results: Path) -> Path:
+        shutil.copytree(source, results, dirs_exist_ok=True)
+        return Path(results)
+
+    return copy

@@ -1,7 +1,6 @@
 """The real pipeline on Fashion-MNIST at the smoke budget: outputs, resume, replay, byte-exact size."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import optuna
@@ -18,21 +17,22 @@ pytestmark = pytest.mark.slow  # real smoke searches: in make test, out of -m "n
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+TEACHER: list[Path] = []  # the quick teacher the ``smoke`` fixture's study was searched on
+
+
 def smoke_cfg(results: Path, *overrides: str):
-    """experiment=smoke under ``results``, on the teacher the ``smoke`` fixture put there (``results/teacher.pt``)
-    when it is there; training and caching a teacher is tested in tests/search/test_models.py."""
-    teacher = results / "teacher.pt"
-    checkpoint = [f"model.checkpoint={teacher}"] if teacher.is_file() else []
+    """experiment=smoke under ``results``, on the quick teacher of the ``smoke`` fixture's study; training and
+    caching a teacher is tested in tests/search/test_models.py."""
+    checkpoint = [f"model.checkpoint={t}" for t in TEACHER[:1]]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=["experiment=smoke", f"results_dir={results}", *checkpoint, *overrides])
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, quick_teacher, primed):
-    results = primed(tmp_path_factory.mktemp("results"))
-    shutil.copyfile(quick_teacher, results / "teacher.pt")
-    out = run(smoke_cfg(results))
-    return results, out
+def smoke(tmp_path_factory, quick_teacher, smoke_study):
+    TEACHER[:] = [quick_teacher]
+    results = smoke_study(tmp_path_factory.mktemp("results"))
+    return results, results / "smoke"
 
 
 def test_smoke_writes_every_output(smoke):

@@ -19,7 +19,6 @@ from search import data as data_module
 from search.pick.bundle import load_model
 from search.outputs import trials_frame
 from search.pick.picker import Picked, _pick_and_report, pick
-from search.run import run
 from search.pick.selection import Rule, choose, knee, reference_accuracy
 from search.pick.verify import verify_bundle
 from spaces import to_plain, unpack
@@ -35,11 +34,11 @@ def smoke_cfg(results: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, quick_teacher, primed):
-    """One smoke search (7 baselines + 1 searched trial); the overrides every pick of it repeats."""
-    results = primed(tmp_path_factory.mktemp("results"))
-    overrides = [f"model.checkpoint={quick_teacher}", "study.n_trials=1"]
-    out = run(smoke_cfg(results, *overrides))
+def smoke(tmp_path_factory, quick_teacher, smoke_study):
+    """The session's smoke search (the baselines + 3 searched trials); the overrides every pick of it repeats."""
+    results = smoke_study(tmp_path_factory.mktemp("results"))
+    overrides = [f"model.checkpoint={quick_teacher}"]
+    out = results / "smoke"
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{out / 'study.db'}")
     return results, overrides, trials_frame(study)
 
