@@ -3,7 +3,9 @@
 Objectives (``objectives=[accuracy,size_bytes,latency_ms]`` in the config), one base class, ``BaseObjective``;
 every module of this package is imported here, so a new objective is one new file whose class registers itself
 by its ``name``. Cost models (``hardware=``), one base class, ``BaseCostModel``: ``cpu`` (``OrtCpuCostModel``,
-measured in ONNX Runtime or PyTorch on this CPU), ``gpu`` (``CudaCostModel``, CUDA events), ``lut``
+measured in ONNX Runtime or PyTorch on this CPU), ``openvino`` (``OpenVinoCostModel``, the same ONNX model in
+OpenVINO on this CPU, under ``cpu``'s protocol; a picked bundle ships its IR, ``model.xml`` + ``model.bin``, through
+``BaseCostModel.runtime_files`` / ``export`` / ``load``), ``gpu`` (``CudaCostModel``, CUDA events), ``lut``
 (``LutCostModel``, a per-kernel lookup table for a named device) and ``analytic`` (``AnalyticCostModel``, a
 roofline estimate, no measurement). The measuring ones time under ``host_lock``: one measurement at a time per host.
 """
@@ -19,13 +21,14 @@ from .cpu import OrtCpuCostModel
 from .gpu import CudaCostModel
 from .latency import Latency
 from .lut import LatencyTable, LutCostModel
+from .openvino import OpenVinoCostModel
 from .profile import count_macs, count_params
 from .size import ArtifactSize
 
 __all__ = [
     "BaseObjective", "BaseCostModel", "Measurement", "Outcome", "build", "objective_class", "Accuracy",
     "ArtifactSize", "Latency", "OrtCpuCostModel", "CudaCostModel", "LutCostModel", "LatencyTable",
-    "AnalyticCostModel", "count_macs", "count_params", "cpu_name", "host_lock",
+    "AnalyticCostModel", "OpenVinoCostModel", "count_macs", "count_params", "cpu_name", "host_lock",
 ]
 
 for _info in pkgutil.iter_modules(__path__):  # objectives added as one file register themselves on import

@@ -1,6 +1,7 @@
-"""Top-1 accuracy of a PyTorch model or an ONNX Runtime session on a labelled split."""
+"""Top-1 accuracy of a PyTorch model, an ONNX Runtime session or any runtime's logits on a labelled split."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -43,9 +44,14 @@ class Accuracy(BaseObjective):
     def onnx(self, session) -> float:
         """The same figure for an ``onnxruntime.InferenceSession`` (how a bundle is verified)."""
         name = session.get_inputs()[0].name
+        return self.runtime(lambda x: session.run(None, {name: x})[0])
+
+    def runtime(self, run: Callable[[np.ndarray], np.ndarray]) -> float:
+        """The same figure for any runtime: ``run`` maps a float32 batch (numpy) to its logits (a cost model's
+        ``load`` of its own files, e.g. OpenVINO's IR)."""
         correct = 0
         for key, images in self._batches():
-            pred = np.argmax(session.run(None, {name: images.numpy()})[0], axis=1)
+            pred = np.argmax(run(images.numpy()), axis=1)
             correct += int((pred == self.labels[key].numpy()).sum())
         return correct / len(self.images)
 

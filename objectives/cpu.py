@@ -1,10 +1,11 @@
 """The ``cpu`` cost model: an artifact timed on this CPU, in ONNX Runtime (default) or PyTorch."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, ClassVar
@@ -51,6 +52,8 @@ class OrtCpuCostModel(BaseCostModel):
     """
 
     name: ClassVar[str] = "cpu"
+    #: the ``runtime`` values this class times on (a subclass for another runtime names its own)
+    runtimes: ClassVar[tuple[str, ...]] = RUNTIMES
 
     def __init__(
         self, *, batch_size: int = 64, threads: int = 1, warmup: int = 10, repeats: int = 50, rounds: int = 5,
@@ -65,8 +68,8 @@ class OrtCpuCostModel(BaseCostModel):
                 "hardware: need warmup >= 0, retries >= 0, max_rel_spread > 0, settle_s >= 0, got "
                 f"{warmup=}, {retries=}, {max_rel_spread=}, {settle_s=}"
             )
-        if runtime not in RUNTIMES:
-            raise ValueError(f"hardware.runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+        if runtime not in self.runtimes:
+            raise ValueError(f"hardware.runtime must be one of {list(self.runtimes)}, got {runtime!r}")
         self.batch_size, self.threads, self.warmup, self.repeats = batch_size, threads, warmup, repeats
         self.rounds = min(rounds, repeats)
         self.max_rel_spread, self.retries, self.settle_s = max_rel_spread, retries, settle_s
@@ -75,12 +78,20 @@ class OrtCpuCostModel(BaseCostModel):
         self._worker: ProcessPoolExecutor | None = None
 
     def quick(self, *, warmup: int, repeats: int) -> OrtCpuCostModel:
-        return OrtCpuCostModel(batch_size=self.batch_size, threads=self.threads, warmup=warmup, repeats=repeats,
-                               rounds=min(3, repeats), max_rel_spread=self.max_rel_spread, retries=0, settle_s=0.0,
-                               runtime=self.runtime, host_lock=self.host_lock)
+        """A copy (of a subclass too, with its own settings) with the short protocol, in this process."""
+        quick = copy.copy(self)
+        quick.warmup, quick.repeats, quick.rounds = warmup, repeats, min(3, repeats)
+        quick.retries, quick.settle_s, quick.isolate, quick._worker = 0, 0.0, False, None
+        return quick
 
     def settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("batch_size", "threads", "warmup", "repeats", "rounds", "runtime")}
+
+    @property
+    def times_onnx(self) -> bool:
+        """Whether it times an artifact's ONNX model (not its PyTorch module): pick's verification may then time a
+        bundle together with the ONNX models the search stored (``search.pick.verify.latency``)."""
+        return self.runtime != "torch"
 
     def session(self, onnx_bytes: bytes):
         return _ort.session(onnx_bytes, threads=self.threads)
@@ -99,10 +110,10 @@ class OrtCpuCostModel(BaseCostModel):
             if self.isolate:
                 worker = self._started_worker()  # a first start imports torch: before the pause, not after
                 time.sleep(self.settle_s)
-                got = worker.submit(_measure, self.settings(), jobs, self.max_rel_spread, self.retries).result()
+                got = worker.submit(_measure, self, jobs).result()
             else:
                 time.sleep(self.settle_s)
-                got = _measure(self.settings(), jobs, self.max_rel_spread, self.retries)
+                got = _measure(self, jobs)
         return [dataclasses.replace(m, waited_s=waited) for m in got]
 
     def _started_worker(self) -> ProcessPoolExecutor:
@@ -120,6 +131,23 @@ class OrtCpuCostModel(BaseCostModel):
         if module is None:
             raise ValueError("hardware.runtime=torch needs the artifact's PyTorch module, and this one has none")
         return module
+
+    def runner(self, payload: Any, batch: np.ndarray) -> Callable[[], Any]:
+        """A zero-argument callable running one batch of ``payload`` (``_payload``'s) on the configured runtime;
+        a subclass for another runtime overrides this, ``_payload`` and ``describe``, and keeps the protocol."""
+        if self.runtime == "onnxruntime":
+            sess = _ort.session(payload, threads=self.threads)
+            feed = {sess.get_inputs()[0].name: batch}
+            return lambda: sess.run(None, feed)
+        import torch
+
+        module, x = payload.eval(), torch.from_numpy(batch)
+
+        def run():
+            with torch.inference_mode():
+                module(x)
+
+        return run
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -151,23 +179,6 @@ def _torch_version() -> str:
     return f"torch {torch.__version__}"
 
 
-def _runner(settings: dict[str, Any], payload: Any, batch: np.ndarray):
-    """A zero-argument callable running one batch on the configured runtime."""
-    if settings["runtime"] == "onnxruntime":
-        sess = _ort.session(payload, threads=settings["threads"])
-        feed = {sess.get_inputs()[0].name: batch}
-        return lambda: sess.run(None, feed)
-    import torch
-
-    module, x = payload.eval(), torch.from_numpy(batch)
-
-    def run():
-        with torch.inference_mode():
-            module(x)
-
-    return run
-
-
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """PyTorch's (process-wide) thread count set to ``n`` for the duration, then restored."""
@@ -196,22 +207,21 @@ def _timed(runs, settings: dict[str, Any]) -> list[list[float]]:
     return times
 
 
-def _measure(settings: dict[str, Any], jobs: list[tuple[Any, np.ndarray]], max_rel_spread: float,
-             retries: int) -> list[Measurement]:
-    """Run in this process or in the worker: measure, re-measure the too-noisy ones, keep the tightest.
-    PyTorch's thread count is process-wide: it is set for the timing only, then restored."""
-    if settings["runtime"] != "torch":
-        return _measure_runs(settings, jobs, max_rel_spread, retries)
-    with torch_threads(settings["threads"]):
-        return _measure_runs(settings, jobs, max_rel_spread, retries)
+def _measure(cost: OrtCpuCostModel, jobs: list[tuple[Any, np.ndarray]]) -> list[Measurement]:
+    """Run in this process or in the worker (``cost`` pickled there, without its worker): measure, re-measure the
+    too-noisy ones, keep the tightest. PyTorch's thread count is process-wide: it is set for the timing only, then
+    restored."""
+    if cost.runtime != "torch":
+        return _measure_runs(cost, jobs)
+    with torch_threads(cost.threads):
+        return _measure_runs(cost, jobs)
 
 
-def _measure_runs(settings: dict[str, Any], jobs: list[tuple[Any, np.ndarray]], max_rel_spread: float,
-                  retries: int) -> list[Measurement]:
-    runs = [_runner(settings, payload, batch) for payload, batch in jobs]
+def _measure_runs(cost: OrtCpuCostModel, jobs: list[tuple[Any, np.ndarray]]) -> list[Measurement]:
+    runs, settings = [cost.runner(payload, batch) for payload, batch in jobs], cost.settings()
     best = [summarize(t) for t in _timed(runs, settings)]
-    for _ in range(retries):
-        noisy = [i for i, m in enumerate(best) if m.spread_ms > max_rel_spread * m.value_ms]
+    for _ in range(cost.retries):
+        noisy = [i for i, m in enumerate(best) if m.spread_ms > cost.max_rel_spread * m.value_ms]
         if not noisy:
             break
         again = _timed([runs[i] for i in noisy], settings)

@@ -223,8 +223,9 @@ def setup(cfg: DictConfig) -> Setup:
     n_trials = cfg.study.n_trials
     if not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"study.n_trials must be an integer >= 0, got {n_trials!r}")
+    cost_model = _instantiate(cfg.hardware, "hardware")  # before the data: a missing runtime is told at once
     results = Path(cfg.results_dir)
-    splits = load_data(cfg)  # first: the model is sized for the data
+    splits = load_data(cfg)  # the model is sized for the data
     net = build_model(cfg.model, splits)
     out_dir = results / name
     stopping = OmegaConf.to_container(cfg.get("early_stopping") or {}, resolve=True)
@@ -240,7 +241,6 @@ def setup(cfg: DictConfig) -> Setup:
     except TypeError as exc:
         raise ValueError(f"screening: {exc}; allowed keys: {[f.name for f in fields(Screening)]}") from exc
     onnx_int4(cfg)
-    cost_model = _instantiate(cfg.hardware, "hardware")
     workers = whole("study.workers", cfg.study.get("workers", 1), 1)
     for key in ("heartbeat_interval", "grace_period"):
         whole(f"study.{key}", cfg.study.get(key, 1), 1)

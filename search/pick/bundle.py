@@ -1,4 +1,6 @@
-"""A picked model as a folder: ``model.onnx``, ``weights.cpz``, ``config.yaml``, ``report.json``, ``README.md``.
+"""A picked model as a folder: ``model.onnx``, ``weights.cpz``, ``config.yaml``, ``report.json``, ``README.md``, and
+the files of the cost model's runtime where it has its own (``BaseCostModel.runtime_files``: ``model.xml`` and
+``model.bin`` for OpenVINO).
 
 ``load_model(bundle_dir)`` rebuilds the PyTorch model from the folder alone: the architecture from
 ``config.yaml`` (random weights, no trained teacher needed), the trial's params applied to get the
@@ -22,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from objectives import BaseCostModel
 from spaces import PRUNED, Artifact, to_plain, unpack
 from spaces.materialize import onnx_weights
 
@@ -82,6 +85,18 @@ def write_model_files(folder: Path, artifact: Artifact, spec: dict[str, Any]) ->
     atomic_write(folder / "weights.cpz", artifact.packed)
     header = "# The trial's params and the study's resolved config. The model: search.bundle.load_model(<folder>)\n"
     atomic_write(folder / "config.yaml", header + OmegaConf.to_yaml(OmegaConf.create(spec)))
+
+
+def write_runtime_files(folder: Path, cost_model: BaseCostModel, artifact: Artifact) -> list[str]:
+    """The cost model's own files for ``artifact`` (``export``: OpenVINO's model.xml and model.bin), beside
+    model.onnx; their names (none for a runtime that runs model.onnx itself)."""
+    files = cost_model.export(artifact)
+    if sorted(files) != sorted(cost_model.runtime_files):
+        raise ValueError(f"cost model {cost_model.name!r} exported {sorted(files)}, and declares "
+                         f"runtime_files {list(cost_model.runtime_files)}")
+    for name, data in files.items():
+        atomic_write(folder / name, data)
+    return list(files)
 
 
 def read_spec(bundle_dir: Path) -> dict[str, Any]:

@@ -22,6 +22,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _runtime_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The accuracy on the runtime's own files, where the cost model ships some (``report["runtime"]``)."""
+    rt, val = report.get("runtime"), report["accuracy"]["val"]
+    if not rt:
+        return []
+    return [{"": f"validation accuracy, {rt['name']} ({rt['files'][0]})", "this model": _pct(val.get("runtime")),
+             "searched (recorded)": _pct(val["recorded"]), "uncompressed": ""}]
+
+
 def figures(report: dict[str, Any]) -> list[dict[str, Any]]:
     acc, ref = report["accuracy"], report["uncompressed"]
     size, lat = report["size_bytes"], report["latency_ms"]
@@ -30,6 +39,7 @@ def figures(report: dict[str, Any]) -> list[dict[str, Any]]:
          "searched (recorded)": _pct(acc["val"]["recorded"]), "uncompressed": _pct(ref.get("val_accuracy"))},
         {"": "validation accuracy, PyTorch", "this model": _pct(acc["val"]["pytorch"]),
          "searched (recorded)": _pct(acc["val"]["recorded"]), "uncompressed": _pct(ref.get("val_accuracy"))},
+        *_runtime_rows(report),
         {"": "validation accuracy, load_model (float activations)", "this model": _pct(acc["val"].get("loader")),
          "searched (recorded)": "", "uncompressed": ""},
         {"": "test accuracy, ONNX Runtime", "this model": _pct(acc["test"]["onnx"]),
@@ -85,6 +95,15 @@ def scaling(report: dict[str, Any]) -> str:
     return f"`(pixel / 255 - mean[c]) / std[c]` per channel c, mean {list(mean)}, std {list(std)}"
 
 
+def runtime_files(report: dict[str, Any]) -> str:
+    """The Files entry of a runtime with files of its own (OpenVINO's IR), one line; empty for one without."""
+    rt = report.get("runtime")
+    if not rt:
+        return ""
+    names = ", ".join(f"`{n}`" for n in rt["files"])
+    return f"- {names}: the model in {rt['name']}'s own format; the latency above was measured on these files.\n"
+
+
 def render(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
     shape, cost = report["input_shape"], report["cost_model"]
     one_sample = ", ".join(map(str, [1, *shape[1:]]))
@@ -116,7 +135,7 @@ layers stand for it; one column per knob of the search space, as that knob descr
 
 - `model.onnx`: the model for ONNX Runtime (int8 QDQ on the layers with <= 8-bit weights and 8-bit inputs; weights
   at 4 bits where the table's `model.onnx` column says int4).
-- `weights.cpz`: the packed weights ({report['size_bytes']['measured']:,} bytes; the size objective).
+{runtime_files(report)}- `weights.cpz`: the packed weights ({report['size_bytes']['measured']:,} bytes; the size objective).
 - `config.yaml`: the trial's parameters and the study's resolved config; `report.json`: every figure above.
 
 ## Use it

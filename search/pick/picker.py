@@ -26,7 +26,7 @@ from objectives import Measurement, Outcome, cpu_name
 from spaces import Artifact, JointSpace, StudentSpace
 
 from . import card
-from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files
+from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files, write_runtime_files
 from .._checks import flat, under
 from ..cli import entry
 from ..data import FROM_DATA
@@ -39,7 +39,7 @@ from ..workers.storage import backend as opened
 from ..workers.shared import fetch, publish
 from ..workers.storage import is_server, load_study, url_for
 from .remeasure import onnx_of, store
-from .verify import Companions, Tolerances, accuracies, between_readings, check, files_now, latency
+from .verify import Companions, Tolerances, accuracies, between_readings, check, files_now, latency, runtime_of
 
 log = logging.getLogger("search")
 
@@ -154,6 +154,8 @@ def summary(report: dict[str, Any]) -> str:
         f"{'val accuracy (PyTorch)':26}{_num(a['val']['recorded'], '.4f'):>12}{a['val']['pytorch_replay']:>14.4f}",
         *([f"{'  after fine-tune':26}{'':>12}{a['val']['pytorch']:>14.4f}"] if report["finetune"]["steps"] else []),
         f"{'val accuracy (ONNX)':26}{'':>12}{a['val']['onnx']:>14.4f}",
+        *([f"{'val accuracy (' + report['runtime']['files'][0] + ')':26}{'':>12}{a['val']['runtime']:>14.4f}"]
+          if a["val"].get("runtime") is not None else []),
         f"{'test accuracy (ONNX)':26}{'':>12}{a['test']['onnx']:>14.4f}",
         f"{'size (bytes)':26}{_num(s['recorded'], ',.0f'):>12}{s['measured']:>14,}",
         f"{'latency (ms)':26}{_num(lat['recorded'], '.3f'):>12}{lat['measured']:>14.3f}",
@@ -229,7 +231,8 @@ def measurements(r: Replay, folder: Path, tol: Tolerances, df) -> dict[str, Any]
     s, spread = r.prepared.setup, float(r.trial.user_attrs.get("latency_spread_ms", 0.0))
     recorded = recorded_values(r.trial, r.study)
     measuring = s.cost_model.reference()  # a study searched on a predictor is verified on the real runtime
-    acc, files = accuracies(r.model, folder, splits=s.splits, cost_model=measuring), files_now(folder)
+    acc = accuracies(r.model, folder, splits=s.splits, cost_model=measuring)
+    files = files_now(folder, cost_model=measuring)
     others = {o.name: {"recorded": recorded[o.name], "measured": _value(o(Outcome(r.model, r.artifact)))}
               for o in s.objectives if o.name not in ("accuracy", "size_bytes", "latency_ms")}
     return {
@@ -241,7 +244,7 @@ def measurements(r: Replay, folder: Path, tol: Tolerances, df) -> dict[str, Any]
                               recorded=recorded.get("latency_ms"), spread=spread, example=r.artifact.example,
                               companions=companions(r, df) if "latency_ms" in recorded else None),
         "objectives": others,
-        "loader": {"max_abs_diff": acc["loader_max_abs_diff"]}, "files": files,
+        "loader": {"max_abs_diff": acc["loader_max_abs_diff"]}, "files": files, **runtime_of(measuring),
     }
 
 
@@ -308,6 +311,7 @@ def write_bundle(r: Replay, df, final: Path, tol: Tolerances) -> Picked:
                        structure=structure_of(r.model))
     with staging(final) as folder:
         write_model_files(folder, r.artifact, spec)
+        write_runtime_files(folder, r.prepared.setup.cost_model.reference(), r.artifact)
         report = {**context(r, df), "verified": None, "reasons": [], "tolerances": asdict(tol),
                   **measurements(r, folder, tol, df)}
         report["reasons"] = check(report, tol)

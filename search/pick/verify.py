@@ -5,7 +5,11 @@
   (0.3 points) of the recorded one (the replay is deterministic; a gap means the config or code changed);
 - loader: ``bundle.load_model`` gives the replayed plain model's logits within ``loader_abs``;
 - files: ``weights.cpz`` unpacks, ``model.onnx`` passes ``onnx.checker``, neither changed since pick (sha256);
-- latency, told apart from the machine's noise: ``model.onnx`` is timed together with (interleaved, in one
+- a runtime's own files (``BaseCostModel.runtime_files``: OpenVINO's ``model.xml`` / ``model.bin``), where the
+  cost model ships them: unchanged since pick, loaded by that runtime (``load``), and its validation accuracy on
+  them within ``accuracy_points`` of the recorded accuracy (of the PyTorch model after a pick's fine-tune);
+- latency, told apart from the machine's noise: ``model.onnx`` (or the runtime's own files, which the cost
+  model then times) is timed together with (interleaved, in one
   ``measure_many``) the ONNX model the search stored for the trial and the uncompressed model's (the study's
   artifact store). *Same model*: the bundle's reading within ``latency_rel`` (10%), or ``latency_spreads`` (3) x
   the two readings' combined relative interquartile range where larger, of the searched model's; a gap there is
@@ -31,7 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from objectives import Accuracy, BaseCostModel, Measurement, OrtCpuCostModel
+from objectives import Accuracy, BaseCostModel, Measurement
 from spaces import Artifact, to_plain, unpack
 
 from .bundle import load_model
@@ -79,15 +83,40 @@ def onnx_session(cost_model: BaseCostModel, onnx_bytes: bytes):
     return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
 
+def runtime_files(folder: Path, cost_model: BaseCostModel | None) -> dict[str, bytes] | None:
+    """The cost model's own files in the bundle (``runtime_files``), by name; None where it ships none or one of
+    them is missing (``files_now`` says which)."""
+    names = cost_model.runtime_files if cost_model is not None else ()
+    if not names or not all((folder / n).is_file() for n in names):
+        return None
+    return {n: (folder / n).read_bytes() for n in names}
+
+
+def runtime_of(cost_model: BaseCostModel) -> dict[str, Any]:
+    """What report.json says of a runtime with files of its own (``report["runtime"]``): {} for one without."""
+    if not cost_model.runtime_files:
+        return {}
+    return {"runtime": {"name": cost_model.describe().get("runtime", cost_model.name),
+                        "files": list(cost_model.runtime_files)}}
+
+
 def accuracies(model: nn.Module, folder: Path, *, splits: Splits, cost_model: BaseCostModel) -> dict[str, Any]:
     """Validation and test accuracy of the PyTorch model and of the bundle's ONNX model; ``load_model``'s model
-    on validation, and its largest logit difference from the plain form of ``model``."""
+    on validation, and its largest logit difference from the plain form of ``model``; the validation accuracy on
+    the cost model's own files where it ships some (``val.runtime``; None where they do not load)."""
     session, loaded = onnx_session(cost_model, (folder / "model.onnx").read_bytes()), load_model(folder)
     out: dict[str, Any] = {}
     for split, (x, y) in {"val": (splits.val_x, splits.val_y), "test": (splits.test_x, splits.test_y)}.items():
         acc = Accuracy(images=x, labels=y)
         out[split] = {"pytorch": acc.of(model), "onnx": acc.onnx(session)}
     out["val"]["loader"] = Accuracy(images=splits.val_x, labels=splits.val_y).of(loaded)  # activations in float
+    if cost_model.runtime_files:
+        files = runtime_files(folder, cost_model)
+        try:
+            run = cost_model.load(files) if files else None
+        except Exception:  # noqa: BLE001 - files_now reports why, on the file
+            run = None
+        out["val"]["runtime"] = Accuracy(images=splits.val_x, labels=splits.val_y).runtime(run) if run else None
     with torch.no_grad():
         x = splits.val_x[:256]
         out["loader_max_abs_diff"] = float((loaded(x) - to_plain(model)(x)).abs().max())
@@ -134,29 +163,34 @@ def _together(cost_model: BaseCostModel, artifact: Artifact, c: Companions) -> d
 def latency(folder: Path, *, cost_model: BaseCostModel, input_shape: tuple[int, ...], recorded: float | None,
             spread: float, tol: Tolerances, example: Any = None, companions: Companions | None = None
             ) -> dict[str, Any]:
-    """The latency of the bundle's files, next to the search's reading and what it is checked against (nothing
-    when latency was not an objective of the study): timed together with ``companions`` where they are given and
-    the cost model times ONNX models, else against the recorded band."""
+    """The latency of the bundle's files (the cost model's own, ``runtime_files``, where it ships some; else
+    model.onnx: ``timed``), next to the search's reading and what it is checked against (nothing when latency was
+    not an objective of the study): timed together with ``companions`` where they are given and the cost model
+    can time the ONNX models the search stored (its ``times_onnx``: ONNX Runtime, OpenVINO converting them in
+    memory), else against the recorded band."""
     band = tol.latency_band(recorded, spread) if recorded is not None else (0.0, float("inf"))
+    files = runtime_files(folder, cost_model)
     artifact = Artifact(packed=(folder / "weights.cpz").read_bytes(), onnx=(folder / "model.onnx").read_bytes(),
-                        int8_layers=(), input_shape=input_shape, example=example, module=load_model(folder))
+                        int8_layers=(), input_shape=input_shape, example=example, module=load_model(folder),
+                        files=files)
+    timed = next(iter(files)) if files else "model.onnx"
     inputs = "random normal (no example inputs given)" if example is None or len(example) == 0 else \
         f"{len(example)} example inputs (real data, as the search measured)"
     c = companions or Companions()
-    onnx_timed = isinstance(cost_model, OrtCpuCostModel) and cost_model.runtime == "onnxruntime"
-    if recorded is None or not onnx_timed or (c.searched is None and c.uncompressed is None):
+    together = getattr(cost_model, "times_onnx", False) and (c.searched is not None or c.uncompressed is not None)
+    if recorded is None or not together:
         m, readings = measure_latency(cost_model, artifact, recorded if recorded is not None else 0.0, band,
                                       attempts=2 if recorded is not None else 1)
         return {"recorded": recorded, "recorded_spread": spread, "measured": m.value_ms, "measured_spread": m.spread_ms,
                 "readings": readings, "allowed": [round(band[0], 4), round(band[1], 4)] if recorded is not None
-                else None, "inputs": inputs}
+                else None, "inputs": inputs, "timed": timed}
     out: dict[str, Any] = {}
     for attempt in range(2):  # a failing reading is taken once more before it counts
         t = _together(cost_model, artifact, c)
         m = t["measured"]
         out = {"recorded": recorded, "recorded_spread": spread, "measured": m.value_ms, "measured_spread": m.spread_ms,
                "readings": [*out.get("readings", []), round(m.value_ms, 4)], "allowed": None, "inputs": inputs,
-               "together": {}}
+               "timed": timed, "together": {}}
         if "searched" in t:
             s = t["searched"]
             noise = float(np.hypot(m.spread_ms / m.value_ms, s.spread_ms / s.value_ms))
@@ -192,6 +226,7 @@ def check(report: dict[str, Any], tol: Tolerances) -> list[str]:
         if abs(v["measured"] - v["recorded"]) > tol.size_rel * abs(v["recorded"]):
             reasons.append(f"{name}: {v['measured']:,.6g} recomputed on the replay, the search recorded "
                            f"{v['recorded']:,.6g} (more than {tol.size_rel:.0%} apart)")
+    reasons += _runtime_accuracy_reasons(report, tol)
     reasons += _latency_reasons(report["latency_ms"], tol)
     diff = report.get("loader", {}).get("max_abs_diff")
     if diff is not None and diff > tol.loader_abs:
@@ -202,19 +237,35 @@ def check(report: dict[str, Any], tol: Tolerances) -> list[str]:
     return reasons
 
 
+def _runtime_accuracy_reasons(report: dict[str, Any], tol: Tolerances) -> list[str]:
+    """The runtime's own files scored against the recorded accuracy, or against the PyTorch model they were
+    written from where pick fine-tuned it (or accuracy was not an objective)."""
+    rt, acc = report.get("runtime"), report["accuracy"]["val"]
+    if not rt or acc.get("runtime") is None:
+        return []
+    tuned = bool(report.get("finetune", {}).get("steps")) or acc["recorded"] is None
+    ref, whose = (acc["pytorch"], "the PyTorch model they were written from scores") if tuned else \
+        (acc["recorded"], "the search recorded")
+    gap = abs(acc["runtime"] - ref) * 100
+    if gap <= tol.accuracy_points:
+        return []
+    return [f"accuracy: {rt['files'][0]} scores {acc['runtime']:.4f} on validation in {rt['name']}, {whose} "
+            f"{ref:.4f} ({gap:.2f} points apart, allowed {tol.accuracy_points})"]
+
+
 def _latency_reasons(lat: dict[str, Any], tol: Tolerances) -> list[str]:
     """What the latency check finds wrong (``latency``'s report): the figures timed together where they are
     there, else the recorded band."""
-    t = lat.get("together")
+    t, timed = lat.get("together"), lat.get("timed", "model.onnx")
     if t:
         out = []
         if "apart" in t and abs(t["apart"]) > t["allowed"]:
-            out.append(f"latency: model.onnx reads {lat['measured']:.3f} ms and the ONNX model the search timed for "
+            out.append(f"latency: {timed} reads {lat['measured']:.3f} ms and the ONNX model the search timed for "
                        f"this trial {t['searched_ms']:.3f} ms, timed together now: {t['apart']:+.0%} apart, more "
                        f"than the {t['allowed']:.0%} their spreads allow ({lat['measured_spread']:.3f} and "
                        f"{t['searched_spread']:.3f} ms): the bundle is not the model the search measured")
         if "share_apart" in t and abs(t["share_apart"]) > t["share_allowed"]:
-            out.append(f"latency: model.onnx takes {t['share_now']:.3f} of the uncompressed model's latency timed "
+            out.append(f"latency: {timed} takes {t['share_now']:.3f} of the uncompressed model's latency timed "
                        f"together now ({lat['measured']:.3f} of {t['uncompressed_ms']:.3f} ms), the search recorded "
                        f"{t['share_recorded']:.3f} ({lat['recorded']:.3f} of {t['uncompressed_recorded_ms']:.3f} ms): "
                        f"{t['share_apart']:+.0%} apart, more than the {t['share_allowed']:.0%} allowed (3 x the "
@@ -225,14 +276,20 @@ def _latency_reasons(lat: dict[str, Any], tol: Tolerances) -> list[str]:
     lo, hi = tol.latency_band(lat["recorded"], lat["recorded_spread"])
     if lo <= lat["measured"] <= hi:
         return []
-    return [f"latency: {lat['measured']:.3f} ms measured on model.onnx, outside the recorded "
+    return [f"latency: {lat['measured']:.3f} ms measured on {timed}, outside the recorded "
             f"{lat['recorded']:.3f} ms +- noise band [{lo:.3f}, {hi:.3f}] ms"]
 
 
-def files_now(bundle_dir: Path, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Byte count and hash of the bundle's files, with problems: changed since pick, unreadable."""
+def files_now(bundle_dir: Path, recorded: dict[str, Any] | None = None,
+              cost_model: BaseCostModel | None = None) -> dict[str, Any]:
+    """Byte count and hash of the bundle's files (those ``recorded`` in report.json, and ``cost_model``'s own), with
+    problems: missing, changed since pick, unreadable, not loaded by the cost model's runtime."""
+    own = cost_model.runtime_files if cost_model is not None else ()
     out = {}
-    for name in ("model.onnx", "weights.cpz"):
+    for name in dict.fromkeys(["model.onnx", "weights.cpz", *(recorded or {}), *own]):
+        if not (bundle_dir / name).is_file() and name not in ("model.onnx", "weights.cpz"):
+            out[name] = {"bytes": 0, "sha256": "", "problems": ["missing from the bundle"]}
+            continue
         facts, problems = file_facts(bundle_dir / name), []
         if recorded and name in recorded and recorded[name]["sha256"] != facts["sha256"]:
             problems.append("changed since it was written (sha256 differs from report.json)")
@@ -247,6 +304,13 @@ def files_now(bundle_dir: Path, recorded: dict[str, Any] | None = None) -> dict[
         onnx.checker.check_model(onnx.load_from_string((bundle_dir / "model.onnx").read_bytes()))
     except Exception as exc:  # the checker raises its own error types
         out["model.onnx"]["problems"].append(f"fails onnx.checker: {str(exc).splitlines()[0]}")
+    files = runtime_files(bundle_dir, cost_model)
+    if files:
+        try:
+            cost_model.load(files)
+        except Exception as exc:  # noqa: BLE001 - each runtime raises its own error types
+            name = runtime_of(cost_model)["runtime"]["name"]
+            out[own[0]]["problems"].append(f"does not load in {name}: {(str(exc).splitlines() or [repr(exc)])[0]}")
     return out
 
 
@@ -264,7 +328,8 @@ def verify_bundle(
     bundle_dir = Path(bundle_dir)
     report = json.loads((bundle_dir / "report.json").read_text())
     tol = tol or Tolerances(**report.get("tolerances", {}))
-    report["files"] = files_now(bundle_dir, report.get("files"))
+    measuring = cost_model.reference() if cost_model is not None else None
+    report["files"] = files_now(bundle_dir, report.get("files"), measuring)
     report["size_bytes"]["measured"] = report["files"]["weights.cpz"]["bytes"]
     if cost_model is not None:
         lat = report["latency_ms"]

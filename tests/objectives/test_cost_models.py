@@ -3,8 +3,10 @@ predicts a toy model's latency within tolerance of its own measurement; a measur
 and says how long."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 import threading
 import time
 
@@ -15,8 +17,8 @@ from torch import nn
 
 import spaces
 from objectives import (
-    AnalyticCostModel, BaseCostModel, CudaCostModel, Latency, LatencyTable, LutCostModel, Measurement, OrtCpuCostModel,
-    _ort, host_lock,
+    AnalyticCostModel, BaseCostModel, CudaCostModel, Latency, LatencyTable, LutCostModel, Measurement, OpenVinoCostModel,
+    OrtCpuCostModel, _ort, host_lock,
 )
 from objectives.gpu import cuda_available
 from objectives.lut import device_slug, table_path
@@ -171,11 +173,18 @@ class TestCudaCostModel(CostModelContract):
         return CudaCostModel(batch_size=BATCH, warmup=3, repeats=10)
 
 
+class TestOpenVinoCostModel(CostModelContract):
+    def make(self, lut_root):
+        pytest.importorskip("openvino", reason="hardware=openvino needs the runtimes extra (uv sync --extra runtimes)")
+        return OpenVinoCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0)
+
+
 def test_every_cost_model_class_has_a_contract_test():
     names = {c.__name__ for c in CostModelContract.__subclasses__()}
-    for cls in (OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel):
+    known = (OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel, OpenVinoCostModel)
+    for cls in known:
         assert f"Test{cls.__name__}" in names, cls.__name__
-    assert set(BaseCostModel.__subclasses__()) <= {OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel}
+    assert set(BaseCostModel.__subclasses__()) | set(OrtCpuCostModel.__subclasses__()) <= set(known)
 
 
 # --------------------------------------------------------------------------- the lookup table
@@ -355,6 +364,39 @@ def test_a_negative_constant_never_predicts_less_than_the_kernels(tmp_path, smal
     assert lut.latency_ms(small).value_ms == pytest.approx(lut.table.kernel_sum(lut.kernels(small)))
 
 
+# --------------------------------------------------------------------------- openvino
+
+
+def test_openvino_ir_round_trips_to_the_onnx_models_logits():
+    """export's IR (model.xml + model.bin), loaded back: the float model's logits as ONNX Runtime gives them, the
+    int8 one's as OpenVINO gives them for the ONNX model read in memory (its int8 kernels round as ORT's need not)."""
+    pytest.importorskip("openvino", reason="hardware=openvino needs the runtimes extra (uv sync --extra runtimes)")
+    ov = OpenVinoCostModel(batch_size=BATCH, warmup=1, repeats=3, settle_s=0)
+    fp32, int8 = artifact_of(8), artifact_of(8, int8=True)
+    files = ov.export(fp32)
+    assert sorted(files) == ["model.bin", "model.xml"] and files["model.xml"].startswith(b"<?xml")
+    x = fp32.example[:5]  # any batch size: the IR keeps the batch dimension dynamic
+    expected = _ort.session(fp32.onnx, threads=1).run(None, {"input": x})[0]
+    assert np.abs(ov.load(files)(x) - expected).max() <= 1e-4
+    in_memory = ov.compiled(ov.read(int8.onnx))
+    assert np.abs(ov.load(ov.export(int8))(x) - in_memory(x)[0]).max() <= 1e-4
+    timed = ov.latency_ms(dataclasses.replace(int8, files=ov.export(int8)))  # a bundle's IR, timed as it is
+    assert timed.value_ms > 0
+
+
+def test_openvino_missing_is_a_one_line_error_naming_the_package_and_the_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as where the runtimes extra is not installed
+    with pytest.raises(ValueError, match=r"hardware=openvino needs the Python package openvino.*uv sync --extra runtimes") as e:
+        OpenVinoCostModel()
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"precision": "int4"}, "precision"), ({"threads": 0}, "threads")])
+def test_openvino_rejects_bad_settings(kwargs, key):
+    with pytest.raises(ValueError, match=rf"hardware\.{key}.*{kwargs[key]!r}"):
+        OpenVinoCostModel(**kwargs)
+
+
 # --------------------------------------------------------------------------- the host lock
 
 
@@ -404,8 +446,8 @@ def test_a_measurement_built_by_position_still_works():
 
 @pytest.mark.parametrize("make", [
     lambda v: OrtCpuCostModel(host_lock=v), lambda v: CudaCostModel(host_lock=v),
-    lambda v: LutCostModel(table="nowhere", host_lock=v),
-], ids=["cpu", "gpu", "lut"])
+    lambda v: LutCostModel(table="nowhere", host_lock=v), lambda v: OpenVinoCostModel(host_lock=v),
+], ids=["cpu", "gpu", "lut", "openvino"])
 @pytest.mark.parametrize("value", [2, None, "", "/no/such/folder/x.lock"])
 def test_a_bad_host_lock_is_a_one_line_error_naming_the_key(make, value):
     with pytest.raises(ValueError, match=r"^hardware\.host_lock") as err:

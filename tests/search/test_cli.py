@@ -60,6 +60,20 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, overrides, expec
     assert list(tmp_path.iterdir()) == []  # no results/, no Hydra outputs/
 
 
+def test_openvino_without_the_package_is_one_line_naming_it_and_the_command(tmp_path, capsys, monkeypatch):
+    """hardware=openvino where the runtimes extra is not installed (its import made to fail, as it would)."""
+    from search.cli import entry
+    from search.run import run
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(SystemExit) as exc:
+        entry(run, argv=["experiment=smoke", f"results_dir={tmp_path / 'results'}", "hardware=openvino"])
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1, lines
+    assert "hardware=openvino" in lines[0] and "openvino" in lines[0] and "uv sync --extra runtimes" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_unknown_sampler_is_refused_by_hydra(tmp_path, cli_env):
     proc = run_cli(tmp_path, cli_env, "sampler=annealing")

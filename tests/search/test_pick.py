@@ -283,3 +283,43 @@ def test_latency_reasons_name_the_figure_that_missed_by_how_much_and_the_noise()
     assert len(_latency_reasons(lat, Tolerances())) == 2
     lat["together"] = {"searched_ms": 5.9, "searched_spread": 0.1, "apart": 6.0 / 5.9 - 1, "allowed": 0.1}
     assert _latency_reasons(lat, Tolerances()) == []  # the recorded 4.0 ms band no longer decides
+
+
+# --------------------------------------------------------------------------- a runtime with files of its own
+
+
+def test_openvino_search_and_pick_ship_and_verify_the_ir(smoke, tmp_path):
+    """hardware=openvino from search to bundle: model.xml / model.bin beside model.onnx, recorded, loaded by
+    OpenVINO, scored on validation within 0.3 points of the recorded accuracy, and timed (together with the ONNX
+    model the search stored); a changed or broken IR is caught and named."""
+    pytest.importorskip("openvino", reason="hardware=openvino needs the runtimes extra (uv sync --extra runtimes)")
+    from objectives import OpenVinoCostModel
+    from search.pick.verify import files_now
+
+    results, overrides, _ = smoke
+    ov = [*overrides, "hardware=openvino", "study.name=smoke-openvino", "study.baselines=false", "recovery.steps=2",
+          "recovery.qat_steps=1", "hardware.settle_s=0", "hardware.warmup=3", "hardware.repeats=20"]
+    run(smoke_cfg(results, *ov))
+    picked = pick(smoke_cfg(results, *ov, "pick.trial=0"))
+    path, report = picked.path, picked.report
+    assert report["int8_layers"]  # the sampler's first trial (seed 0) runs a layer on OpenVINO's int8 kernels
+    assert report["runtime"]["files"] == ["model.xml", "model.bin"]
+    assert report["runtime"]["name"].startswith("openvino ") and report["cost_model"]["cost_model"] == "openvino"
+    for name in ("model.onnx", "model.xml", "model.bin"):
+        assert report["files"][name]["bytes"] == (path / name).stat().st_size > 0 and not report["files"][name]["problems"]
+    acc = report["accuracy"]["val"]
+    assert abs(acc["runtime"] - acc["recorded"]) * 100 <= 0.3, acc
+    assert report["latency_ms"]["timed"] == "model.xml" and report["latency_ms"]["together"]["searched_ms"] > 0
+    assert [r for r in report["reasons"] if not r.startswith("latency")] == []  # latency may be the machine's noise
+    card = (path / "README.md").read_text()
+    assert "`model.xml`, `model.bin`" in card and report["runtime"]["name"] in card
+
+    broken = shutil.copytree(path, tmp_path / "broken")
+    (broken / "model.xml").write_bytes(b"<net>")
+    with open(broken / "model.bin", "ab") as f:
+        f.write(b"\0")
+    files = files_now(broken, report["files"], OpenVinoCostModel())
+    assert files["model.bin"]["problems"] == ["changed since it was written (sha256 differs from report.json)"]
+    assert any(p.startswith("does not load in openvino") for p in files["model.xml"]["problems"])
+    named = {r.split(":")[0] for r in verify_bundle(broken)["reasons"] if r.startswith("model.")}  # no cost model:
+    assert named == {"model.xml", "model.bin"}  # the hashes alone, each reason naming its file
