@@ -4,8 +4,9 @@ Objectives (``objectives=[accuracy,size_bytes,latency_ms]`` in the config), one 
 every module of this package is imported here, so a new objective is one new file whose class registers itself
 by its ``name``. Cost models (``hardware=``), one base class, ``BaseCostModel``: ``cpu`` (``OrtCpuCostModel``,
 measured in ONNX Runtime or PyTorch on this CPU), ``gpu`` (``CudaCostModel``, CUDA events), ``lut``
-(``LutCostModel``, a per-kernel lookup table for a named device) and ``analytic`` (``AnalyticCostModel``, a
-roofline estimate, no measurement). The measuring ones time under ``host_lock``: one measurement at a time per host.
+(``LutCostModel``, a per-kernel lookup table for a named device), ``analytic`` (``AnalyticCostModel``, a
+roofline estimate, no measurement) and ``executorch`` (``ExecuTorchCostModel``, an ExecuTorch program on XNNPACK,
+measured on this CPU; the ``runtimes`` extra). The measuring ones time under ``host_lock``: one measurement at a time per host.
 """
 import importlib
 import pkgutil
