@@ -282,7 +282,8 @@ def _quantized(graph_module: Any, layers: tuple[str, ...], calibration: np.ndarr
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(graph_module, _quantizer(set(layers)))
-    for chunk in _chunks(calibration, batch_size):
+    whole = -(-len(calibration) // batch_size) * batch_size  # the graph takes whole batches: wrap around to fill the
+    for chunk in _chunks(calibration[np.arange(whole) % len(calibration)], batch_size):  # last (min/max unchanged)
         prepared(torch.from_numpy(chunk))
     converted = convert_pt2e(prepared)
     missing = set(layers) - _int8_owners(converted)
