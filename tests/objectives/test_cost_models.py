@@ -1,6 +1,6 @@
 """Every cost model passes one contract; the lookup table round-trips, refuses a foreign device and
 predicts a toy model's latency within tolerance of its own measurement; a measurement waits for the host lock
-and says how long."""
+and says how long; ExecuTorch's int8 program follows the ONNX model's logits."""
 from __future__ import annotations
 
 import dataclasses
@@ -210,7 +210,7 @@ def test_an_int8_executorch_program_gives_logits_close_to_the_onnx_models(execut
     artifact = dataclasses.replace(artifact, example=np.concatenate([artifact.example, artifact.example[:8]]))
     files = executorch_model.export(artifact)
     assert set(files) == set(executorch_model.runtime_files) == {"model.pte"}
-    images = np.random.default_rng(1).standard_normal((40, *SHAPE[1:]), dtype=np.float32)  # 40: two programs' batches and a padded part
+    images = np.random.default_rng(1).standard_normal((40, *SHAPE[1:]), dtype=np.float32)  # 2.5 program batches
     logits = executorch_model.load(files)(images)
     onnx = _ort.session(artifact.onnx, threads=1).run(None, {"input": images})[0]
     with torch.no_grad():
