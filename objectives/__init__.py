@@ -6,8 +6,10 @@ by its ``name``. Cost models (``hardware=``), one base class, ``BaseCostModel``:
 measured in ONNX Runtime or PyTorch on this CPU), ``openvino`` (``OpenVinoCostModel``, the same ONNX model in
 OpenVINO on this CPU, under ``cpu``'s protocol; a picked bundle ships its IR, ``model.xml`` + ``model.bin``, through
 ``BaseCostModel.runtime_files`` / ``export`` / ``load``), ``gpu`` (``CudaCostModel``, CUDA events), ``lut``
-(``LutCostModel``, a per-kernel lookup table for a named device) and ``analytic`` (``AnalyticCostModel``, a
-roofline estimate, no measurement). The measuring ones time under ``host_lock``: one measurement at a time per host.
+(``LutCostModel``, a per-kernel lookup table for a named device), ``analytic`` (``AnalyticCostModel``, a
+roofline estimate, no measurement) and ``executorch`` (``ExecuTorchCostModel``, an ExecuTorch program on XNNPACK,
+measured on this CPU; its bundles ship ``model.pte``). ``openvino`` and ``executorch`` need the ``runtimes`` extra.
+The measuring ones time under ``host_lock``: one measurement at a time per host.
 """
 import importlib
 import pkgutil

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,6 +24,29 @@ def summarize(times: Sequence[float]) -> Measurement:
     """Median and interquartile range of per-run times (ms)."""
     q1, median, q3 = np.percentile(np.asarray(times, dtype=float), [25, 50, 75])
     return Measurement(float(median), float(q3 - q1), tuple(float(t) for t in times))
+
+
+def check_protocol(*, batch_size: int, threads: int, warmup: int, repeats: int, rounds: int, max_rel_spread: float,
+                   retries: int, settle_s: float) -> None:
+    """The timing protocol's settings (shared by the measuring cost models): a ValueError naming the bad one."""
+    for key, value in (("batch_size", batch_size), ("threads", threads), ("repeats", repeats), ("rounds", rounds)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"hardware.{key} must be a positive integer, got {value!r}")
+    if warmup < 0 or retries < 0 or max_rel_spread <= 0 or settle_s < 0:
+        raise ValueError(
+            "hardware: need warmup >= 0, retries >= 0, max_rel_spread > 0, settle_s >= 0, got "
+            f"{warmup=}, {retries=}, {max_rel_spread=}, {settle_s=}"
+        )
+
+
+def spawn_worker(initializer: Any = None, initargs: tuple = ()) -> tuple[ProcessPoolExecutor, Future]:
+    """A one-process pool (spawned, so nothing of this process's state is inherited) and the future of its start:
+    a first start imports torch, which should be waited for before a settle pause, not during the timing."""
+    import multiprocessing
+
+    worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=initializer,
+                                 initargs=initargs)
+    return worker, worker.submit(_ready)
 
 
 class OrtCpuCostModel(BaseCostModel):
@@ -60,14 +83,8 @@ class OrtCpuCostModel(BaseCostModel):
         max_rel_spread: float = 0.2, retries: int = 2, settle_s: float = 2.0, isolate: bool = False,
         runtime: str = "onnxruntime", host_lock: bool | str = True,
     ) -> None:
-        for key, value in (("batch_size", batch_size), ("threads", threads), ("repeats", repeats), ("rounds", rounds)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"hardware.{key} must be a positive integer, got {value!r}")
-        if warmup < 0 or retries < 0 or max_rel_spread <= 0 or settle_s < 0:
-            raise ValueError(
-                "hardware: need warmup >= 0, retries >= 0, max_rel_spread > 0, settle_s >= 0, got "
-                f"{warmup=}, {retries=}, {max_rel_spread=}, {settle_s=}"
-            )
+        check_protocol(batch_size=batch_size, threads=threads, warmup=warmup, repeats=repeats, rounds=rounds,
+                       max_rel_spread=max_rel_spread, retries=retries, settle_s=settle_s)
         if runtime not in self.runtimes:
             raise ValueError(f"hardware.runtime must be one of {list(self.runtimes)}, got {runtime!r}")
         self.batch_size, self.threads, self.warmup, self.repeats = batch_size, threads, warmup, repeats
@@ -118,10 +135,8 @@ class OrtCpuCostModel(BaseCostModel):
 
     def _started_worker(self) -> ProcessPoolExecutor:
         if self._worker is None:
-            import multiprocessing
-
-            self._worker = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            self._worker.submit(_ready).result()
+            self._worker, started = spawn_worker()
+            started.result()
         return self._worker
 
     def _payload(self, artifact: Any) -> Any:
@@ -218,10 +233,18 @@ def _measure(cost: OrtCpuCostModel, jobs: list[tuple[Any, np.ndarray]]) -> list[
 
 
 def _measure_runs(cost: OrtCpuCostModel, jobs: list[tuple[Any, np.ndarray]]) -> list[Measurement]:
-    runs, settings = [cost.runner(payload, batch) for payload, batch in jobs], cost.settings()
+    return measure_runs([cost.runner(payload, batch) for payload, batch in jobs], cost.settings(),
+                        cost.max_rel_spread, cost.retries)
+
+
+def measure_runs(runs: Sequence[Any], settings: dict[str, Any], max_rel_spread: float,
+                 retries: int) -> list[Measurement]:
+    """Each zero-argument ``run`` timed by the protocol of ``settings`` (``warmup``, ``repeats`` in ``rounds``,
+    interleaved); the ones whose spread exceeds ``max_rel_spread`` of their median timed again up to ``retries``
+    times, the tightest reading kept."""
     best = [summarize(t) for t in _timed(runs, settings)]
-    for _ in range(cost.retries):
-        noisy = [i for i, m in enumerate(best) if m.spread_ms > cost.max_rel_spread * m.value_ms]
+    for _ in range(retries):
+        noisy = [i for i, m in enumerate(best) if m.spread_ms > max_rel_spread * m.value_ms]
         if not noisy:
             break
         again = _timed([runs[i] for i in noisy], settings)

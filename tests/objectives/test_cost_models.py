@@ -1,6 +1,6 @@
 """Every cost model passes one contract; the lookup table round-trips, refuses a foreign device and
 predicts a toy model's latency within tolerance of its own measurement; a measurement waits for the host lock
-and says how long."""
+and says how long; ExecuTorch's int8 program follows the ONNX model's logits."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +20,7 @@ from objectives import (
     AnalyticCostModel, BaseCostModel, CudaCostModel, Latency, LatencyTable, LutCostModel, Measurement, OpenVinoCostModel,
     OrtCpuCostModel, _ort, host_lock,
 )
+from objectives.executorch import ExecuTorchCostModel, executorch_version
 from objectives.gpu import cuda_available
 from objectives.lut import device_slug, table_path
 
@@ -179,12 +180,71 @@ class TestOpenVinoCostModel(CostModelContract):
         return OpenVinoCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0)
 
 
+@pytest.fixture(scope="module")
+def executorch_model():
+    """One ExecuTorch cost model for this module's tests: its exported programs and its timing worker are shared
+    (an export takes seconds, a worker's start as long)."""
+    try:
+        executorch_version()
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    model = ExecuTorchCostModel(batch_size=BATCH, threads=1, warmup=2, repeats=10, settle_s=0)
+    yield model
+    model.close()
+
+
+class TestExecuTorchCostModel(CostModelContract):
+    @pytest.fixture
+    def cost_model(self, executorch_model) -> BaseCostModel:
+        return executorch_model
+
+
 def test_every_cost_model_class_has_a_contract_test():
     names = {c.__name__ for c in CostModelContract.__subclasses__()}
-    known = (OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel, OpenVinoCostModel)
+    known = (OrtCpuCostModel, LutCostModel, AnalyticCostModel, CudaCostModel, OpenVinoCostModel, ExecuTorchCostModel)
     for cls in known:
         assert f"Test{cls.__name__}" in names, cls.__name__
     assert set(BaseCostModel.__subclasses__()) | set(OrtCpuCostModel.__subclasses__()) <= set(known)
+
+
+# --------------------------------------------------------------------------- ExecuTorch's program
+
+
+def test_an_int8_executorch_program_gives_logits_close_to_the_onnx_models(executorch_model):
+    artifact = artifact_of(8, int8=True)
+    # 40 calibration images, not whole batches of 16: the same ranges as ONNX Runtime's 32 (8 of them again)
+    artifact = dataclasses.replace(artifact, example=np.concatenate([artifact.example, artifact.example[:8]]))
+    files = executorch_model.export(artifact)
+    assert set(files) == set(executorch_model.runtime_files) == {"model.pte"}
+    images = np.random.default_rng(1).standard_normal((40, *SHAPE[1:]), dtype=np.float32)  # 2.5 program batches
+    logits = executorch_model.load(files)(images)
+    onnx = _ort.session(artifact.onnx, threads=1).run(None, {"input": images})[0]
+    with torch.no_grad():
+        float_logits = artifact.module(torch.from_numpy(images)).numpy()
+    assert logits.shape == (40, 10) and executorch_model.load(files)(images[:1]).shape == (1, 10)
+    int8_error = np.abs(onnx - float_logits).max()
+    assert np.abs(logits - float_logits).max() > 0.2 * int8_error  # it really runs int8
+    assert np.abs(logits - onnx).max() < 0.5 * int8_error  # and rounds as ONNX Runtime's int8 model does
+    assert (logits.argmax(1) == onnx.argmax(1)).mean() >= 0.95
+
+
+def test_executorch_times_the_program_an_artifact_carries(executorch_model, small):
+    carried = dataclasses.replace(small, files=executorch_model.export(small), module=None)  # nothing to export
+    assert executorch_model.latency_ms(carried).value_ms > 0
+
+
+def test_an_int8_layer_xnnpack_cannot_run_int8_is_a_one_line_refusal(executorch_model, small):
+    pooled = dataclasses.replace(small, int8_layers=("2",))  # the MaxPool2d: no int8 weights to run
+    with pytest.raises(ValueError, match=r"^hardware=executorch: layer '2' \(MaxPool2d\) runs int8.*Conv2d") as err:
+        executorch_model.latency_ms(pooled)
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_executorch_is_a_one_line_error_naming_the_package_and_the_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # what `import executorch` meets where it is not installed
+    with pytest.raises(ValueError, match=r"'executorch'.*uv sync --extra runtimes") as err:
+        ExecuTorchCostModel()
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- the lookup table
