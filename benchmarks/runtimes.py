@@ -1,10 +1,10 @@
 """Benchmark: is the best configuration the same on every runtime? A finished study's front (and its baselines),
 re-measured on every runtime installed here, interleaved; and int4 weights in ``model.onnx`` both ways.
 
-    python3 -m uv run --locked --extra runtimes python benchmarks/runtimes.py [--study NAME] [--results DIR]
+    python3 -m uv run --locked --extra runtimes python benchmarks/runtimes.py [--study NAME] [--results DIR] [--all]
 
 ``--study`` (default: the default search's, ``fashion-mnist-cnn``) is read from ``<results>/<study>/`` with the
-config the search wrote beside it. Each front trial and each baseline is replayed from its params (the recovery is
+config the search wrote beside it. Each front trial and each baseline (``--all``: every completed trial) is replayed from its params (the recovery is
 deterministic: the models are the ones the search scored) and timed by every runtime whose cost model loads here
 (``hardware=cpu``: ONNX Runtime; ``openvino``; ``executorch``), each with the study's batch size and threads, its
 models interleaved (``measure_many``). Each runtime's accuracy on the validation split is its own files' (the
@@ -73,15 +73,17 @@ def accuracy_on(cost_model, artifact, acc: Accuracy) -> float:
     return correct / len(acc.images)
 
 
-def main(study_name: str, results: Path) -> None:
+def main(study_name: str, results: Path, every: bool = False) -> None:
     out = results / study_name
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / 'study.db'}")
     cfg = replay_config(compose_checked([f"study.name={study_name}", f"results_dir={results}"]), out)
     setting = cfg.get("onnx_int4", "none")
     df = trials_frame(study)
     done = df[df["state"] == "COMPLETE"]
-    chosen = done[done["on_front"].astype(bool) | (done["baseline"] != "")].sort_values("number")
-    print(f"{study_name}: {len(chosen)} trials (the front and the baselines), replayed; onnx_int4={setting}")
+    chosen = done if every else done[done["on_front"].astype(bool) | (done["baseline"] != "")]
+    chosen = chosen.sort_values("number")
+    print(f"{study_name}: {len(chosen)} trials ({'every completed one' if every else 'the front and the baselines'}), "
+          f"replayed; onnx_int4={setting}")
     p = prepare(cfg)
     acc = Accuracy(images=p.setup.splits.val_x, labels=p.setup.splits.val_y)
     shape, calibration = p.setup.splits.input_shape, p.pipeline.calibration.numpy()
@@ -165,6 +167,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="fashion-mnist-cnn")
     parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--all", action="store_true", help="every completed trial, not only the front and baselines")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    main(args.study, args.results.resolve())
+    main(args.study, args.results.resolve(), args.all)
