@@ -111,15 +111,18 @@ def _family(cfg: DictConfig) -> BaseFamily:
     return family
 
 
-def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...]) -> JointSpace | StudentSpace:
+def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
+                cache_dir: Path | None = None) -> JointSpace | StudentSpace:
     """The space of ``cfg.space`` for ``model``: its knobs (a ``JointSpace``), behind the choice of a student
-    architecture when the space has a ``student`` section (a ``StudentSpace``)."""
+    architecture when the space has a ``student`` section (a ``StudentSpace``). ``cache_dir``: where the probe of
+    the knobs on ``model`` is kept for later processes (``<cache_dir>/probe/``)."""
     space_cfg = cfg.space
     knob_cfgs = {name: c for name, c in (space_cfg.get("knobs") or {}).items() if c is not None}
     if not knob_cfgs:
         raise ValueError(f"space.knobs: no knob configured in space {space_cfg.get('name')!r}")
     teacher = JointSpace([_knob(name, c, model, input_shape) for name, c in knob_cfgs.items()])
-    broken = probe(teacher, model, input_shape)  # layers where a knob breaks this model: left out, and said
+    # layers where a knob breaks this model: left out, and said
+    broken = probe(teacher, model, input_shape, cache=Path(cache_dir) / "probe" if cache_dir is not None else None)
     teacher = without(teacher, broken)
     for line in said(teacher):
         (log.warning if any(line.startswith(f"space.knobs.{k}:") for k in broken) else log.info)(line)
@@ -248,7 +251,7 @@ def setup(cfg: DictConfig) -> Setup:
     whole("study.worker", cfg.study.get("worker") or 0, 0)
     storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
     return Setup(
-        cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape),
+        cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape, results / "cache"),
         sampler=_instantiate(cfg.sampler, "sampler"), cost_model=cost_model,
         recovery=Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True)), constraints=constraints,
         out_dir=out_dir, cache_dir=results / "cache", storage=storage,

@@ -10,7 +10,12 @@ the ONNX model, quantized where the choice quantizes). A layer where any of that
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,12 +52,20 @@ def _context(space: JointSpace, knob: BaseKnob, fqn: str) -> dict[str, dict[str,
     return out
 
 
-def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int]) -> dict[str, dict[str, str]]:
-    """{knob: {layer: why}} of the layers where the knob, alone, breaks ``model`` (see the module docstring)."""
+def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
+          cache: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """{knob: {layer: why}} of the layers where the knob, alone, breaks ``model`` (see the module docstring).
+
+    Found once per model structure and space in a process, and, with ``cache`` (a folder), once across processes:
+    ``<cache>/<key>.json`` (a search, its pick and its report each start a process; the probe takes seconds)."""
     key = repr((str(model), tuple(input_shape), [(k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""),
                                                    k.layers, [k.choices(f) for f in k.layers])
                                                    for k in space.knobs]))
     if key in _SEEN:
+        return _SEEN[key]
+    stored = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json" if cache is not None else None
+    if stored is not None and stored.is_file():
+        _SEEN[key] = json.loads(stored.read_text())
         return _SEEN[key]
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*input_shape, generator=generator)
@@ -79,6 +92,12 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int]) -> di
                         break
     model.train(was_training)
     _SEEN[key] = broken
+    if stored is not None:  # written whole or not at all (a concurrent worker may read it)
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=stored.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(broken, f)
+        os.replace(tmp, stored)
     return broken
 
 

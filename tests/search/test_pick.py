@@ -21,6 +21,7 @@ from search.outputs import trials_frame
 from search.pick.picker import Picked, _pick_and_report, pick
 from search.pick.selection import Rule, choose, knee, reference_accuracy
 from search.pick.verify import verify_bundle
+from search.run import run
 from spaces import to_plain, unpack
 
 pytestmark = pytest.mark.slow  # real smoke searches: in make test, out of -m "not slow"

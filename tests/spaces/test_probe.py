@@ -41,6 +41,23 @@ def test_the_probe_leaves_out_what_breaks_and_says_why(odd_space):
     assert probe(space, net, INPUT) == {}  # probed again, what is left breaks nothing
 
 
+def test_a_probe_kept_in_a_folder_is_read_back_by_a_later_process(odd_space, tmp_path, monkeypatch):
+    import importlib
+    import json
+
+    probe_module = importlib.import_module("spaces.probe")
+
+    net, space = odd_space
+    broken = {"channels": {"fc": "RuntimeError: a reason"}}
+    monkeypatch.setattr(probe_module, "_SEEN", {})
+    assert probe(space, net, INPUT, cache=tmp_path) == {}  # what is left of the space breaks nothing
+    (stored,) = tmp_path.glob("*.json")
+    assert json.loads(stored.read_text()) == {}
+    stored.write_text(json.dumps(broken))  # what a process found earlier, read back rather than probed again
+    monkeypatch.setattr(probe_module, "_SEEN", {})
+    assert probe(space, net, INPUT, cache=tmp_path) == broken
+
+
 def test_every_sampled_configuration_builds_runs_and_exports(odd_space):
     """What a trial does to its model, on 12 random configurations of every knob together."""
     net, space = odd_space
