@@ -22,7 +22,7 @@ import objectives
 from objectives import Accuracy, BaseCostModel, BaseObjective
 from objectives.cpu import torch_threads
 from spaces import INT4_CHOICES, STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
-from spaces.probe import probe, said, without
+from spaces.probe import keep, probe, said, without
 
 from . import data as data_module
 from ._checks import whole
@@ -297,6 +297,7 @@ def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True)
     """Check the config (or take ``checked``, its ``setup``), then get the teacher (trained once, cached) and its
     logits. The caches are keyed by the data's fingerprint (its contents and split), not its name."""
     s = checked or setup(cfg)
+    keep(s.cache_dir / "probe")  # the config passed: what the probe found is kept for later processes
     data_key = s.splits.fingerprint
     teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
     folded = fold_batchnorm(teacher)

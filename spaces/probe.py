@@ -56,14 +56,15 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
           cache: str | Path | None = None) -> dict[str, dict[str, str]]:
     """{knob: {layer: why}} of the layers where the knob, alone, breaks ``model`` (see the module docstring).
 
-    Found once per model structure and space in a process, and, with ``cache`` (a folder), once across processes:
-    ``<cache>/<key>.json`` (a search, its pick and its report each start a process; the probe takes seconds)."""
+    Found once per model structure and space in a process, and, with ``cache`` (a folder), read from
+    ``<cache>/<key>.json`` where an earlier process kept it (``keep``: a search, its pick and its report each start
+    a process, and the probe takes seconds)."""
     key = repr((str(model), tuple(input_shape), [(k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""),
                                                    k.layers, [k.choices(f) for f in k.layers])
                                                    for k in space.knobs]))
     if key in _SEEN:
         return _SEEN[key]
-    stored = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json" if cache is not None else None
+    stored = Path(cache) / _file(key) if cache is not None else None
     if stored is not None and stored.is_file():
         _SEEN[key] = json.loads(stored.read_text())
         return _SEEN[key]
@@ -92,13 +93,26 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
                         break
     model.train(was_training)
     _SEEN[key] = broken
-    if stored is not None:  # written whole or not at all (a concurrent worker may read it)
+    return broken
+
+
+def _file(key: str) -> str:
+    return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def keep(cache: str | Path) -> None:
+    """Write what this process probed into the folder ``cache`` for later processes (``probe(cache=)``): called once
+    a run's config is checked, so that a refused run writes nothing. Each file whole or not at all (a concurrent
+    worker may read it)."""
+    for key, broken in _SEEN.items():
+        stored = Path(cache) / _file(key)
+        if stored.is_file():
+            continue
         stored.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=stored.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(broken, f)
         os.replace(tmp, stored)
-    return broken
 
 
 def without(space: JointSpace, broken: Mapping[str, Mapping[str, str]]) -> JointSpace:

@@ -51,6 +51,8 @@ def test_a_probe_kept_in_a_folder_is_read_back_by_a_later_process(odd_space, tmp
     broken = {"channels": {"fc": "RuntimeError: a reason"}}
     monkeypatch.setattr(probe_module, "_SEEN", {})
     assert probe(space, net, INPUT, cache=tmp_path) == {}  # what is left of the space breaks nothing
+    assert not list(tmp_path.iterdir())  # read only: written by keep, once a run's config is checked
+    probe_module.keep(tmp_path)
     (stored,) = tmp_path.glob("*.json")
     assert json.loads(stored.read_text()) == {}
     stored.write_text(json.dumps(broken))  # what a process found earlier, read back rather than probed again
