@@ -148,8 +148,8 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
 
 
 #: which int8-run layers with weights of at most 4 bits store them at 4 bits in the ONNX model (``onnx_int4``):
-#: none; linear, the fully connected ones (ONNX Runtime on this CPU runs them as fast as at int8); all (a
-#: convolution then leaves ONNX Runtime's fused int8 kernels: 2-5x slower here, docs/results/runtimes.md)
+#: none; linear, the fully connected ones (ONNX Runtime on this CPU runs them 0-8% slower than at int8); all (a
+#: convolution then leaves ONNX Runtime's fused int8 kernels: 2.6-5.1x slower here, docs/results/runtimes.md)
 INT4_CHOICES = ("none", "linear", "all")
 
 
