@@ -180,9 +180,9 @@ def int4_weights(model_bytes: bytes, codes: dict[str, tuple[np.ndarray, np.ndarr
     import ml_dtypes  # onnx's own dependency: numpy's 4-bit integer types
     from onnx import numpy_helper, version_converter
 
-    proto = onnx.load_from_string(model_bytes)
-    if not codes:
+    if not codes:  # most trials: nothing at <= 4 bits, no parse of the model
         return model_bytes
+    proto = onnx.load_from_string(model_bytes)
     if max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) < INT4_OPSET:
         proto = version_converter.convert_version(proto, INT4_OPSET)
         del proto.graph.value_info[:]  # the converter's inferred shapes: optional, and 10% of a small model's file
