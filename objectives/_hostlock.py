@@ -9,7 +9,10 @@ Why ``flock``: the kernel drops the lock when its descriptor closes, including w
 on the open file, not on the file's existence). The file is opened anew on every acquisition: ``flock``
 locks belong to an open file description, so two threads of one process exclude each other too. A nested
 acquisition of the same path by the thread already holding it passes straight through (it would otherwise
-wait for itself forever).
+wait for itself forever), and so does one by a process whose parent (or grandparent...) holds it: a cost model
+that measures in a worker process it starts inside its own hold (a fresh interpreter, a runtime's thread pool)
+would otherwise wait for its parent, which waits for it. The holder is read from ``/proc/locks`` (Linux); where
+that file is missing, such a child waits as any other process would.
 """
 from __future__ import annotations
 
@@ -69,7 +72,13 @@ def host_lock(path: str | None) -> Iterator[float | None]:
     except FileNotFoundError:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if held_by_ancestor(fd):  # our parent holds it and waits for us: measuring is ours to do
+                yield 0.0
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
         held.add(key)
         try:
             yield time.perf_counter() - start
@@ -77,3 +86,30 @@ def host_lock(path: str | None) -> Iterator[float | None]:
             held.discard(key)
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
+
+
+def held_by_ancestor(fd: int) -> bool:
+    """Whether a ``flock`` on the file open at ``fd`` is held by one of this process's ancestors (``/proc/locks``
+    names each lock's process and file as ``major:minor:inode``)."""
+    st = os.fstat(fd)
+    file = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return False
+    holders = {int(f[4]) for f in (line.split() for line in lines)
+               if len(f) >= 6 and f[1] == "FLOCK" and f[5] == file and f[4].isdigit()}
+    return bool(holders & ancestors())
+
+
+def ancestors() -> set[int]:
+    """The process ids above this one, up to (not including) pid 0."""
+    found, pid = set(), os.getppid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": the parent's pid
+    return found

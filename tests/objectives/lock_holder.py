@@ -29,3 +29,9 @@ def hold_forever(path: str, held) -> None:
     with hostlock.host_lock(path):
         held.set()
         time.sleep(600)
+
+
+def ask(path: str, out) -> None:
+    """Take the lock once and put the seconds waited for it on ``out``."""
+    with hostlock.host_lock(path) as waited:
+        out.put(waited)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from objectives._hostlock import DEFAULT_PATH, host_lock, lock_path, neighbours
-from tests.objectives.lock_holder import hold, hold_forever
+from tests.objectives.lock_holder import ask, hold, hold_forever
 
 HOLD_S = 0.5
 
@@ -100,6 +100,24 @@ def test_a_nested_acquisition_by_the_holder_passes_through(tmp_path):
         assert outer >= 0.0
     with host_lock(None) as none:
         assert none is None
+
+
+def test_a_child_of_the_holder_passes_through(tmp_path):
+    """A cost model that measures in a process it starts while holding the lock: without the pass-through the
+    child waits for its parent, which waits for the child, forever."""
+    path = str(tmp_path / "latency.lock")
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    with host_lock(path):
+        child = ctx.Process(target=ask, args=(path, out))
+        child.start()
+        try:
+            assert out.get(timeout=30) == 0.0
+        finally:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+    assert child.exitcode == 0
 
 
 def test_the_setting_names_a_file_or_none():
