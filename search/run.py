@@ -29,7 +29,7 @@ from .sensitivity.plan import guidance, guided
 from ._checks import flat
 from .study import (
     already_guided, check_resume, config_changes, enqueue_baselines, enqueue_guided, fail_interrupted, keep_config,
-    make_objective, open_study, optimize, with_arch,
+    make_objective, open_study, optimize, timed_out, with_arch,
 )
 from .workers.faults import Watcher, configure
 from .workers.lock import StudyLock
@@ -227,6 +227,8 @@ def _run(cfg: DictConfig, *, finish: bool = True) -> Path:
                 configs = guided(cfg, guide, after_baselines, log=log.info, size_of=size_of)
                 enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))), refines=guide.refines)
         optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info, lock=lock)
+    if (line := timed_out(study, timeout)) is not None:
+        log.warning(line)
     if not finish:
         return s.out_dir
     return _finish(cfg, Searched(s, p, study, guide), started=started, search_s=time.time() - searching)

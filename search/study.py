@@ -288,6 +288,18 @@ class _Unlocked:
         pass
 
 
+def timed_out(study: optuna.Study, timeout_s: float | None) -> str | None:
+    """The warning for enqueued trials (baselines, guided start) that the time budget left waiting, or None: the
+    budget usually ends a search among its sampled trials, as it should, but a busy machine can end it before the
+    configurations the comparison rests on ran, and a bare trial count would hide that."""
+    unrun = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if not unrun or timeout_s is None:
+        return None
+    return (f"study.timeout_s={timeout_s:g} ran out with {unrun} enqueued trials (baselines, guided start) not run: "
+            "run the same command again to run them (the study keeps every finished trial), or raise "
+            "study.timeout_s (null: no limit)")
+
+
 def optimize(
     study: optuna.Study, objective: Callable, *, n_trials: int, timeout_s: float | None, log=print, lock: Any = None,
 ) -> int:

@@ -1,13 +1,15 @@
 """The study loop: a failing trial is recorded with its reason and the search goes on."""
 from __future__ import annotations
 
+import time
+
 import optuna
 from torch import nn
 
 from objectives import Measurement, objective_class
 from search.outputs import trials_frame
 from search.pipeline import Evaluation
-from search.study import Constraints, make_objective, open_study, optimize
+from search.study import Constraints, make_objective, open_study, optimize, timed_out
 from spaces import JointSpace, SparsityKnob
 
 
@@ -45,6 +47,31 @@ def test_failing_trial_is_recorded_and_search_goes_on():
     assert set(done["feasible"]) <= {True, False}
     assert (~done["feasible"]).any() == bool(((0.9 - done["accuracy"]) > 0.05).any())
     assert not df.loc[~df["feasible"], "on_front"].any()
+
+
+class SlowPipeline(FlakyPipeline):
+    """Never fails, and takes its time."""
+
+    def evaluate(self, params):
+        time.sleep(0.3)
+        self.calls = 1
+        return super().evaluate(params)
+
+
+def test_enqueued_trials_the_time_budget_left_waiting_are_said_in_one_line():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    space = JointSpace([SparsityKnob(model=model)])
+    study = open_study(name="t", storage="sqlite:///:memory:", sampler=optuna.samplers.RandomSampler(seed=0),
+                       objectives=SlowPipeline.objectives)
+    for _ in range(3):
+        study.enqueue_trial({}, user_attrs={"baseline": "b"})
+    objective = make_objective(SlowPipeline(), space, Constraints(), 0.9)
+    assert optimize(study, objective, n_trials=0, timeout_s=0.1) == 1  # the budget ends it after the first
+    line = timed_out(study, 0.1)
+    assert line.startswith("study.timeout_s=0.1 ran out with 2 enqueued trials") and "\n" not in line
+    assert timed_out(study, None) is None  # no budget: nothing ran out
+    assert optimize(study, objective, n_trials=0, timeout_s=None) == 2  # the same command again runs them
+    assert timed_out(study, 0.1) is None
 
 
 def test_constraints_reject_negative_limits():
