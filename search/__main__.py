@@ -5,9 +5,7 @@ from .cli import entry
 
 
 def main() -> None:
-    from .run import run
-
-    entry(run)
+    entry("search.run:run")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """``python -m search.hardware build|validate [overrides]``: a latency lookup table for ``hardware=lut``."""
-from .table import main
+from ..cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry("search.hardware.table:_run", actions=("build", "validate"), defaults=("hardware=lut",))

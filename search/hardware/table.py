@@ -38,12 +38,11 @@ from spaces import Artifact, calibrate, materialize
 
 from .._checks import whole
 from ..baselines import policies
-from ..cli import CONF, entry
+from ..cli import CONF
 from ..outputs import atomic_write, write_json
 from ..app import Setup, setup, threads
 
 log = logging.getLogger("search.hardware")
-ACTIONS = ("build", "validate")
 
 
 
@@ -298,11 +297,3 @@ def _run(action: str, cfg: DictConfig) -> None:
     for noisy in ("kaleido", "choreographer"):  # PNG export logs every browser step at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     build(cfg) if action == "build" else validate(cfg)
-
-
-def main() -> None:
-    entry(_run, actions=ACTIONS, defaults=("hardware=lut",))
-
-
-if __name__ == "__main__":
-    main()

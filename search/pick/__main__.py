@@ -1,5 +1,5 @@
 """``python -m search.pick [overrides]``: choose one trial of a finished study and ship it as a bundle."""
-from .picker import main
+from ..cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry("search.pick.picker:_pick_and_report")

@@ -28,7 +28,6 @@ from spaces import Artifact, JointSpace, StudentSpace
 from . import card
 from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files, write_runtime_files
 from .._checks import flat, under
-from ..cli import entry
 from ..data import FROM_DATA
 from ..front import objective_names
 from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
@@ -367,7 +366,3 @@ def _pick_and_report(cfg: DictConfig) -> None:
         print(f"error: bundle {picked.path} written but not verified: {'; '.join(picked.report['reasons'])}",
               file=sys.stderr)
         sys.exit(1)
-
-
-def main() -> None:
-    entry(_pick_and_report)

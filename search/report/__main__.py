@@ -1,5 +1,5 @@
 """``python -m search.report [overrides]``: one self-contained report.html per study, or one comparing studies."""
-from .write import main
+from ..cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry("search.report.write:report")

@@ -24,7 +24,6 @@ import optuna
 import plotly.graph_objects as go
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..cli import entry
 from ..outputs import atomic_write
 from .compare import comparison_figures, comparison_page
 from .data import StudyData, load, plain_name
@@ -143,7 +142,3 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         result = write_comparison(ds, Path(cfg.results_dir) / folder, png=bool(cfg.png))
     _announce(result)
     return result
-
-
-def main() -> None:
-    entry(report)

@@ -151,6 +151,18 @@ def test_every_entry_point_answers_a_wrong_override_in_one_line(tmp_path, cli_en
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("module", ["search", "search.pick", "search.report", "search.hardware"])
+def test_a_wrong_override_is_answered_before_pytorch_loads(tmp_path, cli_env, module):
+    """The command's task is imported once its command line has passed (``search/cli.py``, ``search/_lazy.py``):
+    a typo costs half a second, not the four PyTorch and ONNX Runtime take to load."""
+    args = ["build"] if module == "search.hardware" else []
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *args, "stdy.name=x"],
+                          cwd=tmp_path, capture_output=True, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 2 and "error: stdy.name=x" in proc.stderr
+    loaded = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "search.cli" in loaded and not loaded & {"torch", "onnxruntime", "optuna"}
+
+
 # --------------------------------------------------------------------------- checkpoints and resumed studies
 
 
