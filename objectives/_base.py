@@ -122,6 +122,14 @@ class BaseCostModel(abc.ABC):
         else exports them anew. Default: none."""
         return {}
 
+    def kept_files(self, artifact: Any) -> dict[str, bytes]:
+        """The files a search keeps beside a trial's ONNX model so that the end of the search can time it again
+        (``search/pick/remeasure.py``): this runtime's own where it cannot time the ONNX model (no ``times_onnx``:
+        ExecuTorch exports the PyTorch module, which is not kept); none otherwise."""
+        if not self.runtime_files or getattr(self, "times_onnx", False):
+            return {}
+        return self.export(artifact)
+
     def load(self, files: dict[str, bytes]) -> Any:
         """A callable that runs a float32 batch (numpy, NCHW) through ``files`` (``export``'s) on this runtime and
         returns the logits as numpy: pick scores a bundle's accuracy on its runtime with it."""

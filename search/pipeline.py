@@ -106,10 +106,11 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # the objectives' own attributes (a latency's spread)
     onnx: bytes | None = field(default=None, repr=False)  # the artifact's ONNX model (kept for a later re-timing)
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)  # and the runtime's own, where it needs them
 
     def attrs(self) -> dict[str, Any]:
         """What a trial records beside its values."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("values", "seconds", "extra", "onnx")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("values", "seconds", "extra", "onnx", "files")}
         out.update(self.extra)
         out.update({f"seconds_{k}": round(v, 3) for k, v in self.seconds.items()})
         return out
@@ -264,8 +265,9 @@ class Pipeline:
                 self.measure(structural, outcome, values, extra)
         else:
             assert len(artifact.packed) == len(early.packed), "a student's size changed in training"
+        files = self.cost_model.kept_files(early if student else artifact)  # the program it timed
         total, nonzero = count_params(plain)
         return Evaluation(
             values=values, params=total, nonzero_params=nonzero, macs=count_macs(plain, self.splits.input_shape),
-            int8_layers=len(artifact.int8_layers), seconds=seconds, extra=extra, onnx=artifact.onnx,
+            int8_layers=len(artifact.int8_layers), seconds=seconds, extra=extra, onnx=artifact.onnx, files=files,
         )

@@ -22,7 +22,7 @@ from ._checks import flat, under
 from .data import upgraded
 from .front import hypervolume, reference, signs
 from .outputs import atomic_write, trials_frame
-from .pick.remeasure import keep_onnx
+from .pick.remeasure import ONNX, keep
 from .pipeline import Pipeline
 from .screening import FULL, PREFIX, SCREEN, Screening, promotes, screened_points
 from .training.early_stopping import EarlyStopping, Monitor
@@ -272,7 +272,7 @@ def make_objective(
             raise
         trial.set_user_attr("fidelity", FULL)
         if artifacts is not None and getattr(evaluation, "onnx", None):
-            keep_onnx(trial, evaluation.onnx, artifacts)
+            keep(trial, {ONNX: evaluation.onnx, **getattr(evaluation, "files", {})}, artifacts)
         return record(trial, evaluation)
 
     return objective

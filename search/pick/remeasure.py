@@ -6,7 +6,8 @@ same ONNX model read 8.9 ms in one trial and 12.5 ms in another (``uniform_w4a8`
 same int8 graph). Whether a searched trial is faster than a baseline is therefore decided again here, with every
 candidate timed in the same call (``BaseCostModel.measure_many``: timed runs in rounds, interleaved, so a slow
 spell hits all alike) from the ONNX file the search stored for each full-fidelity trial (Optuna's artifact store,
-``results/<study>/artifacts/``). The recorded values are left as they are; ``remeasured.csv`` and
+``results/<study>/artifacts/``), with the runtime's own files where it cannot time ONNX (``kept_files``:
+ExecuTorch's ``model.pte``). The recorded values are left as they are; ``remeasured.csv`` and
 ``summary.json: baselines_dominated_by_remeasured`` hold the second reading.
 """
 from __future__ import annotations
@@ -37,23 +38,32 @@ def store(out_dir: Path, location: str | None = None) -> Any:
     return artifact_store(location, out_dir)
 
 
-def keep_onnx(trial: optuna.Trial, onnx: bytes, artifacts: FileSystemArtifactStore) -> None:
-    """Store a trial's ONNX model in the study's artifact store (under the file name ``model.onnx``)."""
+def keep(trial: optuna.Trial, files: dict[str, bytes], artifacts: FileSystemArtifactStore) -> None:
+    """Store a trial's files in the study's artifact store under their names: ``model.onnx``, and the runtime's
+    own files where its cost model cannot time the ONNX model (ExecuTorch's ``model.pte``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ONNX
-        path.write_bytes(onnx)
-        optuna.artifacts.upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial)
+        for name, data in files.items():
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            optuna.artifacts.upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial)
+
+
+def file_of(trial: optuna.trial.FrozenTrial, artifacts: FileSystemArtifactStore, tmp: Path,
+            storage: optuna.storages.BaseStorage, name: str = ONNX) -> bytes | None:
+    """The file ``name`` the search stored for ``trial`` (None where it stored none: a screened or failed trial,
+    a study searched before the file was kept)."""
+    metas = [m for m in get_all_artifact_meta(trial, storage=storage) if m.filename == name]
+    if not metas:
+        return None
+    path = tmp / f"{trial.number}-{name}"
+    download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=metas[-1].artifact_id)
+    return path.read_bytes()
 
 
 def onnx_of(trial: optuna.trial.FrozenTrial, artifacts: FileSystemArtifactStore, tmp: Path,
             storage: optuna.storages.BaseStorage) -> bytes | None:
-    """The ONNX model the search stored for ``trial`` (None where it stored none: a screened or failed trial)."""
-    metas = [m for m in get_all_artifact_meta(trial, storage=storage) if m.filename == ONNX]
-    if not metas:
-        return None
-    path = tmp / f"{trial.number}.onnx"
-    download_artifact(artifact_store=artifacts, file_path=str(path), artifact_id=metas[-1].artifact_id)
-    return path.read_bytes()
+    """The ONNX model the search stored for ``trial`` (None where it stored none)."""
+    return file_of(trial, artifacts, tmp, storage, ONNX)
 
 
 def candidates(df: pd.DataFrame, tolerance: dict[str, float]) -> pd.DataFrame:
@@ -82,15 +92,18 @@ def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model
     from ..workers.storage import backend as opened
 
     artifacts, got, backend = store(out_dir, location), {}, opened(storage)
+    reference = cost_model.reference()
+    needs = () if getattr(reference, "times_onnx", False) else tuple(reference.runtime_files)
     with tempfile.TemporaryDirectory() as tmp:
         for number in rows["number"].astype(int):
             onnx = onnx_of(trials[number], artifacts, Path(tmp), backend)
-            if onnx is not None:
+            files = {n: file_of(trials[number], artifacts, Path(tmp), backend, n) for n in needs}
+            if onnx is not None and all(v is not None for v in files.values()):
                 got[number] = Artifact(packed=b"", onnx=onnx, int8_layers=(), input_shape=tuple(input_shape),
-                                       example=example)
+                                       example=example, files=files or None)
     if not got:
         return {}
-    readings = cost_model.reference().measure_many(list(got.values()) * 2)  # each model in two sessions
+    readings = reference.measure_many(list(got.values()) * 2)  # each model in two sessions
     first, second = readings[: len(got)], readings[len(got):]
     kept = rows[rows["number"].isin(list(got))]
     table = kept.copy()

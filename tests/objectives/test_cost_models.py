@@ -11,6 +11,8 @@ import threading
 import time
 
 import numpy as np
+import optuna
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -231,6 +233,41 @@ def test_an_int8_executorch_program_gives_logits_close_to_the_onnx_models(execut
 def test_executorch_times_the_program_an_artifact_carries(executorch_model, small):
     carried = dataclasses.replace(small, files=executorch_model.export(small), module=None)  # nothing to export
     assert executorch_model.latency_ms(carried).value_ms > 0
+
+
+def test_the_end_of_a_search_times_executorch_trials_again_from_the_programs_it_kept(executorch_model, small,
+                                                                                    study_maker, tmp_path):
+    """``kept_files``: the program ExecuTorch timed (it cannot time the ONNX model, and the PyTorch module is not
+    kept), none for a runtime that times the ONNX model; ``remeasure`` times a trial from its kept files and leaves
+    out one whose study kept none (searched before the files were kept)."""
+    from search.outputs import trials_frame
+    from search.pick.remeasure import remeasure, store
+    from search.workers.storage import backend
+
+    kept = executorch_model.kept_files(small)
+    assert set(kept) == {"model.pte"} and kept == executorch_model.export(small)
+    assert OrtCpuCostModel().kept_files(small) == {} and OpenVinoCostModel().kept_files(small) == {}
+    study = study_maker(tmp_path, "s", n_trials=0, failed=0)  # the uncompressed model and uniform_int8, no files
+    url, artifacts = f"sqlite:///{tmp_path / 's' / 'study.db'}", store(tmp_path / "s")
+    storage = backend(url)
+    for source, files in zip(study.get_trials(), ({"model.onnx": small.onnx, **kept}, {"model.onnx": small.onnx})):
+        # each again, its files uploaded while it runs (as a search does), then finished with its values
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, params=source.params,
+                                                  distributions=source.distributions, user_attrs=source.user_attrs))
+        trial = study.get_trials()[-1]
+        for name, data in files.items():
+            (tmp_path / name).write_bytes(data)
+            optuna.artifacts.upload_artifact(artifact_store=artifacts, file_path=str(tmp_path / name),
+                                             study_or_trial=trial, storage=storage)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name("s"), trial.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, source.values)
+    first = study.get_trials()[2]
+    got = remeasure(study, trials_frame(study), storage=url, cost_model=executorch_model, out_dir=tmp_path / "s",
+                    input_shape=SHAPE, example=small.example, tolerance={"accuracy": 0.001}, n_val=1000)
+    table = pd.read_csv(tmp_path / "s" / "remeasured.csv", keep_default_na=False)
+    assert got["remeasured_trials"] == 1 and table["number"].tolist() == [first.number]
+    assert (table["latency_remeasured_ms"] > 0).all()
 
 
 def test_an_int8_layer_xnnpack_cannot_run_int8_is_a_one_line_refusal(executorch_model, small):
