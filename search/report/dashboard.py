@@ -15,17 +15,15 @@ import sys
 import threading
 from collections.abc import Callable
 from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import optuna
 from omegaconf import DictConfig
 
-from objectives import objective_class
-
-from .._optuna import study_id
 from ..cli import entry
-from ..front import MARGIN
-from .data import locate, plain_name
+
+if TYPE_CHECKING:  # imported where used: a mistyped override is answered before PyTorch loads (search/cli.py)
+    import optuna
 
 __all__ = ["objectives_note", "serve"]
 
@@ -41,6 +39,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 def objectives_note(study: optuna.Study) -> str:
     """Markdown for the dashboard's study note: what each objective is, in which unit (from its class)."""
+    from objectives import objective_class
+
+    from ..front import MARGIN
+
     cost = study.user_attrs.get("cost_model") or {}
     device = ", ".join(f"{k} {v}" for k, v in cost.items()) or "see the study's config.yaml"
     rows = []
@@ -75,6 +77,9 @@ def _address(cfg: DictConfig) -> tuple[str, int]:
 
 def serve(cfg: DictConfig, *, say: Callable[[str], None] = print) -> None:
     """Serve until Ctrl-C or SIGTERM; every input is checked before the port is opened."""
+    from .._optuna import study_id
+    from .data import locate, plain_name
+
     host, port = _address(cfg)
     name = plain_name(cfg.study.name, "study.name")
     study, url = locate(name, results_dir=cfg.results_dir, storage=cfg.study.storage or None)

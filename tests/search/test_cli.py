@@ -151,7 +151,8 @@ def test_every_entry_point_answers_a_wrong_override_in_one_line(tmp_path, cli_en
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("module", ["search", "search.pick", "search.report", "search.hardware"])
+@pytest.mark.parametrize("module", ["search", "search.pick", "search.report", "search.report.dashboard",
+                                    "search.hardware"])
 def test_a_wrong_override_is_answered_before_pytorch_loads(tmp_path, cli_env, module):
     """The command's task is imported once its command line has passed (``search/cli.py``, ``search/_lazy.py``):
     a typo costs half a second, not the four PyTorch and ONNX Runtime take to load."""
