@@ -23,6 +23,7 @@ Takes 10-20 minutes on the 2-core VM for a default study (the replays fine-tune 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -61,16 +62,18 @@ def cost_models(cfg) -> dict[str, object]:
     return out
 
 
-def accuracy_on(cost_model, artifact, acc: Accuracy) -> float:
-    """The runtime's own accuracy: its exported files (ONNX Runtime: the ONNX model itself) on the split."""
+def accuracy_on(cost_model, artifact, acc: Accuracy) -> tuple[float, object]:
+    """The runtime's own accuracy: its exported files (ONNX Runtime: the ONNX model itself) on the split; and the
+    artifact carrying those files, so that the very files are timed (not exported a second time)."""
     if not cost_model.runtime_files:
         import onnxruntime as ort
 
-        return acc.onnx(ort.InferenceSession(artifact.onnx, providers=["CPUExecutionProvider"]))
-    run = cost_model.load(cost_model.export(artifact))
+        return acc.onnx(ort.InferenceSession(artifact.onnx, providers=["CPUExecutionProvider"])), artifact
+    files = cost_model.export(artifact)
+    run = cost_model.load(files)
     correct = sum(int((np.argmax(run(acc.images[i:i + 500].numpy()), 1) == acc.labels[i:i + 500].numpy()).sum())
                   for i in range(0, len(acc.images), 500))
-    return correct / len(acc.images)
+    return correct / len(acc.images), dataclasses.replace(artifact, files=files)
 
 
 def main(study_name: str, results: Path, every: bool = False) -> None:
@@ -103,11 +106,11 @@ def main(study_name: str, results: Path, every: bool = False) -> None:
         ok, errors = [], {}
         for n, v in jobs:  # a runtime that cannot express a trial says why (ExecuTorch: cost_model.export raises)
             try:
-                ok.append((n, v, accuracy_on(cost_model, trials[n][1][v], acc)))
+                ok.append((n, v, *accuracy_on(cost_model, trials[n][1][v], acc)))
             except ValueError as exc:
                 errors[n] = str(exc).splitlines()[0]
-        readings = cost_model.measure_many([trials[n][1][v] for n, v, _ in ok])
-        for (n, v, accuracy), m in zip(ok, readings):
+        readings = cost_model.measure_many([carried for *_, carried in ok])
+        for (n, v, accuracy, _), m in zip(ok, readings):
             row, variants = trials[n]
             rows.append({"study": study_name, "trial": n, "baseline": row["baseline"], "runtime": runtime,
                          "onnx_int4": v, "accuracy": accuracy, "accuracy_recorded": row["accuracy"],
