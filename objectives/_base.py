@@ -122,13 +122,16 @@ class BaseCostModel(abc.ABC):
         else exports them anew. Default: none."""
         return {}
 
-    def kept_files(self, artifact: Any) -> dict[str, bytes]:
+    @property
+    def kept_names(self) -> tuple[str, ...]:
         """The files a search keeps beside a trial's ONNX model so that the end of the search can time it again
         (``search/pick/remeasure.py``): this runtime's own where it cannot time the ONNX model (no ``times_onnx``:
         ExecuTorch exports the PyTorch module, which is not kept); none otherwise."""
-        if not self.runtime_files or getattr(self, "times_onnx", False):
-            return {}
-        return self.export(artifact)
+        return () if getattr(self, "times_onnx", False) else tuple(self.runtime_files)
+
+    def kept_files(self, artifact: Any) -> dict[str, bytes]:
+        """The files of ``kept_names`` for ``artifact`` (``export``'s)."""
+        return self.export(artifact) if self.kept_names else {}
 
     def load(self, files: dict[str, bytes]) -> Any:
         """A callable that runs a float32 batch (numpy, NCHW) through ``files`` (``export``'s) on this runtime and

@@ -93,7 +93,7 @@ def remeasure(study: optuna.Study, df: pd.DataFrame, *, storage: str, cost_model
 
     artifacts, got, backend = store(out_dir, location), {}, opened(storage)
     reference = cost_model.reference()
-    needs = () if getattr(reference, "times_onnx", False) else tuple(reference.runtime_files)
+    needs = reference.kept_names
     with tempfile.TemporaryDirectory() as tmp:
         for number in rows["number"].astype(int):
             onnx = onnx_of(trials[number], artifacts, Path(tmp), backend)
