@@ -3,8 +3,9 @@
 The table has one row per (knob, layer, choice), each the model with that one layer changed alone:
 ``knob``, ``layer``, ``choice``, ``identity``, ``accuracy``, ``loss``, ``bytes``, ``bytes_saved``,
 ``latency_ms``, ``ms_saved``, ``macs``, ``macs_saved``. The solvers and the anchors (``knapsack``, ``anchors``)
-import nothing of torch or the rest of the project; ``sweep`` measures the table and ``guide`` turns it into
-the anchors' baselines and the guided start (import them from their modules).
+import nothing of torch or the rest of the project; ``sweep`` measures the table, ``table`` reads it against a
+space, ``baselines`` turns it into the anchors' baselines and ``guide`` into the guided start, and ``plan`` is what
+a search does with them (import them from their modules).
 """
 from __future__ import annotations
 

@@ -1,21 +1,15 @@
-"""From the sensitivity table to configurations of the space: the anchors' baselines and the guided start.
+"""The guided start: configurations of the space solved from the sensitivity table.
 
-**Anchors** (stored as baselines, named after what they re-implement; ``anchors.py`` cites each tool):
-
-- ``aimet_amp_<b>bit``: AIMET's AMP-style greedy curve over the weight bit-widths from all-8-bit, taken at the
-  byte saving of uniform b-bit weights; int8 inputs wherever weights are quantized (as AMP's 8-bit activations);
-- ``modelopt_autoquant_<b>bit``: ModelOpt's AutoQuantize-style exact choice of one bit-width per layer under an
-  effective-bits budget of b (weight-count-weighted mean), int8 inputs likewise;
-- ``aimet_greedy_mac<p>``: AIMET's greedy compression-ratio selection over channel and rank ratios at p% of the
-  model's MACs.
-
-**Guided start**: the joint problem over all knobs of the space, per layer one option among the combinations of
+The joint problem over all knobs of the space, per layer one option among the combinations of
 the knobs' choices (the knobs of one phase exclusive), predicted from the table (accuracy losses add up; bytes
 shrink multiplicatively per layer after channels, which also shrink the next layer; latency and MAC savings add
 up), each layer's options cut to its own Pareto set, solved exactly (``knapsack.solve``: least predicted loss,
 with a small prior against moving knobs and saving bytes the budget does not ask for) under size budgets spread
 from large to tiny and latency targets, then perturbed (a few layers moved one choice). The sampler's start-up
 trials are these configurations instead of random ones; the sampler refines from there.
+
+How the table's entries are read and corrected is in ``table``; the anchors' baselines and the refined ones are in
+``baselines``.
 """
 from __future__ import annotations
 
@@ -29,129 +23,13 @@ import pandas as pd
 
 from spaces import JointSpace, Phase
 
-from .anchors import amp_curve, autoquantize, curve_points, greedy_ratio_selection
 from .knapsack import nondominated_ranks, solve
+from .table import (
+    BYTES_LOSS, SAFE_LOSS, SHAPING, STRUCTURAL, STRUCTURAL_SAFE_LOSS, TOUCH_LOSS, _choice, by_macs, smoothed, timed_whole)
 
 SIZE_BUDGETS = (0.3, 0.15, 0.08, 0.04, 0.02)  # fractions of the unchanged model's packed bytes
 LATENCY_TARGETS = (0.0, 0.35, 0.55)  # fractions of its latency the guided configurations must save
-SAFE_LOSS = 0.01  # a choice losing more than this alone (1 point, before fine-tuning) is left out of the guided
-# problem: summed losses under-predict what many such choices do together (all layers at 2 bits each "lost" at most
-# 0.4 points alone on the default CNN, and together, after fine-tuning, 7 points)
-STRUCTURAL = (Phase.PRUNE, Phase.FACTORIZE, Phase.SPARSIFY)  # phases whose loss fine-tuning mostly recovers:
-STRUCTURAL_SAFE_LOSS = 0.5  # on the default CNN half the channels of the first conv lose 17.6 points alone, untuned,
-# and half the channels of every layer 0.5 points once fine-tuned (channels_50); their table losses are scaled by the
-# factor the study's own structural baselines measure (``recovery_factor``), and only past 50 points alone left out.
-# At 15 points (until 2026-12-02) the guided problem could not prune the first conv as channels_50 does, and no guided
-# trial came near its latency (2.1-2.6 ms against 1.25, benchmark seed 0), while plain TPE's trials with 62-75% of the
-# first and last convs' channels removed kept 0.91-0.92 at 1.3 ms
-MIN_RECOVERED = 0.02  # the factor's floor: heavy pruning of several layers compounds more than their sum says
 REFINE = 3  # re-solves of an aimed budget whose exact size came out above it
-TOUCH_LOSS = 0.0005  # predicted loss added per knob an option moves off its identity, and ...
-BYTES_LOSS = 0.002   # ... per whole model's worth of bytes it saves: most choices measure a loss of 0 alone (on 500
-# images one image is 0.2 points), so without these the exact solver meets a budget with every free choice at once and
-# lands far below it (the first default run's guided trials: 15-28 KB aimed at baselines of 79-245 KB, all losing
-# 0.3-1 point after fine-tuning). With them it saves what the budget asks and touches as few knobs as it can.
-
-
-def smoothed(rows: pd.DataFrame, knob) -> pd.DataFrame:
-    """A knob's entries on one layer with their latency savings made monotone in how hard the choice compresses
-    (a running maximum from the mildest choice), never negative: single-layer deltas timed with a short protocol
-    are noisy, and a harder choice never makes a layer slower in the runtimes here."""
-    order = rows.sort_values("choice", ascending=knob.harder == "high")
-    order = order.assign(ms_saved=order["ms_saved"].clip(lower=0).cummax())
-    return order.sort_index()
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _choice(knob, value: Any) -> Any:
-    """A table value as the knob's own choice (the table stores every choice as a float)."""
-    for c in knob.choices(knob.layers[0]):
-        if math.isclose(float(c), float(value), rel_tol=0, abs_tol=1e-9):
-            return c
-    return _plain(value)
-
-
-# --------------------------------------------------------------------------- anchors
-
-
-def _with_int8_inputs(space: JointSpace, bits: Mapping[str, Any]) -> dict[str, Any]:
-    overrides: dict[str, dict[str, Any]] = {"bits": {f"bits.{l}": _choice(space["bits"], b) for l, b in bits.items()}}
-    if "abits" in space:
-        overrides["abits"] = {f"abits.{l}": 8 for l, b in bits.items() if float(b) <= 8 and l in space["abits"].layers}
-    return space.with_values(**overrides)
-
-
-def anchor_policies(table: pd.DataFrame, space: JointSpace, *, weights: Mapping[str, int], base_macs: int,
-                    bits: Sequence[int] = (4, 3), macs: Sequence[float] = (0.5,),
-                    log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """{baseline name: params} of the anchors the space's knobs allow; one the table cannot reach is left out and
-    said why."""
-    out: dict[str, dict[str, Any]] = {}
-    has_bits = "bits" in space and 8 in space["bits"].bits
-    for b in bits if has_bits else ():
-        rows = table[(table["knob"] == "bits") & (table["choice"] == b)]
-        if rows.empty:
-            continue
-        try:
-            curve = amp_curve(table, knob="bits", start=8, cost="bytes_saved")
-            point = curve_points(curve, [float(rows["bytes_saved"].sum())])[0]
-            out[f"aimet_amp_{b}bit"] = _with_int8_inputs(space, point["config"])
-        except ValueError as exc:
-            log(f"anchor aimet_amp_{b}bit left out: {exc}")
-        try:
-            chosen = autoquantize(table, knob="bits", weights=weights, effective_bits=float(b),
-                                  choices=[c for c in space["bits"].bits if c <= 8])
-            out[f"modelopt_autoquant_{b}bit"] = _with_int8_inputs(space, chosen)
-        except ValueError as exc:
-            log(f"anchor modelopt_autoquant_{b}bit left out: {exc}")
-    knobs = [k for k in ("channels", "rank") if k in space]
-    for fraction in macs if knobs else ():
-        name = f"aimet_greedy_mac{round(fraction * 100)}"
-        try:
-            chosen = greedy_ratio_selection(table, knobs=knobs, target_macs=fraction * base_macs, base_macs=base_macs)
-        except ValueError as exc:
-            log(f"anchor {name} left out: {exc}")
-            continue
-        groups: dict[str, dict[str, Any]] = {}
-        for key, value in chosen.items():
-            knob = key.split(".", 1)[0]
-            groups.setdefault(knob, {})[key] = _choice(space[knob], value)
-        out[name] = space.with_values(**groups)
-    return out
-
-
-# --------------------------------------------------------------------------- the joint problem
-
-
-def recovery_factor(table: pd.DataFrame, space: JointSpace, baselines: pd.DataFrame, *, accuracy: float) -> float:
-    """How much of the table's summed loss fine-tuning leaves, measured on the study's baselines that change only
-    structure (channels, rank, sparsity) with choices the table holds: their losses after recovery (``accuracy`` -
-    theirs) summed, over their choices' table losses summed, in [``MIN_RECOVERED``, 1]; 1 when no such baseline is
-    there to say. (On the default CNN: channels_50 loses 17.6 points in the table and 0.5 once fine-tuned, rank_50
-    26 and 0.5: about 0.02.)"""
-    lost = predicted = 0.0
-    for _, row in baselines.iterrows():
-        summed, moved_other = 0.0, False
-        for knob in space.knobs:
-            for layer in knob.layers:
-                value = row.get(knob.name(layer))
-                if value is None or value == "" or pd.isna(value) or float(value) == float(knob.identity_value):
-                    continue
-                if knob.phase not in STRUCTURAL:
-                    moved_other = True
-                    continue
-                hit = table[(table["knob"] == knob.knob) & (table["layer"] == layer)
-                            & np.isclose(table["choice"].astype(float), float(value))]
-                if hit.empty:
-                    moved_other = True  # a value the table does not hold (a global threshold's per-layer shares)
-                    continue
-                summed += float(hit["loss"].clip(lower=0).iloc[0])
-        if not moved_other and summed > 0.005 and pd.notna(row.get("accuracy")):
-            lost, predicted = lost + max(0.0, accuracy - float(row["accuracy"])), predicted + summed
-    return float(np.clip(lost / predicted, MIN_RECOVERED, 1.0)) if predicted > 0 else 1.0
 
 
 def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_bytes: float,
@@ -206,45 +84,6 @@ def layer_options(table: pd.DataFrame, space: JointSpace, layer: str, *, layer_b
     return frame[ranks == 0].reset_index(drop=True)
 
 
-def by_macs(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with each entry that saves MACs saving that share of the unchanged model's latency. Single-layer
-    deltas timed with the sweep's short protocol are noisy and their running maximum (``smoothed``) keeps the
-    noise's peaks: on the default CNN the timed entries of a 62.5%-pruned third conv said 37% of the latency saved,
-    the model timed whole 25%, its MACs 31%; half the channels of every conv: MACs 26% left, latency 27%."""
-    identity = table[table["identity"].astype(bool)].iloc[0]
-    base_ms, base_macs = float(identity["latency_ms"]), float(identity["macs"])
-    if not (np.isfinite(base_ms) and base_macs > 0):
-        return table
-    share = table["macs_saved"].astype(float) / base_macs
-    return table.assign(ms_saved=table["ms_saved"].where(share == 0, base_ms * share))
-
-
-def timed_whole(table: pd.DataFrame, space: JointSpace, latency_of: Callable[[dict[str, Any]], float], *,
-                base_ms: float) -> pd.DataFrame:
-    """The table with each shaping knob's latency savings scaled by what its middle choice on every layer at once
-    saves when timed whole (``latency_of``) over what the table's entries add up to, in [0.2, 1]. Factorizing a
-    layer adds one: on the default CNN rank 0.5 on every layer leaves 61% of the MACs and 74% of the latency, while
-    half the channels leave 26% and 27%."""
-    out = table.copy()
-    for knob in space.knobs:
-        if knob.phase not in SHAPING:
-            continue
-        rows = table[(table["knob"] == knob.knob) & ~table["identity"].astype(bool)]
-        if rows.empty:
-            continue
-        choices = sorted(rows["choice"].unique())
-        middle = choices[len(choices) // 2]
-        at = rows[np.isclose(rows["choice"].astype(float), float(middle))]
-        predicted = float(at["ms_saved"].clip(lower=0).sum())
-        if predicted <= 0:
-            continue
-        actual = (1.0 - latency_of(space.with_values(knobs={knob.name(l): _choice(knob, middle) for l in at["layer"]})))
-        factor = float(np.clip(actual * base_ms / predicted, 0.2, 1.0))
-        mine = out["knob"] == knob.knob
-        out.loc[mine, "ms_saved"] = out.loc[mine, "ms_saved"] * factor
-    return out
-
-
 def _left_after_pruning(knob, params: Mapping[str, Any], layer_bytes: float, saved: float) -> float:
     """What is left of a layer's own bytes after a pruning choice: for a knob whose value is the fraction removed
     (channels), that fraction of the layer; otherwise the table's whole-model saving taken from the layer. (The
@@ -255,8 +94,6 @@ def _left_after_pruning(knob, params: Mapping[str, Any], layer_bytes: float, sav
         return layer_bytes * (1.0 - float(value))
     return max(0.0, layer_bytes - min(saved, layer_bytes))
 
-
-SHAPING = (Phase.PRUNE, Phase.FACTORIZE)  # the phases that change layers' shapes (and the next layer's inputs)
 
 
 def _phase(space: JointSpace, key: str) -> Phase | None:
@@ -439,61 +276,4 @@ def _perturb(space: JointSpace, params: dict[str, Any], rng: np.random.Generator
         choices = list(knob.choices(key.split(".", 1)[1]))
         i = choices.index(out[key]) if out[key] in choices else 0
         out[key] = choices[int(np.clip(i + rng.choice([-1, 1]), 0, len(choices) - 1))]
-    return out
-
-
-# --------------------------------------------------------------------------- refined baselines
-
-
-def refined(table: pd.DataFrame, space: JointSpace, params: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A baseline's ``params`` made smaller where the graph ONNX Runtime runs stays the same and the table says it
-    costs least: every layer whose weights are float and whose inputs stay float gets 8-bit weights (weight-only:
-    the layer still runs in float, from weights stored in 8 bits), where the table's 8-bit entry loses at most
-    ``SAFE_LOSS``; where no layer is left so, the one layer that saves the most bytes per point lost moves one
-    bit-width lower. None where the space has no ``bits`` knob or no step is left.
-
-    Why: the quantized baselines of the default CNN keep the uncompressed model's accuracy (0.930-0.933 against
-    0.931) and the guided trials aimed below them, built from scratch by the joint problem, lost 0.2-1 point once
-    fine-tuned. The same configuration a step smaller, recovered with the same seed, kept it: on the default CNN's
-    study of 835851a, ``channels_50`` with 8-bit weights 0.9274 against 0.9268 at 62,895 B against 244,034 and the
-    same latency (1.39-1.47 ms against 1.44-1.47, timed together)."""
-    if "bits" not in space:
-        return None
-    bits = space["bits"]
-    others = [k for k in space.knobs if k.phase == bits.phase and k.knob != bits.knob]  # e.g. k-means: exclusive
-    free = [f for f in bits.layers if all(params.get(k.name(f), k.identity_value) == k.identity_value for k in others)]
-    rows = table[table["knob"] == bits.knob]
-
-    def entry(layer: str, value: Any) -> pd.Series | None:
-        hit = rows[(rows["layer"] == layer) & np.isclose(rows["choice"].astype(float), float(value))]
-        return None if hit.empty else hit.iloc[0]
-
-    out = dict(params)
-    floats = []
-    for f in free:
-        float_inputs = "abits" not in space or f not in space["abits"].layers or \
-            params.get(space["abits"].name(f)) == space["abits"].identity_value
-        at8 = entry(f, 8)
-        if params.get(bits.name(f)) == bits.identity_value and float_inputs and 8 in bits.choices(f) \
-                and at8 is not None and float(at8["loss"]) <= SAFE_LOSS:
-            floats.append(f)
-    for f in floats:
-        out[bits.name(f)] = _choice(bits, 8)
-    if floats:
-        return out
-    steps = []  # (bytes saved per point lost, bytes saved, layer, lower bit-width)
-    for f in free:
-        now = params.get(bits.name(f))
-        lower = [c for c in bits.choices(f) if now is not None and float(c) < float(now) <= 8]
-        here, there = entry(f, now) if lower else None, entry(f, max(lower)) if lower else None
-        if here is None or there is None or float(there["loss"]) > SAFE_LOSS:
-            continue
-        saved = float(there["bytes_saved"]) - float(here["bytes_saved"])
-        lost = max(0.0, float(there["loss"]) - float(here["loss"]))
-        if saved > 0:
-            steps.append((saved / (lost + TOUCH_LOSS), saved, f, max(lower)))
-    if not steps:
-        return None
-    _, _, layer, value = max(steps)
-    out[bits.name(layer)] = _choice(bits, value)
     return out

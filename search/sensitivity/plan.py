@@ -19,8 +19,10 @@ from spaces._layers import targets
 
 from .._checks import whole
 from ..front import TOLERANCE
-from .guide import anchor_policies, cover_order, guided_configs, recovery_factor, refined
+from .baselines import anchor_policies, refined
+from .guide import cover_order, guided_configs
 from .sweep import Measurer, Sweep, cache_key, load_or_sweep
+from .table import recovery_factor
 
 
 @dataclass
@@ -172,7 +174,7 @@ def guided(cfg: DictConfig, g: Guidance, df: pd.DataFrame, *, log: Callable[[str
 
 
 def refinements(g: Guidance, rows: list[pd.Series], k: int, *, taken: list[dict[str, Any] | None]) -> dict[str, dict]:
-    """{baseline name: its params a step smaller (``guide.refined``)} for the first ``k`` of the baselines' ``rows``
+    """{baseline name: its params a step smaller (``baselines.refined``)} for the first ``k`` of the baselines' ``rows``
     that have one, each new (not another baseline's params nor an earlier refinement's)."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from objectives import Accuracy, AnalyticCostModel
-from search.sensitivity.guide import guided_configs, layer_options, refined
+from search.sensitivity.baselines import refined
+from search.sensitivity.guide import guided_configs, layer_options
 from search.sensitivity.sweep import Measurer, Sweep, load_or_sweep, sweep_table
 from spaces import JointSpace
 from tests.spaces.knob_contract import build_knob
@@ -154,7 +155,7 @@ def test_an_aimed_solution_whose_exact_size_misses_its_target_is_solved_again_an
 def test_recovery_factor_is_what_fine_tuning_left_of_the_structural_baselines_table_loss(toy):
     """Summed over the baselines that change only structure with choices the table holds: their loss after
     recovery over their choices' summed table loss."""
-    from search.sensitivity.guide import MIN_RECOVERED, recovery_factor
+    from search.sensitivity.table import MIN_RECOVERED, recovery_factor
 
     model, x, y, space, measurer = toy
     table = sweep_table(measurer, log=lambda _: None)
@@ -187,7 +188,7 @@ def test_recovery_factor_is_what_fine_tuning_left_of_the_structural_baselines_ta
 
 
 def test_latency_savings_from_macs_replace_the_timed_ones_only_where_macs_change():
-    from search.sensitivity.guide import by_macs
+    from search.sensitivity.table import by_macs
 
     table = pd.DataFrame({"identity": [True, False, False], "latency_ms": [10.0, 7.0, 10.0],
                           "macs": [1000, 600, 1000], "macs_saved": [0, 400, 0], "ms_saved": [0.0, 3.0, 1.5]})
@@ -239,7 +240,7 @@ def test_pruning_and_fewer_bits_combine_on_one_layer_and_meet_an_exact_size(toy)
 
 
 def test_a_shaping_knobs_latency_savings_are_scaled_by_its_middle_choice_timed_on_every_layer(toy):
-    from search.sensitivity.guide import timed_whole
+    from search.sensitivity.table import timed_whole
     from spaces.knobs.channels import ChannelKnob
 
     model, x, y, _, measurer = toy
