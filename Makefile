@@ -16,7 +16,9 @@ search: SYNC := --inexact
 search: setup system
 	$(UV) run --locked python -m search $(if $(WORKERS),study.workers=$(WORKERS)) $(ARGS)
 
+# the layers first (pyproject.toml's import-linter contracts: a few seconds), then the tests
 test: setup system
+	$(UV) run --locked lint-imports
 	$(UV) run --locked python -m pytest -q $(ARGS)
 
 # The site in results/site/ (git-ignored); strict: a broken link, a page missing from the navigation or a

@@ -30,7 +30,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from search.app import prepare
-from search.outputs import atomic_write
+from search.results.outputs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,10 +23,10 @@ import numpy as np
 import optuna
 import pandas as pd
 from hydra import compose, initialize_config_dir
-from search._optuna import compute_hypervolume
+from search.storage._optuna import compute_hypervolume
 
-from objectives import OrtCpuCostModel
-from search.outputs import atomic_write
+from objectives.hardware import OrtCpuCostModel
+from search.results.outputs import atomic_write
 from search.app import prepare
 from search.run import run
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.outputs import atomic_write
+from search.results.outputs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD_S = 0.1

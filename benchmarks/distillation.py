@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 
 from objectives import Accuracy
 from search.models import SmallCNN
-from search.outputs import atomic_write
+from search.results.outputs import atomic_write
 from search.app import prepare
 from search.training.loops import distill
 

@@ -7,7 +7,7 @@ then prints and writes ``results/benchmarks/early_stopping.csv`` (``early_stoppi
 with overrides):
 - the student trials' training time, seconds and steps, summed over each study, and the share early stopping
   saved (acceptance: at least 30%);
-- the hypervolume of each final front (``search/front.py``: each study against its own uncompressed
+- the hypervolume of each final front (``search/results/front.py``: each study against its own uncompressed
   baseline, which cancels latency drift between the runs), and the ratio on / off (acceptance: within 2%);
 - the rule replayed offline on the study without it (every curve ran to the end there): what it would have
   stopped and saved, and whether any trial on that study's front would have been stopped (it must not).
@@ -24,9 +24,9 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from search import front
+from search.results import front
 from search.training.early_stopping import EarlyStopping, replay
-from search.outputs import atomic_write, students_summary, trials_frame
+from search.results.outputs import atomic_write, students_summary, trials_frame
 from search.run import run
 from search.training.teacher import cache_key
 

@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 
 from search.cli import compose_checked
-from search.outputs import atomic_write, trials_frame
+from search.results.outputs import atomic_write, trials_frame
 from search.pick.picker import pick
 
 ROOT = Path(__file__).resolve().parents[1]

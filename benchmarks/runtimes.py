@@ -37,8 +37,8 @@ from scipy import stats
 from objectives import Accuracy
 from search.app import prepare
 from search.cli import compose_checked
-from search.front import pareto_mask
-from search.outputs import atomic_write, trials_frame
+from search.results.front import pareto_mask
+from search.results.outputs import atomic_write, trials_frame
 from search.pick.picker import replay_config
 from spaces import INT4_CHOICES, materialize
 

@@ -9,7 +9,7 @@ baselines and the TPE sampler only) with ``study.timeout_s`` set to the wall tim
 sensitivity pass to its last trial, and a trial budget it cannot reach in that time. Both share the cached teacher. Per study:
 
 - ``hypervolume``: of the searched full-fidelity trials alone, against the study's own reference point
-  (``search/front.py``: 1.1 x its uncompressed model's size and latency, timed in the same run);
+  (``search/results/front.py``: 1.1 x its uncompressed model's size and latency, timed in the same run);
 - ``baselines_dominated``: how many of the default study's baselines (hand-made and the anchors', every one but
   ``uncompressed``) a searched full-fidelity trial of this study weakly dominates, at up to 0.1 point less
   accuracy, with latency taken as a fraction of the study's own uncompressed latency (so that a drift of the
@@ -43,16 +43,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
 from hydra import compose, initialize_config_dir
 
 from search.app import setup
-from search.front import done, hypervolume, objective_names, reference
-from search.outputs import atomic_write, trials_frame
-from search.pick.remeasure import onnx_of, store
+from search.results.front import done, hypervolume, reference
+from search.results.outputs import atomic_write, trials_frame
+from search.storage.artifacts import onnx_of, store
 from search.report.plots import find_chromium
 from search.run import run
 from search.training.teacher import cache_key

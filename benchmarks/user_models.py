@@ -11,7 +11,7 @@ latter with 3 configurations; the anchors' baselines off, as each costs a full t
 additions; MobileNetV3-Small depthwise convolutions, squeeze-and-excitation blocks (a pooled branch that multiplies
 the main one) and hard-swish. A family whose knobs break it is told by the
 start-up probe (``spaces/probe.py``, said in the log); a knob that leaves it near chance is told after the baselines
-(``search/run.py``).
+(``search/process.py``).
 
 Per family, ``results/benchmarks/user_models.csv``: ``family``, ``study``, ``parameters``, ``teacher_accuracy``
 (validation, the uncompressed baseline's), ``trials_full`` (searched trials completed at full fidelity),
@@ -42,8 +42,8 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from search.front import done, hypervolume, reference
-from search.outputs import atomic_write, trials_frame
+from search.results.front import done, hypervolume, reference
+from search.results.outputs import atomic_write, trials_frame
 from search.run import run
 from search.training.teacher import cache_key
 

@@ -12,7 +12,7 @@ run only; each study sweeps its own sensitivity table. Per run, one row of ``res
 - ``storage``, ``workers``, ``repeat``, ``trials``: searched trials in the study (must equal ``n_trials``);
 - ``trials_per_hour``: every finished trial (baselines included) over the span from the first trial's start to the
   last trial's end, times 3600 (the preparation, shared, and the outputs at the end are left out);
-- ``hypervolume``: of all its trials against its own reference point (``search/front.py``), and
+- ``hypervolume``: of all its trials against its own reference point (``search/results/front.py``), and
   ``hypervolume_searched`` of its searched full-fidelity trials alone;
 - ``lost``: trials failed as ``worker lost``; ``repeated``: searched trials whose parameters an earlier trial of the
   study already had (retries of a lost trial left out); ``teacher_trained``: workers that trained the teacher;
@@ -38,10 +38,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.front import hypervolume, reference  # noqa: E402
-from search.outputs import atomic_write, trials_frame  # noqa: E402
-from search.workers.faults import LOST  # noqa: E402
-from search.workers.storage import load_study, url_for  # noqa: E402
+from search.results.front import hypervolume, reference  # noqa: E402
+from search.results.outputs import atomic_write, trials_frame  # noqa: E402
+from search.storage.faults import LOST  # noqa: E402
+from search.storage.backends import load_study, url_for  # noqa: E402
 
 OUT = ROOT / "results" / "benchmarks"
 

@@ -47,7 +47,7 @@ import image_folders
 from objectives import Accuracy
 from search.app import load_data
 from search.cli import compose_checked
-from search.outputs import atomic_write
+from search.results.outputs import atomic_write
 from search.training.teacher import build_model, trained_teacher
 from spaces import fold_batchnorm
 

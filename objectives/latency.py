@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._base import BaseCostModel, BaseObjective, Measurement, Outcome
+from .hardware._base import BaseCostModel, Measurement
+from ._base import BaseObjective, Outcome
 
 
 class Latency(BaseObjective):

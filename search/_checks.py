@@ -1,7 +1,13 @@
-"""Checks of config values that answer a wrong one with the one-line message every entry point prints."""
+"""The config's folder and the checks of config values that answer a wrong one with the one-line message every
+entry point prints (``BAD_INPUT``: the exceptions ``search.cli`` turns into that line and exit status 2). A leaf:
+it imports nothing of the engine, so every layer may use it."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+BAD_INPUT = (ValueError, FileNotFoundError, LookupError)
 
 
 def whole(key: str, value: Any, minimum: int) -> int:

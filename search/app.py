@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import logging
 import platform
-import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,19 +18,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 import objectives
-from objectives import Accuracy, BaseCostModel, BaseObjective
-from objectives.cpu import torch_threads
+from objectives import Accuracy, BaseObjective
+from objectives.hardware import BaseCostModel
+from objectives.hardware.cpu import torch_threads
 from spaces import INT4_CHOICES, STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
 from spaces.probe import keep, probe, said, without
 
 from . import data as data_module
-from ._checks import whole
-from .cli import CONF
+from ._checks import whole, CONF
 from .pipeline import Distillation, Pipeline, Recovery
-from .screening import Screening
-from .workers.storage import url_for
+from .loop.screening import Screening
+from .storage.backends import url_for
 from .sensitivity.plan import settings as sensitivity_settings
-from .study import Constraints
+from .loop.study import Constraints
 from .training.early_stopping import EarlyStopping
 from .training.teacher import (
     build_model, cache_key, cached_logits, ensemble_logits, logits_path, teacher_path, trained_teacher, weights_key,
@@ -60,7 +59,7 @@ class Setup:
     early_stopping: EarlyStopping
     teachers: list[DictConfig]  # distill.teachers: more teachers whose logits students learn from (averaged)
     objectives: list[BaseObjective]  # ``objectives=[...]``, in the study's order
-    screening: Screening  # ``screening.*``: multi-fidelity (search/screening.py)
+    screening: Screening  # ``screening.*``: multi-fidelity (search/loop/screening.py)
 
 
 def _first_line(exc: Exception) -> str:
@@ -178,7 +177,7 @@ def ensemble_members(cfg: DictConfig, splits: data_module.Splits) -> list[DictCo
     return members
 
 
-def _instantiate(cfg: DictConfig, key: str) -> Any:
+def instantiated(cfg: DictConfig, key: str) -> Any:
     try:
         return instantiate(cfg, _convert_="all")
     except Exception as exc:
@@ -226,7 +225,7 @@ def setup(cfg: DictConfig) -> Setup:
     n_trials = cfg.study.n_trials
     if not isinstance(n_trials, int) or n_trials < 0:
         raise ValueError(f"study.n_trials must be an integer >= 0, got {n_trials!r}")
-    cost_model = _instantiate(cfg.hardware, "hardware")  # before the data: a missing runtime is told at once
+    cost_model = instantiated(cfg.hardware, "hardware")  # before the data: a missing runtime is told at once
     results = Path(cfg.results_dir)
     splits = load_data(cfg)  # the model is sized for the data
     net = build_model(cfg.model, splits)
@@ -252,7 +251,7 @@ def setup(cfg: DictConfig) -> Setup:
     storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
     return Setup(
         cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape, results / "cache"),
-        sampler=_instantiate(cfg.sampler, "sampler"), cost_model=cost_model,
+        sampler=instantiated(cfg.sampler, "sampler"), cost_model=cost_model,
         recovery=Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True)), constraints=constraints,
         out_dir=out_dir, cache_dir=results / "cache", storage=storage,
         distillation=distillation(cfg), early_stopping=early_stopping, teachers=ensemble_members(cfg, splits),

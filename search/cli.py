@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-BAD_INPUT = (ValueError, FileNotFoundError, LookupError)
+from ._checks import BAD_INPUT, CONF
+
 # Hydra's flags that take the next word as their value (``--cfg job``, ``-cn other``)
 _VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                  "-cd", "--experimental-rerun"}
@@ -249,7 +249,7 @@ def sweep_study_name(name: str, overrides: Sequence[str]) -> str:
     that a later command line can give back as ``study.name=...`` or in ``report.studies=[...]``."""
     import re
 
-    from .study import RESUMABLE
+    from .loop.study import RESUMABLE
 
     def setting(o: str) -> bool:  # not how long it runs or where it writes (a rerun with more trials resumes it)
         key = o.split("=", 1)[0].lstrip("+~")

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from objectives import Accuracy, BaseCostModel, BaseObjective, Measurement, Outcome, count_macs, count_params
+from objectives import Accuracy, BaseObjective, Outcome, count_macs, count_params
+from objectives.hardware import BaseCostModel, Measurement
 from spaces import Artifact, JointSpace, StudentSpace, calibrate, materialize, to_plain
 
 from .data import Splits
@@ -139,7 +140,7 @@ class Pipeline:
 
     def at_low_fidelity(self, *, steps: int, qat_steps: int) -> Pipeline:
         """The same pipeline with ``steps`` + ``qat_steps`` of recovery and the cost model's short protocol: the
-        screening fidelity (``search/screening.py``)."""
+        screening fidelity (``search/loop/screening.py``)."""
         import copy
 
         import objectives

@@ -9,7 +9,7 @@ Commands of ``docs/getting-started.md`` run when marked: a fenced bash block on 
 ``<!-- test: run -->``. Such a block holds one command per line (``#`` lines skipped, no trailing comments); each
 ``python -m search...`` command is smoke-sized (``experiment=smoke``). They run in page order from the repository
 root with ``results_dir=<tmp>`` and ``model.checkpoint=<tmp>/teacher.pt`` appended: a teacher trained here in
-seconds, as ``tests/search/test_pick.py`` does, so the test pays for the commands and not for an epoch of teacher
+seconds, as ``tests/search/pick/test_pick.py`` does, so the test pays for the commands and not for an epoch of teacher
 training (``test_e2e.py`` trains the smoke teacher from scratch). The ``python3 -m uv run --locked python``
 prefix runs as this interpreter (the same locked environment; inside ``make test`` the venv's ``python3`` has
 no uv).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -190,13 +190,6 @@ def described(where: str, carved: list[str], seed: int) -> str:
     return where + (f" ({' and '.join(carved)} carved from train with seed {seed})" if carved else "")
 
 
-def scaled(images: np.ndarray) -> np.ndarray:
-    """N x C x H x W images as float32: uint8 divided by 255 (pixels in [0, 1]), floats as they are."""
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
-    return images.astype(np.float32)
-
-
 def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of N x C x H x W images (float64 sums, rounded to 4 places)."""
     mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
@@ -217,10 +210,3 @@ def normalisation(mean: Any, std: Any, channels: int) -> tuple[tuple[float, ...]
     if any(s <= 0 for s in std):
         raise ValueError(f"data.std must be > 0 in every channel, got {list(std)!r}")
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
-def normalised(x: np.ndarray, mean: Iterable[float], std: Iterable[float]) -> torch.Tensor:
-    """(x - mean) / std per channel, as a float32 tensor."""
-    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-    return (torch.from_numpy(np.ascontiguousarray(x)) - m) / s

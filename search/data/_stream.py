@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import normalised, scaled
+from ._pixels import normalised, scaled
 
 STREAM = ("auto", True, False)
 CHUNK = 1000  # images per read in the passes over a whole split (statistics), as Accuracy's batch

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ._base import (
-    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size)
+    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, size)
+from ._pixels import normalised, scaled
 from ._stream import Streamed, Streaming, channel_stats_streamed, float32_bytes
 
 log = logging.getLogger("search")

@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 
 from ._base import (
-    BaseDataModule, Splits, carve_missing, channel_stats, described, normalisation, normalised, scaled, size)
+    BaseDataModule, Splits, carve_missing, channel_stats, described, normalisation, size)
+from ._pixels import normalised, scaled
 from .arrays import LAYOUTS, layout_of, to_nchw
 from .image_folder import image_size_of, majority_grey, pil_array, stack
 

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from ._base import (
-    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, normalised, scaled, size)
+    BaseDataModule, Splits, carve_missing, described, channel_stats, normalisation, size)
+from ._pixels import normalised, scaled
 from .image_folder import image_size_of, majority_grey, pil_array, stack
 
 

@@ -16,9 +16,9 @@ measurement, the machine's noise floor) and ``validation.html``/``.png`` (predic
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +31,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from objectives import BaseCostModel, LatencyTable, LutCostModel, OrtCpuCostModel, host_lock
-from objectives import _ort
-from objectives.lut import device_slug, now, table_path
+from objectives.hardware import BaseCostModel, LatencyTable, LutCostModel, OrtCpuCostModel, host_lock, _ort
+from objectives.hardware.lut import device_slug, now, table_path
 from spaces import Artifact, calibrate, materialize
 
-from .._checks import whole
-from ..baselines import policies
-from ..cli import CONF
-from ..outputs import atomic_write, write_json
-from ..app import Setup, setup, threads
+from .._checks import whole, CONF
+from ..loop.baselines import policies
+from ..results.outputs import atomic_write, write_json
+from ..app import Setup, setup
+from ..report.plots import _png_bytes, find_chromium
 
 log = logging.getLogger("search.hardware")
 
@@ -58,10 +57,20 @@ class LutSettings:
 
     @classmethod
     def from_cfg(cls, hw: DictConfig) -> "LutSettings":
-        if hw.get("_target_") != "objectives.LutCostModel":
+        if not _names(hw.get("_target_"), LutCostModel):
             raise ValueError(f"hardware: python -m search.hardware needs hardware=lut, got {hw.get('_target_')!r}")
         return cls(str(hw.table), hw.get("device"), int(hw.batch_size), int(hw.threads), int(hw.warmup),
                    int(hw.repeats), hw.get("host_lock", True))
+
+
+def _names(target: Any, cls: type) -> bool:
+    """Whether ``target`` (a config's ``_target_``) names ``cls``, by any path it is importable by
+    (``objectives.LutCostModel`` and ``objectives.hardware.LutCostModel`` alike)."""
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except (ImportError, ValueError):  # not importable: not this class
+        return False
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int = 1) -> int:
@@ -73,7 +82,7 @@ def measuring_setup(cfg: DictConfig) -> tuple[Setup, LutSettings]:
     lut = LutSettings.from_cfg(cfg.hardware)
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
-    cfg.hardware = OmegaConf.create({"_target_": "objectives.OrtCpuCostModel", "batch_size": lut.batch_size,
+    cfg.hardware = OmegaConf.create({"_target_": "objectives.hardware.OrtCpuCostModel", "batch_size": lut.batch_size,
                                      "threads": lut.threads, "settle_s": 0.0, "host_lock": lut.host_lock})
     return setup(cfg), lut
 
@@ -259,8 +268,6 @@ def report(summary: dict[str, Any]) -> str:
 
 def scatter(df: pd.DataFrame, summary: dict[str, Any], out_dir: Path, *, png: bool) -> None:
     import plotly.graph_objects as go
-
-    from ..report.plots import _png_bytes, find_chromium
 
     fig = go.Figure()
     lo, hi = float(df[["predicted_ms", "measured_ms"]].min().min()) * 0.8, float(df[["predicted_ms", "measured_ms"]].max().max()) * 1.2

@@ -6,9 +6,9 @@ from .._lazy import exports
 
 if TYPE_CHECKING:
     from .bundle import load_model
-    from .selection import Rule, choose, knee
+    from ..results.selection import Rule, choose, knee
     from .verify import Tolerances, verify_bundle
 
 __all__ = ["Rule", "choose", "knee", "load_model", "verify_bundle", "Tolerances"]
-__getattr__ = exports(__name__, {"load_model": ".bundle", "Rule": ".selection", "choose": ".selection",
-                                 "knee": ".selection", "Tolerances": ".verify", "verify_bundle": ".verify"})
+__getattr__ = exports(__name__, {"load_model": ".bundle", "Tolerances": ".verify", "verify_bundle": ".verify",
+                                 **dict.fromkeys(["Rule", "choose", "knee"], "..results.selection")})

@@ -24,11 +24,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from objectives import BaseCostModel
+from objectives.hardware import BaseCostModel
 from spaces import PRUNED, Artifact, to_plain, unpack
 from spaces.materialize import onnx_weights
 
-from ..outputs import atomic_write
+from ..results.outputs import atomic_write
+from ..app import build_space
 
 # Keys of weights.cpz that a plain model has no place for: the input activation ranges of int8 layers
 # (the ONNX model carries them as QDQ scales).
@@ -109,8 +110,6 @@ def read_spec(bundle_dir: Path) -> dict[str, Any]:
 def architecture(spec: dict[str, Any]) -> nn.Module:
     """The compressed model's shapes with untrained weights: teacher architecture + ``space.apply`` with the stored
     structure (for a student trial, the student's architecture with its compression)."""
-    from ..app import build_space  # the same space the search built, from the same config
-
     cfg = OmegaConf.create(spec["config"])
     with torch.random.fork_rng(), torch.enable_grad():  # building and tracing draw random numbers (leave the
         # caller's stream alone); channel pruning traces through autograd, even when called under torch.no_grad()

@@ -1,7 +1,7 @@
 """``python -m search.pick [overrides]``: choose one trial of a finished study and ship it as a bundle.
 
 The same config tree as ``python -m search``: the overrides that named the study (``experiment=``,
-``results_dir=``, ``model=`` ...) find it again, and ``pick.*`` says which trial (``search/pick/selection.py``).
+``results_dir=``, ``model=`` ...) find it again, and ``pick.*`` says which trial (``search/results/selection.py``).
 The trial is replayed from its stored params with the config the study recorded, written to
 ``results/<study>/picked/<trial>/`` (``search/pick/bundle.py``) and measured again on the written files
 (``search/pick/verify.py``). Exit status: 0 verified, 1 written but not verified, 2 bad input.
@@ -22,23 +22,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from objectives import Measurement, Outcome, cpu_name
+from objectives.hardware import Measurement, cpu_name
+from objectives import Outcome
 from spaces import Artifact, JointSpace, StudentSpace
 
 from . import card
 from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files, write_runtime_files
 from .._checks import flat, under
 from ..data import FROM_DATA
-from ..front import objective_names
-from ..outputs import atomic_write, objective_names_of, trials_frame, write_json
+from ..results.front import objective_names
+from ..results.outputs import atomic_write, objective_names_of, trials_frame, write_json
 from ..app import Prepared, prepare, threads, versions
-from .selection import Rule, choose, describe, front_table
+from ..results.selection import Rule, choose, describe, front_table
 from ..training.loops import recover
-from ..workers.storage import backend as opened
-from ..workers.shared import fetch, publish
-from ..workers.storage import is_server, load_study, url_for
-from .remeasure import onnx_of, store
-from .verify import Companions, Tolerances, accuracies, between_readings, check, files_now, latency, runtime_of
+from ..storage.backends import backend as opened, is_server, load_study, url_for
+from ..storage.artifacts import fetch, publish, onnx_of, store
+from .verify import Companions, Tolerances, accuracies, check, files_now, latency, runtime_of
+from ..loop.remeasure import between_readings
 
 log = logging.getLogger("search")
 

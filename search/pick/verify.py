@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from objectives import Accuracy, BaseCostModel, Measurement
+from objectives import Accuracy
+from objectives.hardware import BaseCostModel, Measurement
 from spaces import Artifact, to_plain, unpack
 
 from .bundle import load_model
 from ..data import Splits
-from ..outputs import write_json
+from ..results.outputs import write_json
 
 
 @dataclass(frozen=True)
@@ -133,22 +133,6 @@ class Companions:
     uncompressed: bytes | None = None
     uncompressed_ms: float | None = None
     between_rel: float | None = None
-
-
-def between_readings(remeasured: Path) -> float | None:
-    """Root-mean-square relative gap, over the models of a study's ``remeasured.csv``, between each one's latency
-    as a share of the uncompressed model's when it ran and when timed again together at the end; None without the
-    file or the uncompressed model in it."""
-    if not Path(remeasured).is_file():
-        return None
-    df = pd.read_csv(remeasured, keep_default_na=False)
-    base = df[df["baseline"] == "uncompressed"]
-    if base.empty or len(df) < 3 or not {"latency_ms", "latency_remeasured_ms"} <= set(df.columns):
-        return None
-    then = df["latency_ms"].astype(float) / float(base["latency_ms"].iloc[0])
-    now = df["latency_remeasured_ms"].astype(float) / float(base["latency_remeasured_ms"].iloc[0])
-    gaps = np.log(now / then)[df["baseline"] != "uncompressed"]
-    return float(np.expm1(np.sqrt(np.mean(gaps ** 2))))
 
 
 def _together(cost_model: BaseCostModel, artifact: Artifact, c: Companions) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What the reports compute from a study, kept apart from drawing (``figures.py``, ``plots.py``) and pages
 (``page.py``): the per-layer policy of the front, parameter importances and a short text for a configuration.
-Fronts and hypervolume: ``search/front.py``.
+Fronts and hypervolume: ``search/results/front.py``.
 
 Knobs are discovered, never listed here: a parameter ``<knob>.<layer fqn>`` is drawn with what its knob class
 declares (``spaces.BaseKnob``: label, short name, harder direction, unit, colour scale). A parameter that is
@@ -18,8 +18,8 @@ import pandas as pd
 
 from spaces import BaseKnob, Phase
 
-from ..front import done, objective_names, signs
-from ..outputs import objective_names_of
+from ..results.front import done, objective_names, signs
+from ..results.outputs import objective_names_of
 
 OTHER_PREFIXES = ("arch", "student", "distill")  # parameters of student trials, not knobs
 SELECTORS = tuple(p.selector for p in Phase)  # "<phase>.<fqn>": which knob of a phase acts on a layer

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from ..front import MARGIN, done, history, hypervolume, objective_names, pareto_mask, signs
+from ..results.front import MARGIN, done, history, hypervolume, objective_names, pareto_mask, signs
 from . import figures
 from .data import StudyData
 from .html import Cell, Page, Section, esc, figure_div, page, table
@@ -76,7 +76,7 @@ def comparison_page(ds: Sequence[StudyData], figs: Mapping[str, go.Figure], join
                 f"Each study against its own reference point: accuracy 0, size and latency {MARGIN:g} x those "
                 "of its uncompressed baseline, timed in the same run (the table above lists them), so drift of the "
                 "machine between runs cancels out; each value is the one the study's own report shows. See "
-                "<code>search/front.py</code>."),
+                "<code>search/results/front.py</code>."),
     ]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return page(Page(title="Compression searches compared: " + ", ".join(d.name for d in ds),

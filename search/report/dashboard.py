@@ -41,7 +41,7 @@ def objectives_note(study: optuna.Study) -> str:
     """Markdown for the dashboard's study note: what each objective is, in which unit (from its class)."""
     from objectives import objective_class
 
-    from ..front import MARGIN
+    from ..results.front import MARGIN
 
     cost = study.user_attrs.get("cost_model") or {}
     device = ", ".join(f"{k} {v}" for k, v in cost.items()) or "see the study's config.yaml"
@@ -77,7 +77,7 @@ def _address(cfg: DictConfig) -> tuple[str, int]:
 
 def serve(cfg: DictConfig, *, say: Callable[[str], None] = print) -> None:
     """Serve until Ctrl-C or SIGTERM; every input is checked before the port is opened."""
-    from .._optuna import study_id
+    from ..storage._optuna import study_id
     from .data import locate, plain_name
 
     host, port = _address(cfg)
@@ -85,7 +85,7 @@ def serve(cfg: DictConfig, *, say: Callable[[str], None] = print) -> None:
     study, url = locate(name, results_dir=cfg.results_dir, storage=cfg.study.storage or None)
     from optuna_dashboard import wsgi
 
-    from ..workers.storage import backend
+    from ..storage.backends import backend
 
     try:
         httpd = make_server(host, port, wsgi(backend(url)), server_class=_Server, handler_class=_QuietHandler)

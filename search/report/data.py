@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from objectives import objective_class
 
-from ..front import Reference, reference
-from ..outputs import objective_names_of, trials_frame
-from ..workers.storage import load_study, url_for
+from ..results.front import Reference, reference
+from ..results.outputs import objective_names_of, trials_frame
+from ..storage.backends import load_study, url_for
 from . import analysis as an
 
 DEFAULT_RESULTS = "results"

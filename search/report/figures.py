@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..front import Reference, objective_names
+from ..results.front import Reference, objective_names
 from .analysis import front_rows, knob_classes, split
 from .plots import format_value, front_grid, panels, plot_points, scene_axes, scene_of, shown
 

@@ -12,10 +12,9 @@ import plotly.graph_objects as go
 
 from objectives import objective_class
 
-from ..front import done, history, hypervolume, objective_names
-from ..pick.selection import knee
-from . import analysis as an
-from . import figures
+from ..results.front import done, history, hypervolume, objective_names
+from ..results.selection import knee
+from . import analysis as an, figures
 from .data import StudyData
 from .html import Cell, Page, Section, cards, esc, figure_div, key_values, page, table
 from .plots import format_value, pareto_figure

@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 
 from objectives import objective_class
 
-from ..front import objective_names
+from ..results.front import objective_names
 from .analysis import knob_params, short_config
 
 __all__ = ["Panel", "find_chromium", "format_value", "front_grid", "panels", "pareto_figure", "plot_points",

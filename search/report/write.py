@@ -7,7 +7,7 @@
   in ``study.storage``): fronts overlaid, hypervolumes side by side (each against its own reference point), in
   ``results/<report.name>/`` (default ``compare-a-b``).
 
-The page works offline (plotly.js is inlined once). Hypervolume and its reference point: ``search/front.py``.
+The page works offline (plotly.js is inlined once). Hypervolume and its reference point: ``search/results/front.py``.
 Bad input: one line naming the key, the value and what is allowed, exit status 2, nothing written.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import optuna
 import plotly.graph_objects as go
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..outputs import atomic_write
+from ..results.outputs import atomic_write
 from .compare import comparison_figures, comparison_page
 from .data import StudyData, load, plain_name
 from .page import study_figures, study_page

@@ -18,7 +18,7 @@ from spaces import JointSpace, StudentSpace
 from spaces._layers import targets
 
 from .._checks import whole
-from ..front import TOLERANCE
+from ..results.front import TOLERANCE
 from .baselines import anchor_policies, refined
 from .guide import cover_order, guided_configs
 from .sweep import Measurer, Sweep, cache_key, load_or_sweep

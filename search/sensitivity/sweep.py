@@ -30,13 +30,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from objectives import Accuracy, BaseCostModel, count_macs
+from objectives import Accuracy, count_macs
+from objectives.hardware import BaseCostModel
 from spaces import BaseKnob, JointSpace, Phase, calibrate, materialize, to_plain
 from spaces._layers import targets
 from spaces.materialize import packed_tensors
 from spaces.packing import pack
 
 from .._checks import whole
+from ..results.outputs import atomic_write, write_json
 
 COLUMNS = ["knob", "layer", "choice", "identity", "accuracy", "loss", "bytes", "bytes_saved", "latency_ms",
            "ms_saved", "macs", "macs_saved", "measured"]
@@ -185,8 +187,6 @@ def load_or_sweep(measurer: Measurer, *, out_dir: Path, key: str, log=print) -> 
             log(f"sensitivity: read back from {csv} (same teacher, data, space and cost model)")
             return pd.read_csv(csv), float(recorded.get("seconds", 0.0)), True
     table = sweep_table(measurer, log=log)
-    from ..outputs import atomic_write, write_json
-
     atomic_write(csv, table.to_csv(index=False))
     write_json(meta, {"key": key, "seconds": table.attrs["seconds"], "entries": len(table)})
     return table, float(table.attrs["seconds"]), False

@@ -39,8 +39,8 @@ from optuna.trial import TrialState
 
 from objectives import objective_class
 
-from ..front import objective_names
-from ..outputs import feasible
+from ..results.front import objective_names
+from ..results.outputs import feasible
 
 
 MARGINS = ("error", "gain")  # how the forecast of a student's final accuracy is learned (module docstring)

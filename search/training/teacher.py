@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..data import Splits
-from ..outputs import atomic_write
+from ..results.outputs import atomic_write
 from .loops import logits_of, train_teacher
 
 
@@ -146,7 +146,7 @@ def ensemble_logits(
     """The mean of ``first`` (the model's own logits) and each extra teacher's logits on the training split.
 
     Each member is trained once (or loaded from its checkpoint) and its logits cached, like the model's; the cache
-    files are added to ``used`` (what workers elsewhere fetch, ``search/workers/shared.py``).
+    files are added to ``used`` (what workers elsewhere fetch, ``search/storage/artifacts.py``).
     """
     all_logits = [first]
     for member in members:

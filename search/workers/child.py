@@ -7,15 +7,18 @@ import sys
 
 from omegaconf import OmegaConf
 
-from ..cli import _LOGGING, BAD_INPUT, fail
+from ..cli import _LOGGING, fail
+from .._checks import BAD_INPUT
+from ..app import threads
+from ..process import search
 
 
 def main() -> None:
-    from ..run import run
-
     logging.config.dictConfig(_LOGGING)
+    cfg = OmegaConf.load(sys.argv[1])
     try:
-        run(OmegaConf.load(sys.argv[1]), finish=False)
+        with threads(cfg.threads):
+            search(cfg, finish=False)
     except BAD_INPUT as exc:
         fail(str(exc))
 

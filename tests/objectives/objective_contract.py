@@ -15,7 +15,8 @@ from torch import nn
 
 import objectives
 import spaces
-from objectives import BaseObjective, Measurement, OrtCpuCostModel, Outcome
+from objectives import BaseObjective, Outcome
+from objectives.hardware import Measurement, OrtCpuCostModel
 
 SHAPE = (1, 1, 16, 16)
 
@@ -75,7 +76,7 @@ class ObjectiveContract:
     def test_the_front_and_the_plots_read_it_by_name(self, objective):
         import pandas as pd
 
-        from search.front import hypervolume, objective_names, reference, signs
+        from search.results.front import hypervolume, objective_names, reference, signs
         from search.report.plots import pareto_figure
 
         names = ["accuracy", self.name] if self.name != "accuracy" else ["accuracy", "size_bytes"]

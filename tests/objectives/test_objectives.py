@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import spaces
-from objectives import Accuracy, ArtifactSize, Latency, Measurement, OrtCpuCostModel, Outcome, count_macs, count_params
+from objectives import Accuracy, ArtifactSize, Latency, Outcome, count_macs, count_params
+from objectives.hardware import Measurement, OrtCpuCostModel
 from spaces.materialize import export_onnx
 
 
@@ -95,7 +96,7 @@ def test_cost_model_measures_a_positive_median_over_repeats(artifact):
 
 
 def test_cost_model_feeds_a_batch_of_the_configured_size(artifact, monkeypatch):
-    from objectives import _ort
+    from objectives.hardware import _ort
 
     cost = OrtCpuCostModel(batch_size=5, threads=1, warmup=0, repeats=2, retries=0, settle_s=0)
     shapes = []
@@ -121,7 +122,7 @@ def test_cost_model_feeds_a_batch_of_the_configured_size(artifact, monkeypatch):
 
 
 def test_cost_model_times_the_artifacts_real_examples(artifact):
-    from objectives import _ort
+    from objectives.hardware import _ort
 
     batch = _ort.example_batch(artifact.example, artifact.input_shape, 20)
     assert batch.shape == (20, 1, 8, 8) and batch.dtype == np.float32

@@ -214,7 +214,7 @@ def test_a_forced_resume_keeps_both_configs(tmp_path):
     from omegaconf import OmegaConf
 
     from search.cli import compose_checked
-    from search.study import check_resume, config_changes, keep_config
+    from search.loop.study import check_resume, config_changes, keep_config
 
     first = compose_checked(["experiment=smoke", "recovery.steps=7"])
     keep_config(first, tmp_path, {})
@@ -232,7 +232,7 @@ def test_a_study_resumes_with_another_host_lock_or_one_from_before_the_key(tmp_p
     from omegaconf import OmegaConf
 
     from search.cli import compose_checked
-    from search.study import check_resume, keep_config
+    from search.loop.study import check_resume, keep_config
 
     before = OmegaConf.to_container(compose_checked(["experiment=smoke"]))
     del before["hardware"]["host_lock"]  # a study's config.yaml written before hardware.host_lock existed

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from search.outputs import DEFAULT_OBJECTIVES as OBJECTIVES
+from search.results.outputs import DEFAULT_OBJECTIVES as OBJECTIVES
 from search.app import prepare
 from search.run import run
 

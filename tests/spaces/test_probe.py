@@ -18,7 +18,7 @@ def odd_space(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from search.app import build_space
-    from search.cli import CONF
+    from search._checks import CONF
     from tests.spaces.odd_net import OddNet
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
