@@ -5,15 +5,23 @@ a new file); ``JointSpace`` composes them phase by phase and replays a trial wit
 ``space.apply(teacher, trial.params)``; ``StudentSpace`` puts the choice of a student architecture (a
 ``BaseFamily``) in front of them; ``materialize`` turns the result into the artifact the objectives measure;
 ``probe`` finds, before any trial, the layers where a knob breaks the model.
+
+A knob written in another package (``+space.knobs.<name>._target_=mypkg.MyKnob``) needs only the names below:
+``layers_of`` (the layers that stand for a teacher layer, whatever the phases before it made of it), ``mask_``
+(weights zeroed for good), ``quantize_`` with a ``WeightQuantizer`` (weights stored its way) or an
+``ActFakeQuant`` (quantized inputs), and ``weight_mask`` / ``weight_quantizer`` to read what an earlier phase set.
 """
 from . import knobs
 from ._base import BaseFamily, BaseKnob, Phase
-from ._compressed import ActFakeQuant, LinearQuantizer, WeightQuantizer, calibrate, to_plain
+from ._compressed import (
+    ActFakeQuant, LinearQuantizer, WeightQuantizer, calibrate, mask_, quantize_, to_plain, weight_mask, weight_quantizer,
+)
+from ._layers import layers_of
 from .fold import fold_batchnorm
 from .joint import JointSpace
 from .knobs import *  # noqa: F403 - every knob class, by the knob modules' own __all__
 from .materialize import INT4_CHOICES, Artifact, materialize
-from .packing import FLOAT_BITS, Codec, pack, register_codec, unpack
+from .packing import FLOAT_BITS, Codec, PackedTensor, pack, register_codec, unpack
 from .probe import probe
 from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
 
@@ -21,5 +29,6 @@ __all__ = [
     "BaseKnob", "BaseFamily", "Phase", "JointSpace", "StudentSpace", "StudentFamily",
     "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "ActFakeQuant",
     "Artifact", "materialize", "INT4_CHOICES", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
-    "fold_batchnorm", "FLOAT_BITS", "probe", *knobs.__all__,
+    "fold_batchnorm", "FLOAT_BITS", "probe", "layers_of", "mask_", "quantize_", "weight_mask", "weight_quantizer",
+    "PackedTensor", *knobs.__all__,
 ]

@@ -4,6 +4,7 @@ The swap is done by class (``layer.__class__ = CompressedConv2d``) on a model th
 fqns and parameter names stay those of the teacher. ``effective_weight`` is exactly what the packed
 artifact stores: masked, then quantized by the layer's ``WeightQuantizer`` (a knob's, e.g. linear per-channel
 or k-means weight sharing), which also says how the weight is packed and whether ONNX runs it on int8 kernels.
+Knobs set them with ``mask_`` and ``quantize_`` (public: a knob written outside this package needs no more).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def fake_quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class WeightQuantizer(nn.Module, abc.ABC):
-    """How a compressed layer's weight is stored (a submodule ``wq`` of the layer, set by a quantize-phase knob).
+    """How a compressed layer's weight is stored (set on the layer by ``quantize_``, in a quantize-phase knob).
 
     ``forward(w)`` returns the values the packed file decodes to (differentiable for fine-tuning);
     ``packed(name, w, mask)`` the tensor to write; ``int8`` whether ONNX Runtime runs the layer on int8 kernels
@@ -144,6 +145,52 @@ def compressed(layer: nn.Module) -> _Compressed:
     layer.register_buffer("weight_mask", None)
     layer.wq, layer.act = None, None
     return layer
+
+
+def mask_(layer: nn.Module, mask: torch.Tensor) -> nn.Module:
+    """Zero ``layer``'s weights where ``mask`` is 0, for good (in place; returns the layer).
+
+    ``layer`` is a Conv2d or Linear (one of ``layers_of``), ``mask`` a tensor of its weight's shape, 1 = kept. The
+    layer multiplies its weight by the mask in every forward pass, so fine-tuning cannot bring a zeroed weight
+    back, and the packed file stores only the kept ones. A weight another mask zeroed stays zero.
+    """
+    if tuple(mask.shape) != tuple(layer.weight.shape):
+        raise ValueError(f"mask_: the mask's shape {tuple(mask.shape)} is not the weight's {tuple(layer.weight.shape)} "
+                         f"({type(layer).__name__})")
+    layer = compressed(layer)
+    mask = mask.detach().to(layer.weight)
+    layer.weight_mask = mask if layer.weight_mask is None else layer.weight_mask * mask
+    return layer
+
+
+def quantize_(layer: nn.Module, weights: WeightQuantizer | None = None, *,
+              inputs: ActFakeQuant | None = None) -> nn.Module:
+    """Store ``layer``'s weights as ``weights`` says, and quantize its input with ``inputs`` (in place; returns the
+    layer; None leaves that part as it is).
+
+    ``layer`` is a Conv2d or Linear (one of ``layers_of``). The layer runs its (masked) weight through ``weights``
+    in every forward pass, so quantization-aware fine-tuning sees what the packed file will decode to, and the
+    packed file stores what ``weights.packed`` returns.
+    """
+    for name, given, kind in (("weights", weights, WeightQuantizer), ("inputs", inputs, ActFakeQuant)):
+        if given is not None and not isinstance(given, kind):
+            raise TypeError(f"quantize_: {name} must be a spaces.{kind.__name__}, got {type(given).__name__}")
+    layer = compressed(layer)
+    if weights is not None:
+        layer.wq = weights
+    if inputs is not None:
+        layer.act = inputs
+    return layer
+
+
+def weight_mask(layer: nn.Module) -> torch.Tensor | None:
+    """The mask ``mask_`` set on ``layer`` (1 = kept), or None where no weight is zeroed for good."""
+    return getattr(layer, "weight_mask", None) if isinstance(layer, _Compressed) else None
+
+
+def weight_quantizer(layer: nn.Module) -> WeightQuantizer | None:
+    """The ``WeightQuantizer`` ``quantize_`` set on ``layer``, or None where its weights stay float."""
+    return layer.wq if isinstance(layer, _Compressed) else None
 
 
 def layer_bits(layer: nn.Module) -> tuple[int, int]:

@@ -42,16 +42,22 @@ def find_layers(
     ]
 
 
-def targets(model: nn.Module, fqn: str) -> list[tuple[str, nn.Module]]:
-    """The compressible modules that stand for teacher layer ``fqn`` in a transformed model.
+def layers_of(model: nn.Module, fqn: str) -> list[tuple[str, nn.Module]]:
+    """The Conv2d/Linear layers that stand for the teacher's layer ``fqn`` in ``model``, as (fqn, layer) pairs: what a
+    knob changes when it is given a value for ``fqn``, whatever the phases before it made of that layer.
 
-    A factorized layer becomes an ``nn.Sequential`` of two layers under the same fqn,
-    so a knob named after the teacher's layer reaches both factors.
+    The layer keeps its teacher fqn through every phase: channel pruning leaves it in place with fewer channels (read
+    shapes from the layer, not from the teacher), masks and quantizers change it in place, and a factorization
+    (``rank``, ``tucker``) puts an ``nn.Sequential`` of two or three layers there, each of which is returned
+    (``("fc1.0", Linear), ("fc1.1", Linear)``): ``model.get_submodule(fqn).weight`` fails on such a layer.
     """
     module = model.get_submodule(fqn)
     if isinstance(module, COMPRESSIBLE):
         return [(fqn, module)]
     return [(f"{fqn}.{n}", m) for n, m in module.named_modules() if isinstance(m, COMPRESSIBLE)]
+
+
+targets = layers_of  # the private name search/sensitivity imports
 
 
 def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:

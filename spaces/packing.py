@@ -29,6 +29,14 @@ FLOAT_BITS = 32  # "bits = 32" means the tensor stays float32
 
 @dataclass(frozen=True)
 class PackedTensor:
+    """One tensor as the packed file stores it (what ``WeightQuantizer.packed`` returns for a layer's weight).
+
+    ``bits`` 32 with no ``codec``: float32 values; ``bits`` <= 8 with no ``codec``: affine per-output-channel codes
+    of ``values`` (exact only for values on that grid, as ``LinearQuantizer`` makes them); a registered ``codec``
+    (``register_codec``): the codec's own encoding of the kept values. ``mask`` (1 = kept) stores only the kept
+    values and where they are.
+    """
+
     name: str
     values: torch.Tensor  # float values before quantization (masked weights, biases, ranges)
     bits: int = FLOAT_BITS

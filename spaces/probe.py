@@ -2,31 +2,36 @@
 
 A knob matches layers by name and type; whether it can change one depends on the graph around it (a grouped
 convolution fed by a concatenation defeats Torch-Pruning's channel groups; a pruned stem can leave a later layer
-with inputs it cannot take). ``probe`` applies each knob alone on each of its layers, at its hardest and its mildest
-non-identity choice, on a copy of the model, and runs what every trial runs after it: a forward pass (the output
-shape must not change) and the export to the artifact the objectives measure (``materialize``: packed weights and
-the ONNX model, quantized where the choice quantizes). A layer where any of that raises is left out of that knob
-(``without``), with the reason, so that no trial fails for a reason known at start-up.
+with inputs it cannot take) and on what the knobs before it made of the layer (a layer factorized into two, or
+with fewer channels). ``probe`` applies each knob alone on each of its layers, at its hardest and its mildest
+non-identity choice, on a copy of the model, then each knob at its hardest again after the structural knobs of the
+phases before it (pruning, factorization, sparsity) at theirs; and runs what every trial runs after it: a forward pass
+(the output shape must not change) and the export to the artifact the objectives measure (``materialize``: packed
+weights and the ONNX model, quantized where the choice quantizes). A layer where any of that raises is left out of
+that knob (``without``), with the reason, so that no trial fails for a reason known at start-up.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._base import BaseKnob
+from ._base import BaseKnob, Phase
 from ._compressed import calibrate
 from .joint import JointSpace
 from .materialize import materialize
 
 _SEEN: dict[str, dict[str, dict[str, str]]] = {}  # probe results by model structure and space, in this process
+# what the probe tries, in its cache key: a result kept by a probe that tried less is not read back
+_TRIES = "alone, then after the structural knobs before it"
 
 
 def extremes(knob: BaseKnob, fqn: str) -> list[Any]:
@@ -43,25 +48,102 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
 
 
-def _context(space: JointSpace, knob: BaseKnob, fqn: str) -> dict[str, dict[str, Any]]:
-    """What a choice of ``knob`` on ``fqn`` needs from other knobs to act (its ``sweep_context``)."""
-    out: dict[str, dict[str, Any]] = {}
+def _params(space: JointSpace, knob: BaseKnob, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``knob``'s ``values`` ({fqn: value}) as parameters, with what each needs from other knobs to act (its
+    ``sweep_context``)."""
+    out = {knob.name(fqn): value for fqn, value in values.items()}
     for name, value in knob.sweep_context.items():
-        if name in space and fqn in space[name].layers:
-            out[name] = {space[name].name(fqn): value}
+        if name in space:
+            out.update({space[name].name(fqn): value for fqn in values if fqn in space[name].layers})
     return out
+
+
+def _hardest(knob: BaseKnob, layers: Sequence[str]) -> dict[str, Any]:
+    """{fqn: the knob's hardest choice} on those of ``layers`` where it has one."""
+    return {f: choices[0] for f in layers if (choices := extremes(knob, f))}
+
+
+def _before(space: JointSpace, knob: BaseKnob, broken: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The structural knobs (pruning, factorization, sparsity) that act before ``knob``, each at its hardest on its
+    layers but those ``broken``, as parameters: one set per alternative where a phase has several knobs (``rank``
+    or ``tucker``)."""
+    phases: dict[Phase, list[BaseKnob]] = {}
+    for k in space.knobs:
+        if not k.phase.folded and k.phase < knob.phase:
+            phases.setdefault(k.phase, []).append(k)
+    sets = []
+    for i in range(max(map(len, phases.values()), default=0)):
+        params: dict[str, Any] = {}
+        for alternatives in phases.values():
+            k = alternatives[i % len(alternatives)]
+            params.update(_params(space, k, _hardest(k, [f for f in k.layers if f not in broken[k.knob]])))
+        if params:
+            sets.append(params)
+    return sets
+
+
+def _runs(space: JointSpace, model: nn.Module, input_shape: Sequence[int], x: torch.Tensor,
+          calibration: torch.Tensor, expected: tuple[int, ...], params: Mapping[str, Any]) -> None:
+    """What a trial does with ``params``: build, calibrate, a forward pass of the model's output shape, export."""
+    built = space.apply(model, params).eval()
+    calibrate(built, [calibration])
+    with torch.no_grad():
+        shape = tuple(built(x).shape)
+    if shape != expected:
+        raise ValueError(f"the output is {shape} instead of {expected}")
+    materialize(built, input_shape=input_shape, calibration=calibration.numpy())
+
+
+def _alone(space: JointSpace, knob: BaseKnob, runs: Callable[[dict[str, Any]], None]) -> dict[str, str]:
+    """{layer: why} where ``knob`` alone, on that layer alone, breaks the model."""
+    broken = {}
+    for fqn in knob.layers:
+        for value in extremes(knob, fqn):
+            try:
+                runs(space.with_values(probed=_params(space, knob, {fqn: value})))
+            except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
+                broken[fqn] = f"{knob.name(fqn)}={value}: {_why(exc)}"
+                break
+    return broken
+
+
+def _after(space: JointSpace, knob: BaseKnob, before: dict[str, Any], layers: Sequence[str],
+           runs: Callable[[dict[str, Any]], None]) -> dict[str, str]:
+    """{layer: why} where ``knob`` at its hardest breaks the model after ``before`` (``_before``): tried on all
+    ``layers`` at once, and layer by layer only where that breaks (seldom; so the probe stays cheap)."""
+    values = _hardest(knob, layers)
+    if not values:
+        return {}
+    try:
+        runs(space.with_values(before=before, probed=_params(space, knob, values)))
+        return {}
+    except Exception:  # noqa: BLE001 - which layer broke it, and whether this knob did, is found below
+        pass
+    try:
+        runs(space.with_values(before=before))
+    except Exception:  # noqa: BLE001 - the knobs before it break the model by themselves: not this knob's doing
+        return {}
+    after = ", ".join(dict.fromkeys(name.partition(".")[0] for name in before))
+    broken = {}
+    for fqn, value in values.items():
+        try:
+            runs(space.with_values(before=before, probed=_params(space, knob, {fqn: value})))
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
+            broken[fqn] = f"{knob.name(fqn)}={value} after {after} at their hardest: {_why(exc)}"
+    return broken
 
 
 def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
           cache: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """{knob: {layer: why}} of the layers where the knob, alone, breaks ``model`` (see the module docstring).
+    """{knob: {layer: why}} of the layers where the knob breaks ``model``, alone or after the structural knobs
+    before it (see the module docstring).
 
     Found once per model structure and space in a process, and, with ``cache`` (a folder), read from
     ``<cache>/<key>.json`` where an earlier process kept it (``keep``: a search, its pick and its report each start
     a process, and the probe takes seconds)."""
-    key = repr((str(model), tuple(input_shape), [(k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""),
-                                                   k.layers, [k.choices(f) for f in k.layers])
-                                                   for k in space.knobs]))
+    key = repr((_TRIES, str(model), tuple(input_shape),
+                [(k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""), k.layers,
+                  [k.choices(f) for f in k.layers]) for k in space.knobs]))
     if key in _SEEN:
         return _SEEN[key]
     stored = Path(cache) / _file(key) if cache is not None else None
@@ -74,26 +156,18 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
     was_training = model.training
     with torch.no_grad():
         expected = tuple(model.eval()(x).shape)
+    runs = functools.partial(_runs, space, model, input_shape, x, calibration, expected)
     broken: dict[str, dict[str, str]] = {}
     with torch.random.fork_rng():  # pruning traces and building draw random numbers: the caller's stream stays
         for knob in space.knobs:
-            for fqn in knob.layers:
-                for value in extremes(knob, fqn):
-                    params = space.with_values(**{knob.knob: {knob.name(fqn): value}}, **_context(space, knob, fqn))
-                    try:
-                        built = space.apply(model, params).eval()
-                        calibrate(built, [calibration])
-                        with torch.no_grad():
-                            shape = tuple(built(x).shape)
-                        if shape != expected:
-                            raise ValueError(f"the output is {shape} instead of {expected}")
-                        materialize(built, input_shape=input_shape, calibration=calibration.numpy())
-                    except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
-                        broken.setdefault(knob.knob, {})[fqn] = f"{knob.name(fqn)}={value}: {_why(exc)}"
-                        break
+            broken[knob.knob] = _alone(space, knob, runs)
+        for knob in space.knobs:
+            for before in _before(space, knob, broken):
+                layers = [f for f in knob.layers if f not in broken[knob.knob]]
+                broken[knob.knob].update(_after(space, knob, before, layers, runs))
     model.train(was_training)
-    _SEEN[key] = broken
-    return broken
+    _SEEN[key] = {name: layers for name, layers in broken.items() if layers}
+    return _SEEN[key]
 
 
 def _file(key: str) -> str:

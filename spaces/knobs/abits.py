@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from .._base import Phase
-from .._compressed import ActFakeQuant, _Compressed
+from .._compressed import ActFakeQuant, quantize_, weight_quantizer
 from ..packing import FLOAT_BITS
 from .bits import BitWidthKnob
 
@@ -41,8 +41,9 @@ class ActivationBitsKnob(BitWidthKnob):
 
     def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
         for bits, layer in self.layers_to_change(model, values):
-            if isinstance(layer, _Compressed) and layer.wq is not None and layer.wq.int8:
-                layer.act = ActFakeQuant(bits)
+            weights = weight_quantizer(layer)
+            if weights is not None and weights.int8:
+                quantize_(layer, inputs=ActFakeQuant(bits))
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
         layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))

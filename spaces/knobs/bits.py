@@ -12,8 +12,8 @@ from typing import Any
 from torch import nn
 
 from .._base import BaseKnob, Phase
-from .._compressed import LinearQuantizer, compressed
-from .._layers import targets
+from .._compressed import LinearQuantizer, quantize_
+from .._layers import layers_of
 from ..packing import FLOAT_BITS
 
 __all__ = ["BitWidthKnob", "BitsKnob"]
@@ -60,7 +60,7 @@ class BitWidthKnob(BaseKnob):
         factors each)."""
         for fqn, bits in values.items():
             if bits < FLOAT_BITS:
-                for _, layer in targets(model, fqn):
+                for _, layer in layers_of(model, fqn):
                     yield int(bits), layer
 
 
@@ -84,7 +84,7 @@ class BitsKnob(BitWidthKnob):
 
     def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
         for bits, layer in self.layers_to_change(model, values):
-            compressed(layer).wq = LinearQuantizer(bits)
+            quantize_(layer, LinearQuantizer(bits))
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         return {"uniform_int8": {"bits": 8, "abits": 8}, "uniform_w4a8": {"bits": 4, "abits": 8}}

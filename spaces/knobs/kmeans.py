@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._base import Phase
-from .._compressed import WeightQuantizer, compressed
+from .._compressed import WeightQuantizer, quantize_, weight_mask
 from ..packing import FLOAT_BITS, Codec, PackedTensor, nbytes, pack_bits, register_codec, unpack_bits
 from .bits import BitWidthKnob
 
@@ -134,10 +134,9 @@ class KMeansKnob(BitWidthKnob):
 
     def apply_(self, model: nn.Module, values: Mapping[str, int]) -> None:
         for bits, layer in self.layers_to_change(model, values):
-            layer = compressed(layer)
-            mask = layer.weight_mask
+            mask = weight_mask(layer)
             w = layer.weight.detach() * mask if mask is not None else layer.weight.detach()
-            layer.wq = KMeansQuantizer(w, bits, None if mask is None else mask > 0)
+            quantize_(layer, KMeansQuantizer(w, bits, None if mask is None else mask > 0))
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         return {"uniform_kmeans4": {"kmeans": 4}}

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .._base import BaseKnob, Phase
-from .._compressed import compressed
-from .._layers import targets
+from .._compressed import mask_
+from .._layers import layers_of
 
 __all__ = ["SparsityKnob"]
 
@@ -67,9 +67,8 @@ class SparsityKnob(BaseKnob):
         for fqn, sparsity in values.items():
             if sparsity <= 0:
                 continue
-            for _, layer in targets(model, fqn):
-                layer = compressed(layer)
-                layer.weight_mask = magnitude_mask(layer.weight, sparsity)
+            for _, layer in layers_of(model, fqn):
+                mask_(layer, magnitude_mask(layer.weight, sparsity))
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         if self.high < 0.5:
@@ -78,7 +77,7 @@ class SparsityKnob(BaseKnob):
 
     def global_magnitude(self, model: nn.Module, sparsity: float) -> dict[str, float]:
         """Per-layer sparsities equal to one global magnitude threshold over all layers' weights."""
-        weights = {fqn: targets(model, fqn)[0][1].weight.detach().abs().flatten() for fqn in self.layers}
+        weights = {fqn: layers_of(model, fqn)[0][1].weight.detach().abs().flatten() for fqn in self.layers}
         threshold = torch.quantile(torch.cat(list(weights.values())), sparsity)
         return {fqn: min(float((w < threshold).float().mean()), self.high) for fqn, w in weights.items()}
 

@@ -110,3 +110,36 @@ def test_a_knob_that_breaks_a_layer_is_left_out_of_it():
     space = without(space, broken)
     assert "mix.0" not in space["sparsity"].layers and "mix.0" in space["sparsity"].left_out
     assert "mix.0 (it breaks the model: sparsity.mix.0=" in said(space)[0]
+
+
+def test_a_knob_that_cannot_take_a_factorized_layer_is_left_out_of_it_at_start_up(small_cnn):
+    """A knob that reads ``model.get_submodule(fqn).weight`` works on the teacher's layers alone but not on one the
+    rank knob factorized: the probe tries it after rank, and only the layers rank can factorize are left out."""
+    from spaces import BaseKnob
+    from spaces.knobs.rank import RankKnob
+
+    from tests.spaces.plugin_knob import RowSparsityKnob, row_mask
+
+    class LayerByLayer(RowSparsityKnob):
+        knob = "layer_by_layer_for_tests"
+
+        def apply_(self, model, values):
+            for fqn, fraction in values.items():
+                if fraction > 0:
+                    layer = model.get_submodule(fqn)
+                    layer.weight.data *= row_mask(layer.weight, fraction)
+
+    try:
+        space = JointSpace([RankKnob(model=small_cnn, exclude=["fc2"]), LayerByLayer(model=small_cnn)])
+        broken = probe(space, small_cnn, INPUT)
+        factorized = space["rank"].layers
+        assert list(broken) == ["layer_by_layer_for_tests"] and list(broken[LayerByLayer.knob]) == factorized
+        why = broken[LayerByLayer.knob][factorized[0]]
+        assert why == (f"{LayerByLayer.knob}.{factorized[0]}=0.75 after rank at their hardest: "
+                       "AttributeError: 'Sequential' object has no attribute 'weight'")
+        space = without(space, broken)
+        assert space[LayerByLayer.knob].layers == ["fc2"]
+        assert f"{factorized[0]} (it breaks the model: {why})" in said(space)[0]
+        assert probe(space, small_cnn, INPUT) == {}
+    finally:
+        BaseKnob.registry.pop(LayerByLayer.knob, None)
