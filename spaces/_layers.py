@@ -57,9 +57,6 @@ def layers_of(model: nn.Module, fqn: str) -> list[tuple[str, nn.Module]]:
     return [(f"{fqn}.{n}", m) for n, m in module.named_modules() if isinstance(m, COMPRESSIBLE)]
 
 
-targets = layers_of  # the private name search/sensitivity imports
-
-
 def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

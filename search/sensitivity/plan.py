@@ -14,8 +14,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from objectives import Accuracy
-from spaces import JointSpace, StudentSpace
-from spaces._layers import targets
+from spaces import JointSpace, StudentSpace, layers_of
 
 from .._checks import whole
 from ..results.front import TOLERANCE
@@ -83,7 +82,7 @@ def guidance(cfg: DictConfig, prepared: Any, out_dir: Path, *, log: Callable[[st
     out = Guidance(table, seconds, cached, measurer=measurer)
     identity = table[table["identity"].astype(bool)].iloc[0]
     layers = list(dict.fromkeys(f for k in space.knobs for f in k.layers))
-    weights = {f: targets(teacher, f)[0][1].weight.numel() for f in layers}
+    weights = {f: layers_of(teacher, f)[0][1].weight.numel() for f in layers}
     if anchor_cfg.get("enabled", True):
         out.anchors = anchor_policies(table, space, weights=weights, base_macs=int(identity["macs"]),
                                       bits=anchor_cfg.get("bits") or (), macs=anchor_cfg.get("macs") or (), log=log)

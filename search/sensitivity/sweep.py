@@ -32,8 +32,7 @@ from tqdm import tqdm
 
 from objectives import Accuracy, count_macs
 from objectives.hardware import BaseCostModel
-from spaces import BaseKnob, JointSpace, Phase, calibrate, materialize, to_plain
-from spaces._layers import targets
+from spaces import BaseKnob, JointSpace, Phase, calibrate, layers_of, materialize, to_plain
 from spaces.materialize import packed_tensors
 from spaces.packing import pack
 
@@ -114,7 +113,7 @@ class Measurer:
         """{layer: weights} of the model shaped by ``params``' pruning and factorization (the teacher's layer
         names; a factorized layer's factors summed)."""
         model = self.space.apply_structure(self.teacher, params)
-        return {f: sum(m.weight.numel() for _, m in targets(model, f))
+        return {f: sum(m.weight.numel() for _, m in layers_of(model, f))
                 for f in dict.fromkeys(f for k in self.space.knobs for f in k.layers)}
 
     def latency_fraction(self, params: dict[str, Any]) -> float:
