@@ -36,8 +36,9 @@ class Searched:
 
 
 def finish(cfg: DictConfig, *, started: float, workers: int = 1) -> Path:
-    """The end of a search its workers ran (``search.run``, once they are done): the study read back, the teacher and the
-    sensitivity table from their caches, then the same tables, figures, summary and report as one process writes."""
+    """The end of a search its workers ran (``search.run``, once they are done): the study read back, the teacher
+    and the sensitivity table from their caches, then the same tables, figures, summary and report as one process
+    writes."""
     with threads(cfg.threads):
         s = setup(cfg)
         p = prepare(cfg, s)
