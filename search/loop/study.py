@@ -153,10 +153,12 @@ def fail_interrupted(study: optuna.Study, storage: str) -> int:
 
 
 def enqueue_baselines(study: optuna.Study, policies: Mapping[str, dict[str, Any]]) -> list[str]:
-    """Enqueue each policy not already finished or waiting in the study; returns the names enqueued."""
+    """Enqueue each policy not already finished, waiting or running in the study; returns the names enqueued. A
+    running one is another worker's (a killed search's were failed first, ``fail_interrupted``): enqueued again, it
+    would run twice."""
     present = {
         t.user_attrs.get("baseline")
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING))
     }
     added = [name for name in policies if name not in present]
     for name in added:

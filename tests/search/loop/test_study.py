@@ -9,7 +9,7 @@ from torch import nn
 from objectives import objective_class
 from search.results.outputs import trials_frame
 from search.pipeline import Evaluation
-from search.loop.study import Constraints, make_objective, open_study, optimize, timed_out
+from search.loop.study import Constraints, enqueue_baselines, make_objective, open_study, optimize, timed_out
 from spaces import JointSpace, SparsityKnob
 
 
@@ -135,3 +135,16 @@ def test_an_undominated_baseline_is_said_with_its_nearest_trials_and_the_noise_b
     assert not tight["int8"]["slower"]["within_noise"]
     said = _why(missed["int8"], 0.08)
     assert "trial 4" in said and "0.20 points below" in said and "+5.0%" in said and "differ by 8.0%" in said
+
+
+def test_a_baseline_another_worker_runs_is_not_enqueued_again():
+    """A worker that prepares while another runs a baseline it enqueued leaves that baseline alone (it ran twice in a
+    study of two workers when only finished and waiting ones counted)."""
+    study = optuna.create_study(directions=["maximize"])
+    policies = {"a": {"x": 0.1}, "b": {"x": 0.2}}
+    assert enqueue_baselines(study, policies) == ["a", "b"]
+    running = study.ask()  # another worker claims the first one
+    assert running.user_attrs["baseline"] == "a"
+    assert enqueue_baselines(study, policies) == []
+    study.tell(running, state=optuna.trial.TrialState.FAIL)  # lost or interrupted: it may run again
+    assert enqueue_baselines(study, policies) == ["a"]
