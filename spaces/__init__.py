@@ -16,7 +16,7 @@ from ._base import BaseFamily, BaseKnob, Phase
 from ._compressed import (
     ActFakeQuant, LinearQuantizer, WeightQuantizer, calibrate, mask_, quantize_, to_plain, weight_mask, weight_quantizer,
 )
-from ._layers import layers_of
+from ._layers import layers_of, one_line
 from .fold import fold_batchnorm
 from .joint import JointSpace
 from .knobs import *  # noqa: F403 - every knob class, by the knob modules' own __all__
@@ -30,5 +30,5 @@ __all__ = [
     "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "ActFakeQuant",
     "Artifact", "materialize", "INT4_CHOICES", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
     "fold_batchnorm", "FLOAT_BITS", "probe", "layers_of", "mask_", "quantize_", "weight_mask", "weight_quantizer",
-    "PackedTensor", *knobs.__all__,
+    "PackedTensor", "one_line", *knobs.__all__,
 ]

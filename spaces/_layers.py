@@ -63,6 +63,12 @@ def set_submodule(model: nn.Module, fqn: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (160 characters at most)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
+
+
 def output_layer(model: nn.Module) -> str:
     """The classifier: the last compressible layer registered (never channel-pruned)."""
     names = list(compressible_layers(model))

@@ -17,7 +17,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from ._base import BaseKnob, Phase
 from ._compressed import calibrate
+from ._layers import one_line, single_thread
 from .joint import JointSpace
 from .materialize import materialize
 
@@ -43,11 +45,6 @@ def extremes(knob: BaseKnob, fqn: str) -> list[Any]:
     return list(dict.fromkeys([ordered[0], ordered[-1]]))
 
 
-def _why(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
-
-
 def _params(space: JointSpace, knob: BaseKnob, values: Mapping[str, Any]) -> dict[str, Any]:
     """``knob``'s ``values`` ({fqn: value}) as parameters, with what each needs from other knobs to act (its
     ``sweep_context``)."""
@@ -58,9 +55,26 @@ def _params(space: JointSpace, knob: BaseKnob, values: Mapping[str, Any]) -> dic
     return out
 
 
+@contextmanager
+def _naming(what: str) -> Iterator[None]:
+    """An exception the probe does not expect (a knob whose choices cannot be listed or ordered, a model whose own
+    forward pass fails) as one line naming what it was doing: ``probe: space.knobs.bits: layer 'fc1': its choices:
+    TypeError: ...``, a ValueError (``search.cli`` prints it, exit status 2). What breaks a layer is no error: the
+    layer is left out (``_alone``, ``_after``)."""
+    try:
+        yield
+    except Exception as exc:
+        raise ValueError(f"probe: {what}: {one_line(exc)}") from exc
+
+
+def _extremes(knob: BaseKnob, fqn: str) -> list[Any]:
+    with _naming(f"space.knobs.{knob.knob}: layer {fqn!r}: its choices"):
+        return extremes(knob, fqn)
+
+
 def _hardest(knob: BaseKnob, layers: Sequence[str]) -> dict[str, Any]:
     """{fqn: the knob's hardest choice} on those of ``layers`` where it has one."""
-    return {f: choices[0] for f in layers if (choices := extremes(knob, f))}
+    return {f: choices[0] for f in layers if (choices := _extremes(knob, f))}
 
 
 def _before(space: JointSpace, knob: BaseKnob, broken: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
@@ -98,11 +112,11 @@ def _alone(space: JointSpace, knob: BaseKnob, runs: Callable[[dict[str, Any]], N
     """{layer: why} where ``knob`` alone, on that layer alone, breaks the model."""
     broken = {}
     for fqn in knob.layers:
-        for value in extremes(knob, fqn):
+        for value in _extremes(knob, fqn):
             try:
                 runs(space.with_values(probed=_params(space, knob, {fqn: value})))
             except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
-                broken[fqn] = f"{knob.name(fqn)}={value}: {_why(exc)}"
+                broken[fqn] = f"{knob.name(fqn)}={value}: {one_line(exc)}"
                 break
     return broken
 
@@ -129,7 +143,7 @@ def _after(space: JointSpace, knob: BaseKnob, before: dict[str, Any], layers: Se
         try:
             runs(space.with_values(before=before, probed=_params(space, knob, {fqn: value})))
         except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
-            broken[fqn] = f"{knob.name(fqn)}={value} after {after} at their hardest: {_why(exc)}"
+            broken[fqn] = f"{knob.name(fqn)}={value} after {after} at their hardest: {one_line(exc)}"
     return broken
 
 
@@ -141,9 +155,7 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
     Found once per model structure and space in a process, and, with ``cache`` (a folder), read from
     ``<cache>/<key>.json`` where an earlier process kept it (``keep``: a search, its pick and its report each start
     a process, and the probe takes seconds)."""
-    key = repr((_TRIES, str(model), tuple(input_shape),
-                [(k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""), k.layers,
-                  [k.choices(f) for f in k.layers]) for k in space.knobs]))
+    key = _key(space, model, input_shape)
     if key in _SEEN:
         return _SEEN[key]
     stored = Path(cache) / _file(key) if cache is not None else None
@@ -154,20 +166,37 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
     x = torch.randn(*input_shape, generator=generator)
     calibration = torch.randn(8, *tuple(input_shape)[1:], generator=generator)
     was_training = model.training
-    with torch.no_grad():
-        expected = tuple(model.eval()(x).shape)
-    runs = functools.partial(_runs, space, model, input_shape, x, calibration, expected)
-    broken: dict[str, dict[str, str]] = {}
-    with torch.random.fork_rng():  # pruning traces and building draw random numbers: the caller's stream stays
-        for knob in space.knobs:
-            broken[knob.knob] = _alone(space, knob, runs)
-        for knob in space.knobs:
-            for before in _before(space, knob, broken):
-                layers = [f for f in knob.layers if f not in broken[knob.knob]]
-                broken[knob.knob].update(_after(space, knob, before, layers, runs))
-    model.train(was_training)
+    try:
+        with _naming(f"the model's forward pass on a random input of shape {tuple(input_shape)}"), torch.no_grad():
+            expected = tuple(model.eval()(x).shape)
+        runs = functools.partial(_runs, space, model, input_shape, x, calibration, expected)
+        broken: dict[str, dict[str, str]] = {}
+        # pruning traces and building draw random numbers: the caller's stream stays. One thread: every run is one
+        # input (or eight), and a second thread cost more than it saved (ShuffleNetV2's channels: 30-34 s against
+        # 16-21 s on 2 busy cores)
+        with torch.random.fork_rng(), single_thread():
+            for knob in space.knobs:
+                broken[knob.knob] = _alone(space, knob, runs)
+            for knob in space.knobs:
+                for before in _before(space, knob, broken):
+                    layers = [f for f in knob.layers if f not in broken[knob.knob]]
+                    broken[knob.knob].update(_after(space, knob, before, layers, runs))
+    finally:
+        model.train(was_training)
     _SEEN[key] = {name: layers for name, layers in broken.items() if layers}
     return _SEEN[key]
+
+
+def _key(space: JointSpace, model: nn.Module, input_shape: Sequence[int]) -> str:
+    """What the probe's result depends on: the model's structure, the input shape, each knob's layers and choices."""
+    knobs = []
+    for k in space.knobs:
+        choices = []
+        for fqn in k.layers:
+            with _naming(f"space.knobs.{k.knob}: layer {fqn!r}: its choices"):
+                choices.append(k.choices(fqn))
+        knobs.append((k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""), k.layers, choices))
+    return repr((_TRIES, str(model), tuple(input_shape), knobs))
 
 
 def _file(key: str) -> str:

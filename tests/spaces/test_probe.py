@@ -112,6 +112,27 @@ def test_a_knob_that_breaks_a_layer_is_left_out_of_it():
     assert "mix.0 (it breaks the model: sparsity.mix.0=" in said(space)[0]
 
 
+def test_a_failure_of_the_probe_itself_is_one_line_naming_the_knob_and_the_layer():
+    """What breaks a layer leaves it out; a knob whose choices on a layer cannot be listed is no layer's failure but
+    the probe's: one line naming the step, the knob and the layer (a ValueError: ``search.cli`` prints it, exit 2)."""
+    from spaces.knobs.sparsity import SparsityKnob
+
+    from tests.spaces.odd_net import OddNet
+
+    net = OddNet()
+    knob = SparsityKnob(model=net)
+    plain = knob.choices
+
+    def choices(fqn):
+        return plain(fqn) if fqn != "mix.0" else 1 // 0
+
+    knob.choices = choices
+    with pytest.raises(ValueError) as exc:
+        probe(JointSpace([knob]), net, INPUT)
+    assert str(exc.value) == ("probe: space.knobs.sparsity: layer 'mix.0': its choices: ZeroDivisionError: integer "
+                              "division or modulo by zero")
+
+
 def test_a_knob_that_cannot_take_a_factorized_layer_is_left_out_of_it_at_start_up(small_cnn):
     """A knob that reads ``model.get_submodule(fqn).weight`` works on the teacher's layers alone but not on one the
     rank knob factorized: the probe tries it after rank, and only the layers rank can factorize are left out."""
