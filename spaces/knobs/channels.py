@@ -2,7 +2,9 @@
 
 Torch-Pruning's DependencyGraph finds every layer coupled to a channel (the next layer's input,
 a residual add's other branch) and removes the channel from all of them at once, so the result
-is a smaller dense model that runs faster in any runtime.
+is a smaller dense model that runs faster in any runtime. Where it cannot trace a model whole or
+follows a channel shuffle wrongly, ``_groups`` finds the groups it prunes correctly and says why
+it leaves the others out.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import torch_pruning as tp
 from torch import nn
 
 from .._base import BaseKnob, Phase
-from .._layers import output_layer
+from .._layers import single_thread
+from ._groups import channel_groups, inputs, scope_graph
 
 __all__ = ["ChannelKnob", "PRUNED"]
 
@@ -25,52 +28,48 @@ PRUNED = "pruned_channels"  # attribute of a pruned model: {group root fqn: the 
 # those channels again instead of ranking its own
 
 
-def _dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(*input_shape))
-
-
-def group_roots(model: nn.Module, input_shape: Sequence[int]) -> tuple[tp.DependencyGraph, dict[str, Any]]:
-    """The dependency graph and {root layer fqn: pruning group}, one per set of coupled channels."""
-    was_training = model.training
-    graph = _dependency_graph(model, input_shape)
-    model.train(was_training)  # the trace switches the model to eval mode
-    names = {m: n for n, m in model.named_modules()}
-    ignored = [model.get_submodule(output_layer(model))]
-    roots = {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        roots[names[group[0].dep.target.module]] = group
-    return graph, roots
-
-
 def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int]) -> None:
     """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first, or the ones
-    ``model``'s ``PRUNED`` attribute names); the indices removed are left in that attribute."""
+    ``model``'s ``PRUNED`` attribute names); the indices removed are left in that attribute. Each group is pruned
+    through the graph of the module that holds it (``_groups``: the model's, or a block's where Torch-Pruning cannot
+    trace the model whole)."""
     model.eval()
     if not any(r > 0 for r in ratios.values()):
         return
-    given: dict[str, list[int]] = dict(getattr(model, PRUNED, None) or {})
+    with single_thread():  # traces of one input: a second thread costs more than it saves
+        setattr(model, PRUNED, _pruned(model, ratios, input_shape, dict(getattr(model, PRUNED, None) or {})))
+
+
+def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int],
+            given: Mapping[str, list[int]]) -> dict[str, list[int]]:
     importance = tp.importance.MagnitudeImportance(p=2)
-    graph, roots = group_roots(model, input_shape)
+    found = channel_groups(model, input_shape)
+    todo = {scope: (cuts, [r for r in roots if ratios.get(r, 0.0) > 0])
+            for scope, (cuts, roots) in found.scopes.items()}
+    todo = {scope: work for scope, work in todo.items() if work[1]}
+    # each module's input before any is pruned: a group kept stays inside its module, so no input changes
+    scopes = [s for s in todo if s]
+    args = inputs(model, input_shape, scopes) if scopes else {"": (torch.randn(*input_shape),)}
     removed: dict[str, list[int]] = {}
-    for fqn, group in roots.items():
-        ratio = ratios.get(fqn, 0.0)
-        if ratio <= 0:
-            continue
-        scores = importance(group)
-        channels = len(scores)
-        n_prune = min(int(ratio * channels), channels - 1)
-        if n_prune <= 0:
-            continue
-        if fqn in given:
-            idxs = [int(i) for i in given[fqn]]
-            if len(idxs) != n_prune or not all(0 <= i < channels for i in idxs):
-                raise ValueError(f"channels.{fqn}: the stored structure removes {len(idxs)} of {channels} channels "
-                                 f"where ratio {ratio} removes {n_prune}")
-        else:
-            idxs = torch.argsort(scores)[:n_prune].tolist()
-        graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
-        removed[fqn] = idxs
-    setattr(model, PRUNED, removed)
+    for scope, (cuts, roots) in todo.items():
+        graph, groups = scope_graph(model, scope, args[scope], cuts)
+        for fqn in roots:
+            group, ratio = groups[fqn], ratios[fqn]
+            scores = importance(group)
+            channels = len(scores)
+            n_prune = min(int(ratio * channels), channels - 1)
+            if n_prune <= 0:
+                continue
+            if fqn in given:
+                idxs = [int(i) for i in given[fqn]]
+                if len(idxs) != n_prune or not all(0 <= i < channels for i in idxs):
+                    raise ValueError(f"channels.{fqn}: the stored structure removes {len(idxs)} of {channels} "
+                                     f"channels where ratio {ratio} removes {n_prune}")
+            else:
+                idxs = torch.argsort(scores)[:n_prune].tolist()
+            graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+            removed[fqn] = idxs
+    return removed
 
 
 class ChannelKnob(BaseKnob):
@@ -94,12 +93,15 @@ class ChannelKnob(BaseKnob):
         self.low, self.high, self.step = float(low), float(high), float(step)
         self.input_shape = tuple(input_shape)
         super().__init__(model=model, include=include, exclude=exclude)
+        # the layers rooting a group that failed its check, with the reason (``_groups``)
+        why = channel_groups(model, self.input_shape).left_out
+        self.left_out.update({fqn: why[fqn] for fqn in self.left_out if fqn in why})
 
     ineligible = "not the root of a channel group Torch-Pruning can prune (the output layer, or channels coupled " \
         "to another layer's)"
 
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
-        _, roots = group_roots(model, self.input_shape)
+        roots = set(channel_groups(model, self.input_shape).roots)
         return [fqn for fqn in layers if fqn in roots]
 
     @property

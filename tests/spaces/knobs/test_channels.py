@@ -96,3 +96,66 @@ def test_resnet_residual_groups_are_pruned_consistently(resnet8, batch):
     assert out(batch).shape == (len(batch), 10)
 
 
+
+
+# --------------------------------------------------------------------------- channel shuffles
+
+
+def _reading_zeros(model: nn.Module, zeros: dict[str, list[int]]) -> list:
+    """Hooks that make the layers ``zeros`` names read those input channels as zeros (what pruning them leaves)."""
+    def zero(idxs, module, args):
+        x = args[0].clone()
+        x[:, idxs] = 0
+        return (x,)
+
+    return [model.get_submodule(n).register_forward_pre_hook(lambda m, a, i=idxs: zero(i, m, a))
+            for n, idxs in zeros.items()]
+
+
+def test_shufflenet_is_pruned_inside_its_blocks_and_its_shuffled_channels_are_left_out_with_the_reason(batch):
+    """ShuffleNetV2 splits each block's channels, concatenates its branches and shuffles them; Torch-Pruning cannot
+    trace that (ZeroDivisionError), so each block's own graph is used: the channels inside a block (its first 1x1
+    convolution through the depthwise one) and those of the last 1x1 convolution are searched, the ones the shuffle
+    moves across blocks are left out, each with the reason; the pruned model computes what the model does when the
+    layers after the removed channels read zeros."""
+    from search.models import torchvision_model
+    from spaces import PRUNED
+
+    net = torchvision_model(name="shufflenet_v2_x0_5", num_classes=10, in_channels=1).eval()
+    knob = ChannelKnob(model=net, input_shape=INPUT_SHAPE)
+    blocks = [f"stage{s}.{b}" for s, n in ((2, 4), (3, 8), (4, 4)) for b in range(n)]
+    assert knob.layers == [f"{b}.branch2.3" for b in blocks] + ["conv5.0"]
+    why = knob.left_out
+    assert why["stage3.1.branch2.5"] == (
+        "its channels leave stage3.1 (pruning them changes its output from (1, 96, 2, 2) to (1, 84, 2, 2)) "
+        "(Torch-Pruning cannot trace stage3 whole: ZeroDivisionError: integer division or modulo by zero)")
+    assert why["stage2.0.branch1.2"].startswith("its channels leave stage2.0")
+    assert why["conv1.0"].startswith("its channels leave conv1") and "trace the model whole" in why["conv1.0"]
+    assert why["fc"] == ChannelKnob.ineligible
+
+    pruned = knob.apply(net, knob.uniform(0.5)).eval()
+    removed = getattr(pruned, PRUNED)
+    assert set(removed) == set(knob.layers)
+    assert pruned.conv5[0].out_channels == 512 and pruned.fc.in_features == 512
+    assert pruned.stage3[1].branch2[0].out_channels == 24 and pruned.stage3[1].branch2[5].in_channels == 24
+    hooks = _reading_zeros(net, {**{f"{b}.branch2.5": removed[f"{b}.branch2.3"] for b in blocks},
+                                 "fc": removed["conv5.0"]})
+    try:
+        with torch.no_grad():
+            expected = net(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        assert torch.allclose(pruned(batch), expected, atol=1e-5)
+
+
+def test_a_group_traced_through_a_channel_shuffle_as_if_it_moved_nothing_is_left_out():
+    """Torch-Pruning traces OddNet's shuffle (a view, a transpose, a reshape) but takes it for an identity: the group
+    of ``shared.0`` would remove channels the shuffle had moved, so the check on a copy leaves it out."""
+    from tests.spaces.odd_net import OddNet
+
+    knob = ChannelKnob(model=OddNet().eval(), input_shape=INPUT_SHAPE)
+    assert "shared.0" not in knob.layers and {"stem.0", "head.2"} <= set(knob.layers)
+    assert knob.left_out["shared.0"].startswith("pruning its channels changes the channels kept")
+    assert "a channel shuffle" in knob.left_out["shared.0"]
