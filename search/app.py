@@ -6,7 +6,8 @@ from __future__ import annotations
 import inspect
 import logging
 import platform
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import objectives
 from objectives import Accuracy, BaseObjective
 from objectives.hardware import BaseCostModel
 from objectives.hardware.cpu import torch_threads
-from spaces import INT4_CHOICES, STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm
+from spaces import (
+    INT4_CHOICES, STUDENT, TEACHER, BaseFamily, BaseKnob, JointSpace, StudentSpace, fold_batchnorm, one_line,
+)
 from spaces.probe import keep, probe, said, without
 
 from . import data as data_module
@@ -62,10 +65,30 @@ class Setup:
     screening: Screening  # ``screening.*``: multi-fidelity (search/loop/screening.py)
 
 
-def _first_line(exc: Exception) -> str:
-    """The message of the error Hydra wrapped (a constructor's ValueError), on one line."""
+_SAID = (ValueError, FileNotFoundError)  # raised on purpose, for bad input: their messages are the user's
+
+
+def _keyed(key: str, exc: Exception) -> str:
+    """The error Hydra wrapped (a constructor's), on one line naming ``key``: bad input (a ValueError or a missing
+    file) by its message, which most often names the key already; anything else (a failure inside, such as
+    Torch-Pruning's ZeroDivisionError on a model it cannot trace) with its type and the set-up step."""
     cause = exc.__cause__ or exc
-    return str(cause).splitlines()[0] if str(cause) else repr(cause)
+    if not isinstance(cause, _SAID):
+        return f"setup: {key}: {one_line(cause)}"
+    message = str(cause).splitlines()[0] if str(cause) else repr(cause)
+    return message if message.startswith(key) else f"{key}: {message}"
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Any exception of the set-up step ``name`` as the one line bad input is (``search.cli``: exit status 2):
+    ``setup: model: RuntimeError: ...``; bad input (``_SAID``) passes as it is, naming its key."""
+    try:
+        yield
+    except _SAID:
+        raise
+    except Exception as exc:
+        raise ValueError(f"setup: {name}: {one_line(exc)}") from exc
 
 
 def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], **override: Any) -> BaseKnob:
@@ -79,8 +102,8 @@ def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[
         extra["input_shape"] = input_shape
     try:
         knob = instantiate(knob_cfg, **extra, _convert_="all")
-    except Exception as exc:  # the knobs' own messages already name their keys
-        raise ValueError(_first_line(exc)) from exc
+    except Exception as exc:
+        raise ValueError(_keyed(f"space.knobs.{name}", exc)) from exc
     if not isinstance(knob, BaseKnob):
         raise ValueError(f"space.knobs.{name}: {target!r} is not a spaces.BaseKnob")
     if knob.knob != name:
@@ -103,8 +126,7 @@ def _family(cfg: DictConfig) -> BaseFamily:
         extra = {"key": key} if "key" in inspect.signature(cls).parameters else {}
         family = instantiate(family_cfg, **extra, _convert_="all")
     except Exception as exc:
-        message = _first_line(exc)
-        raise ValueError(message if message.startswith(key) else f"{key}: {message}") from exc
+        raise ValueError(_keyed(key, exc)) from exc
     if not isinstance(family, BaseFamily):
         raise ValueError(f"{key}: {family_cfg.get('_target_')!r} is not a spaces.BaseFamily")
     return family
@@ -181,7 +203,7 @@ def instantiated(cfg: DictConfig, key: str) -> Any:
     try:
         return instantiate(cfg, _convert_="all")
     except Exception as exc:
-        raise ValueError(f"{key}: {_first_line(exc)}") from exc
+        raise ValueError(_keyed(key, exc)) from exc
 
 
 def threads(n: int) -> AbstractContextManager[None]:
@@ -227,16 +249,19 @@ def setup(cfg: DictConfig) -> Setup:
         raise ValueError(f"study.n_trials must be an integer >= 0, got {n_trials!r}")
     cost_model = instantiated(cfg.hardware, "hardware")  # before the data: a missing runtime is told at once
     results = Path(cfg.results_dir)
-    splits = load_data(cfg)  # the model is sized for the data
-    net = build_model(cfg.model, splits)
+    with _step("data"):
+        splits = load_data(cfg)  # the model is sized for the data
+    with _step("model"):
+        net = build_model(cfg.model, splits)
     out_dir = results / name
     stopping = OmegaConf.to_container(cfg.get("early_stopping") or {}, resolve=True)
     try:
         early_stopping = EarlyStopping(**stopping)
     except TypeError as exc:
         raise ValueError(f"early_stopping: {exc}; allowed keys: {[f.name for f in fields(EarlyStopping)]}") from exc
-    constraints = Constraints(**OmegaConf.to_container(cfg.study.constraints, resolve=True))
-    constraints.check(names)
+    with _step("study.constraints"):
+        constraints = Constraints(**OmegaConf.to_container(cfg.study.constraints, resolve=True))
+        constraints.check(names)
     sensitivity_settings(cfg)  # sensitivity.*, anchors.*, guided.*: checked before anything runs
     try:
         screening = Screening(**OmegaConf.to_container(cfg.get("screening") or {}, resolve=True))
@@ -249,15 +274,20 @@ def setup(cfg: DictConfig) -> Setup:
     whole("study.retries", cfg.study.get("retries", 0), 0)
     whole("study.worker", cfg.study.get("worker") or 0, 0)
     storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
+    with _step("space"):  # the knobs' and the probe's own errors name the knob, the layer and the choice
+        space = build_space(cfg, net, splits.input_shape, results / "cache")
+    with _step("recovery"):
+        recovery = Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True))
+    with _step("distill.teachers"):
+        teachers = ensemble_members(cfg, splits)
+    with _step("objectives"):
+        measures = objectives.build(names, images=splits.val_x, labels=splits.val_y, cost_model=cost_model,
+                                    input_shape=splits.input_shape)
     return Setup(
-        cfg=cfg, splits=splits, net=net, space=build_space(cfg, net, splits.input_shape, results / "cache"),
-        sampler=instantiated(cfg.sampler, "sampler"), cost_model=cost_model,
-        recovery=Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True)), constraints=constraints,
-        out_dir=out_dir, cache_dir=results / "cache", storage=storage,
-        distillation=distillation(cfg), early_stopping=early_stopping, teachers=ensemble_members(cfg, splits),
-        objectives=objectives.build(names, images=splits.val_x, labels=splits.val_y, cost_model=cost_model,
-                                    input_shape=splits.input_shape),
-        screening=screening,
+        cfg=cfg, splits=splits, net=net, space=space, sampler=instantiated(cfg.sampler, "sampler"),
+        cost_model=cost_model, recovery=recovery, constraints=constraints, out_dir=out_dir,
+        cache_dir=results / "cache", storage=storage, distillation=distillation(cfg), early_stopping=early_stopping,
+        teachers=teachers, objectives=measures, screening=screening,
     )
 
 
@@ -298,14 +328,16 @@ def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True)
     s = checked or setup(cfg)
     keep(s.cache_dir / "probe")  # the config passed: what the probe found is kept for later processes
     data_key = s.splits.fingerprint
-    teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
-    folded = fold_batchnorm(teacher)
+    with _step("teacher"):
+        teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
+        folded = fold_batchnorm(teacher)
     val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y).of(folded)
     # test: False for a worker that writes no outputs (the test split is read only by the summary and the card)
     test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y).of(folded) if test else float("nan")
     log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}" + (f", test {test_acc:.4f}" if test else ""))
     key = cache_key(weights_key(teacher), data_key)
-    logits = cached_logits(teacher, s.splits.train_x, key, s.cache_dir)
+    with _step("teacher logits"):
+        logits = cached_logits(teacher, s.splits.train_x, key, s.cache_dir)
     files = [logits_path(key, s.cache_dir)] + ([] if cfg.model.get("checkpoint") else
                                                [teacher_path(cfg.model, data_key, s.cache_dir)])
     student_logits = None

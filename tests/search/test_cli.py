@@ -182,6 +182,19 @@ def _refused(tmp_path, capsys, *overrides) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize(("target", "step"), [
+    # Torch-Pruning's failure on ShuffleNetV2's channel shuffle, before the channels knob handled it
+    ("spaces.ChannelKnob.eligible", "space.knobs.channels"),
+    ("search.app.build_model", "model"),
+])
+def test_a_failure_inside_set_up_is_one_line_naming_the_step(tmp_path, capsys, monkeypatch, target, step):
+    """Not bad input but an exception inside a step (a bug's, a library's): one line naming the step and, where one
+    fails, the knob, exit 2, nothing written."""
+    monkeypatch.setattr(target, lambda *args, **kwargs: 1 // 0)
+    line = _refused(tmp_path, capsys)
+    assert line == f"error: setup: {step}: ZeroDivisionError: integer division or modulo by zero"
+
+
 def test_a_checkpoint_that_is_not_one_or_does_not_fit_is_one_line(tmp_path, tmp_path_factory, capsys):
     import torch
 
