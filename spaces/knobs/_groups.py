@@ -6,7 +6,7 @@ so that a group of channels leaves all of them at once. A channel shuffle defeat
 - it cannot build the graph. ShuffleNetV2 (``torchvision.models.shufflenetv2``) splits a block's channels in two,
   concatenates its branches and shuffles them (a view to five dimensions, a transpose, a view back); Torch-Pruning
   1.6.1's channel counts through those views come out 0 (``ZeroDivisionError`` in its reshape index mapping) and its
-  split offsets out of range (its own test of torchvision's models lists ShuffleNetV2 among its failures). Then each
+  split offsets out of range (its torchvision example lists ShuffleNetV2 among the models it fails to prune). Then each
   child module's graph is built on the input it gets in the model's forward, recursively where that fails too, and
   the module's own graph again with the children that failed cut off (their outputs taken as inputs);
 - it builds a graph that takes the shuffle for an identity (``tests/spaces/odd_net.py``): a group then removes channel
