@@ -150,7 +150,7 @@ class _Finder:
 
     def search(self, scope: str, cuts: tuple[str, ...] = ()) -> None:
         try:
-            graph, groups = scope_graph(self.model, scope, self.args[scope], cuts)
+            _, groups = scope_graph(self.model, scope, self.args[scope], cuts)
         except Exception as exc:  # noqa: BLE001 - whatever Torch-Pruning raises, the children are tried instead
             if not cuts:
                 self.failed[scope] = one_line(exc)
@@ -173,6 +173,7 @@ class _Finder:
         if any(c not in self.args for c in children):
             containers = [n for n, m in self.model.named_modules() if n and _container(m)]
             self.args.update(inputs(self.model, self.input_shape, containers))
+        children = [c for c in children if c in self.args]  # a module the forward pass never calls has no graph
         for child in children:
             self.search(child)
         cut = tuple(c for c in children if c in self.failed)
