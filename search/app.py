@@ -307,7 +307,7 @@ def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True)
     key = cache_key(weights_key(teacher), data_key)
     logits = cached_logits(teacher, s.splits.train_x, key, s.cache_dir)
     files = [logits_path(key, s.cache_dir)] + ([] if cfg.model.get("checkpoint") else
-                                               [teacher_path(cfg.model, data_key, s.cache_dir)])
+                                               [teacher_path(cfg.model, data_key, s.cache_dir, teacher)])
     student_logits = None
     if s.teachers and isinstance(s.space, StudentSpace):
         student_logits = ensemble_logits(logits, s.teachers, s.splits, data_key, s.cache_dir, log=log.info,

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data import Splits
 from ..results.outputs import atomic_write
-from .loops import logits_of, train_teacher
+from .loops import logits_of, teacher_clip, train_teacher
 
 
 def cache_key(*parts: Any) -> str:
@@ -97,7 +97,7 @@ def trained_teacher(
         load_checkpoint(net, path, key=key)
         return net.eval(), f"checkpoint {path}"
     train_cfg = OmegaConf.to_container(model_cfg.train, resolve=True)
-    path = teacher_path(model_cfg, data_key, cache_dir)
+    path = teacher_path(model_cfg, data_key, cache_dir, net)
     if path.is_file():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.eval(), f"cache {path}"
@@ -109,10 +109,13 @@ def trained_teacher(
     return net.eval(), f"trained now, cached at {path}"
 
 
-def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path) -> Path:
-    """Where the teacher of ``model_cfg`` trained on the data ``data_key`` is cached."""
+def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path, net: nn.Module) -> Path:
+    """Where the teacher of ``model_cfg`` (built as ``net``) trained on the data ``data_key`` is cached: keyed by
+    its config, the data and, where ``train_teacher`` clips its gradients, the limit."""
+    clip = teacher_clip(net)
     key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True),
-                    OmegaConf.to_container(model_cfg.train, resolve=True), data_key)
+                    OmegaConf.to_container(model_cfg.train, resolve=True), data_key,
+                    *([{"clip": clip}] if clip is not None else []))
     return Path(cache_dir) / "teachers" / f"{model_cfg.name}-{key}.pt"
 
 
@@ -156,5 +159,5 @@ def ensemble_logits(
         key = cache_key(weights_key(net), data_key)
         all_logits.append(cached_logits(net, splits.train_x, key, cache_dir))
         if used is not None:
-            used += [teacher_path(member, data_key, cache_dir), logits_path(key, cache_dir)]
+            used += [teacher_path(member, data_key, cache_dir, net), logits_path(key, cache_dir)]
     return torch.stack(all_logits).mean(dim=0)
