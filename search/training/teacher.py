@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,45 @@ def trained_teacher(
                   batch_size=train_cfg["batch_size"], seed=train_cfg["seed"], log=log)
     _save(path, net.state_dict())
     return net.eval(), f"trained now, cached at {path}"
+
+
+# How far above chance a teacher must score to count as having learned something, in standard errors: a model
+# that learned nothing scores at most about the largest class's share p of the n validation labels (always guessing
+# that class scores exactly p, guessing at random 1/classes <= p), give or take sqrt(p (1 - p) / n) from the draw
+# of those images; it passes p + 3 standard errors about once in 740 (one-sided, normal approximation), and a model
+# only that far above chance would not be worth compressing either.
+CHANCE_SE = 3.0
+
+
+def chance(labels: torch.Tensor) -> tuple[float, float]:
+    """What a model that learned nothing scores on ``labels``: the majority class's share, and its binomial
+    standard error on ``len(labels)`` images."""
+    n = len(labels)
+    share = float(torch.bincount(labels.long()).max()) / n
+    return share, math.sqrt(share * (1 - share) / n)
+
+
+def check_learned(accuracy: float, labels: torch.Tensor, model_cfg: DictConfig, source: str) -> None:
+    """A ValueError in one line if ``accuracy`` on the validation ``labels`` is within ``CHANCE_SE`` standard
+    errors of chance (``chance``), naming the accuracy, chance and the keys to change. Silent on a split too small
+    for the standard error to mean much: under 10 images of the largest class or of the others (the usual rule
+    for the normal approximation of a binomial, n p >= 10 and n (1 - p) >= 10)."""
+    n = len(labels)
+    if n == 0:
+        return
+    share, se = chance(labels)
+    limit = share + CHANCE_SE * se
+    if accuracy > limit or min(n * share, n * (1 - share)) < 10:
+        return
+    what = (f"the teacher ({source}) scores {accuracy:.4f} on the {n} validation images, within noise of chance: "
+            f"{share:.4f} (the largest class's share) + {CHANCE_SE:g} standard errors = {limit:.4f}; it learned "
+            "nothing, and every trial would score the same")
+    if model_cfg.get("checkpoint"):
+        raise ValueError(f"{what}; give weights trained on this data as model.checkpoint (now {model_cfg.checkpoint}"
+                         "), or unset it to train the model here (model.train.epochs, model.train.lr)")
+    train = model_cfg.train
+    raise ValueError(f"{what}; train it otherwise: a lower model.train.lr (now {train.lr}) or more "
+                     f"model.train.epochs (now {train.epochs}), or give trained weights as model.checkpoint")
 
 
 def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path, net: nn.Module) -> Path:
