@@ -130,7 +130,9 @@ def check_learned(accuracy: float, labels: torch.Tensor, model_cfg: DictConfig, 
     """A ValueError in one line if ``accuracy`` on the validation ``labels`` is within ``CHANCE_SE`` standard
     errors of chance (``chance``), naming the accuracy, chance and the keys to change. Silent on a split too small
     for the standard error to mean much: under 10 images of the largest class or of the others (the usual rule
-    for the normal approximation of a binomial, n p >= 10 and n (1 - p) >= 10)."""
+    for the normal approximation of a binomial, n p >= 10 and n (1 - p) >= 10). A teacher trained and cached before
+    this refusal stays cached: the same config trains the same weights, so the same command is refused again at
+    once rather than after training them again."""
     n = len(labels)
     if n == 0:
         return
