@@ -36,7 +36,8 @@ from .sensitivity.plan import settings as sensitivity_settings
 from .loop.study import Constraints
 from .training.early_stopping import EarlyStopping
 from .training.teacher import (
-    build_model, cache_key, cached_logits, ensemble_logits, logits_path, teacher_path, trained_teacher, weights_key,
+    build_model, cache_key, cached_logits, check_learned, ensemble_logits, logits_path, teacher_path, trained_teacher,
+    weights_key,
 )
 
 log = logging.getLogger("search")
@@ -323,8 +324,9 @@ class Prepared:
 
 
 def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True) -> Prepared:
-    """Check the config (or take ``checked``, its ``setup``), then get the teacher (trained once, cached) and its
-    logits. The caches are keyed by the data's fingerprint (its contents and split), not its name."""
+    """Check the config (or take ``checked``, its ``setup``), then get the teacher (trained once, cached), refuse it
+    if its validation accuracy is within noise of chance (``check_learned``: before any logits or trial), and get
+    its logits. The caches are keyed by the data's fingerprint (its contents and split), not its name."""
     s = checked or setup(cfg)
     keep(s.cache_dir / "probe")  # the config passed: what the probe found is kept for later processes
     data_key = s.splits.fingerprint
@@ -332,6 +334,7 @@ def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True)
         teacher, source = trained_teacher(s.net, cfg.model, data_key, s.splits, s.cache_dir, log=log.info)
         folded = fold_batchnorm(teacher)
     val_acc = Accuracy(images=s.splits.val_x, labels=s.splits.val_y).of(folded)
+    check_learned(val_acc, s.splits.val_y, cfg.model, source)  # before any trial, logits or output
     # test: False for a worker that writes no outputs (the test split is read only by the summary and the card)
     test_acc = Accuracy(images=s.splits.test_x, labels=s.splits.test_y).of(folded) if test else float("nan")
     log.info(f"teacher {cfg.model.name} ({source}): val {val_acc:.4f}" + (f", test {test_acc:.4f}" if test else ""))
@@ -339,7 +342,7 @@ def prepare(cfg: DictConfig, checked: Setup | None = None, *, test: bool = True)
     with _step("teacher logits"):
         logits = cached_logits(teacher, s.splits.train_x, key, s.cache_dir)
     files = [logits_path(key, s.cache_dir)] + ([] if cfg.model.get("checkpoint") else
-                                               [teacher_path(cfg.model, data_key, s.cache_dir)])
+                                               [teacher_path(cfg.model, data_key, s.cache_dir, teacher)])
     student_logits = None
     if s.teachers and isinstance(s.space, StudentSpace):
         student_logits = ensemble_logits(logits, s.teachers, s.splits, data_key, s.cache_dir, log=log.info,

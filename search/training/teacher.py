@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from ..data import Splits
 from ..results.outputs import atomic_write
-from .loops import logits_of, train_teacher
+from .loops import logits_of, teacher_clip, train_teacher
 
 
 def cache_key(*parts: Any) -> str:
@@ -97,7 +98,7 @@ def trained_teacher(
         load_checkpoint(net, path, key=key)
         return net.eval(), f"checkpoint {path}"
     train_cfg = OmegaConf.to_container(model_cfg.train, resolve=True)
-    path = teacher_path(model_cfg, data_key, cache_dir)
+    path = teacher_path(model_cfg, data_key, cache_dir, net)
     if path.is_file():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return net.eval(), f"cache {path}"
@@ -109,10 +110,54 @@ def trained_teacher(
     return net.eval(), f"trained now, cached at {path}"
 
 
-def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path) -> Path:
-    """Where the teacher of ``model_cfg`` trained on the data ``data_key`` is cached."""
+# How far above chance a teacher must score to count as having learned something, in standard errors: a model
+# that learned nothing scores at most about the largest class's share p of the n validation labels (always guessing
+# that class scores exactly p, guessing at random 1/classes <= p), give or take sqrt(p (1 - p) / n) from the draw
+# of those images; it passes p + 3 standard errors about once in 740 (one-sided, normal approximation), and a model
+# only that far above chance would not be worth compressing either.
+CHANCE_SE = 3.0
+
+
+def chance(labels: torch.Tensor) -> tuple[float, float]:
+    """What a model that learned nothing scores on ``labels``: the majority class's share, and its binomial
+    standard error on ``len(labels)`` images."""
+    n = len(labels)
+    share = float(torch.bincount(labels.long()).max()) / n
+    return share, math.sqrt(share * (1 - share) / n)
+
+
+def check_learned(accuracy: float, labels: torch.Tensor, model_cfg: DictConfig, source: str) -> None:
+    """A ValueError in one line if ``accuracy`` on the validation ``labels`` is within ``CHANCE_SE`` standard
+    errors of chance (``chance``), naming the accuracy, chance and the keys to change. Silent on a split too small
+    for the standard error to mean much: under 10 images of the largest class or of the others (the usual rule
+    for the normal approximation of a binomial, n p >= 10 and n (1 - p) >= 10). A teacher trained and cached before
+    this refusal stays cached: the same config trains the same weights, so the same command is refused again at
+    once rather than after training them again."""
+    n = len(labels)
+    if n == 0:
+        return
+    share, se = chance(labels)
+    limit = share + CHANCE_SE * se
+    if accuracy > limit or min(n * share, n * (1 - share)) < 10:
+        return
+    what = (f"the teacher ({source}) scores {accuracy:.4f} on the {n} validation images, within noise of chance: "
+            f"{share:.4f} (the largest class's share) + {CHANCE_SE:g} standard errors = {limit:.4f}; it learned "
+            "nothing, and every trial would score the same")
+    if model_cfg.get("checkpoint"):
+        raise ValueError(f"{what}; give weights trained on this data as model.checkpoint (now {model_cfg.checkpoint}"
+                         "), or unset it to train the model here (model.train.epochs, model.train.lr)")
+    train = model_cfg.train
+    raise ValueError(f"{what}; train it otherwise: a lower model.train.lr (now {train.lr}) or more "
+                     f"model.train.epochs (now {train.epochs}), or give trained weights as model.checkpoint")
+
+
+def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path, net: nn.Module) -> Path:
+    """Where the teacher of ``model_cfg`` (built as ``net``) trained on the data ``data_key`` is cached: keyed by
+    its config, the data and, where ``train_teacher`` clips its gradients, the limit."""
+    clip = teacher_clip(net)
     key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True),
-                    OmegaConf.to_container(model_cfg.train, resolve=True), data_key)
+                    OmegaConf.to_container(model_cfg.train, resolve=True), data_key,
+                    *([{"clip": clip}] if clip is not None else []))
     return Path(cache_dir) / "teachers" / f"{model_cfg.name}-{key}.pt"
 
 
@@ -156,5 +201,5 @@ def ensemble_logits(
         key = cache_key(weights_key(net), data_key)
         all_logits.append(cached_logits(net, splits.train_x, key, cache_dir))
         if used is not None:
-            used += [teacher_path(member, data_key, cache_dir), logits_path(key, cache_dir)]
+            used += [teacher_path(member, data_key, cache_dir, net), logits_path(key, cache_dir)]
     return torch.stack(all_logits).mean(dim=0)

@@ -207,6 +207,24 @@ def test_a_checkpoint_that_is_not_one_or_does_not_fit_is_one_line(tmp_path, tmp_
     assert "does not fit" in line and "missing" in line and "2 unexpected (weight, bias)" in line
 
 
+def test_a_model_at_chance_is_refused_before_any_trial(tmp_path, tmp_path_factory, capsys):
+    """A checkpoint whose head gives every image the same logits (it predicts one class: chance at best) stops the
+    run after its validation accuracy is measured: one line naming the accuracy, chance and the keys to change,
+    exit 2, no study, no results folder."""
+    import torch
+
+    from search.models import SmallCNN
+
+    net = SmallCNN()
+    torch.nn.init.zeros_(net.fc2.weight)
+    torch.nn.init.zeros_(net.fc2.bias)
+    path = tmp_path_factory.mktemp("constant") / "constant.pt"
+    torch.save(net.state_dict(), path)
+    line = _refused(tmp_path, capsys, f"model.checkpoint={path}")
+    assert "scores 0." in line and "within noise of chance" in line and "1000 validation images" in line, line
+    assert f"model.checkpoint (now {path})" in line and "model.train.epochs" in line and "model.train.lr" in line, line
+
+
 def test_a_study_resumed_with_other_settings_is_refused_naming_them(tmp_path, capsys):
     from omegaconf import OmegaConf
 
