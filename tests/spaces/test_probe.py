@@ -162,5 +162,6 @@ def test_a_knob_that_cannot_take_a_factorized_layer_is_left_out_of_it_at_start_u
         assert space[LayerByLayer.knob].layers == ["fc2"]
         assert f"{factorized[0]} (it breaks the model: {why})" in said(space)[0]
         assert probe(space, small_cnn, INPUT) == {}
-    finally:
+    finally:  # the suite checks that every registered knob is one of the project's
         BaseKnob.registry.pop(LayerByLayer.knob, None)
+        BaseKnob.registry.pop(RowSparsityKnob.knob, None)
