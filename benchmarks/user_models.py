@@ -4,7 +4,8 @@
                                                                 [--trials 20] [hydra overrides]
 
 For each family, a search exactly as a user starts one (``model=torchvision model.net.name=<family>``: the stem
-takes Fashion-MNIST's one channel, the head its ten classes), with the budget of this benchmark (``BUDGET``: the
+takes Fashion-MNIST's one channel, the head its ten classes; ``vit``: ``model=vit space=transformer``, a small
+timm-style Vision Transformer searched over its heads, MLP width and int8 Linears), with the budget of this benchmark (``BUDGET``: the
 teacher trained for ``--epochs`` epochs and cached, 200 + 40 recovery steps per trial, ``--trials`` searched trials
 or 20 minutes of search, whichever comes first; the default's sensitivity pass, screening and guided start, the
 latter with 3 configurations; the anchors' baselines off, as each costs a full trial). ResNet-18 brings residual
@@ -57,12 +58,20 @@ BUDGET = [  # the reduced but real budget: a full trial trains about a minute on
 ]
 
 
+SPACES = {"vit": "transformer"}  # a family that is a conf/model option of its own, and the space it is searched in
+
+
 def config(family: str, epochs: int, trials: int, overrides: list[str], tag: str = ""):
-    """The family's search config; an override of a ``BUDGET`` key (``recovery.steps=500``) replaces it."""
+    """The family's search config; an override of a ``BUDGET`` key (``recovery.steps=500``) replaces it. A family
+    that names a conf/model option (``vit``) is that model, searched in its space (``SPACES``); any other is a
+    torchvision classifier."""
     given = {o.split("=", 1)[0] for o in overrides}
+    own = (ROOT / "conf" / "model" / f"{family}.yaml").is_file()
+    model = [f"model={family}", f"space={SPACES.get(family, 'compress')}"] if own else \
+        ["model=torchvision", f"model.net.name={family}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[
-            "model=torchvision", f"model.net.name={family}", f"model.train.epochs={epochs}",
+            *model, f"model.train.epochs={epochs}",
             f"study.name=user-{family}{tag}", f"study.n_trials={trials}", "png=false", "report.importances=false",
             *(b for b in BUDGET if b.split("=", 1)[0] not in given), *overrides])
 
@@ -104,6 +113,57 @@ def summary(family: str, df: pd.DataFrame, out: Path, wall: float) -> tuple[dict
     return row, every[[c for c in cols if c in every.columns]].assign(family=family)
 
 
+def int8_paths(models: list[str], batch: int = 64, threads: int = 1) -> pd.DataFrame:
+    """Each model (a conf/model option) timed in ONNX Runtime three ways, interleaved by the cpu cost model's
+    protocol: float, the engine's uniform int8 (``bits=8 abits=8`` on every Linear and Conv the space covers, its
+    default int8 paths: dynamic for Linears over sequences, static QDQ elsewhere), and ONNX Runtime's own
+    ``quantize_dynamic`` (QInt8 weights, MatMul and Gemm) of the float model. Latency only: the weights are the
+    architecture's untrained ones, as the three run the same graphs on any weights."""
+    import tempfile
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from objectives.hardware import OrtCpuCostModel
+    from search.app import build_space
+    from spaces import Artifact, calibrate, materialize
+    from spaces.materialize import export_onnx
+
+    rows = []
+    for name in models:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"model={name}", "space=transformer"])
+        torch.manual_seed(0)
+        net = instantiate(cfg.model.net).eval()
+        shape = (1, int(cfg.data.channels), 28, 28)
+        space = build_space(cfg, net, shape)
+        x = torch.randn(batch, *shape[1:])
+        int8 = space.apply(net, space.with_values(bits=space["bits"].uniform(8), abits=space["abits"].uniform(8)))
+        calibrate(int8, [x])
+        floating = export_onnx(net, shape)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "f.onnx").write_bytes(floating)
+            quantize_dynamic(str(Path(tmp) / "f.onnx"), str(Path(tmp) / "d.onnx"), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            ort_dynamic = (Path(tmp) / "d.onnx").read_bytes()
+        engine = materialize(int8, input_shape=shape, calibration=x.numpy())
+        arts = {kind: Artifact(packed=b"", onnx=b, int8_layers=(), input_shape=shape, example=x.numpy())
+                for kind, b in (("float", floating), ("engine_int8", engine.onnx), ("ort_quantize_dynamic", ort_dynamic))}
+        cost = OrtCpuCostModel(batch_size=batch, threads=threads)
+        got = dict(zip(arts, cost.measure_many(list(arts.values()))))
+        row = {"model": name, "float_ms": got["float"].value_ms, "engine_int8_ms": got["engine_int8"].value_ms,
+               "ort_quantize_dynamic_ms": got["ort_quantize_dynamic"].value_ms,
+               "engine_dynamic_layers": len(space["abits"].dynamic), "int8_layers": len(engine.int8_layers)}
+        row["engine_vs_float"] = round(row["engine_int8_ms"] / row["float_ms"], 3)
+        row["ort_dynamic_vs_float"] = round(row["ort_quantize_dynamic_ms"] / row["float_ms"], 3)
+        cost.close()
+        print(f"{name}: float {row['float_ms']:.2f} ms, engine int8 {row['engine_int8_ms']:.2f} ms "
+              f"({row['engine_vs_float']}x), ONNX Runtime quantize_dynamic {row['ort_quantize_dynamic_ms']:.2f} ms "
+              f"({row['ort_dynamic_vs_float']}x) at batch {batch}, {threads} thread(s)")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main(families: list[str], epochs: int, trials: int, overrides: list[str]) -> None:
     tag = f"-{cache_key(*overrides)[:6]}" if overrides else ""  # other settings: other files, as search_efficiency
     rows, tables = [], []
@@ -137,7 +197,15 @@ if __name__ == "__main__":
     parser.add_argument("--families", nargs="+", default=["resnet18", "mobilenet_v3_small"])
     parser.add_argument("--epochs", type=int, default=2, help="the teacher's training epochs (cached per family)")
     parser.add_argument("--trials", type=int, default=20, help="searched trials per family (baselines on top)")
+    parser.add_argument("--int8-paths", nargs="*", metavar="MODEL",
+                        help="only time float, the engine's int8 and ONNX Runtime's quantize_dynamic of these "
+                             "conf/model options (default vit), into results/benchmarks/int8_paths.csv")
     args, extra = parser.parse_known_args()
+    if args.int8_paths is not None:
+        table = int8_paths(args.int8_paths or ["vit"])
+        OUT.mkdir(parents=True, exist_ok=True)
+        atomic_write(OUT / "int8_paths.csv", table.to_csv(index=False))
+        raise SystemExit(0)
     extra += [f for f in args.families if "=" in f]  # "--families resnet18 recovery.steps=500": an override
     args.families = [f for f in args.families if "=" not in f]
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the search's own lines (probe, near chance)

@@ -18,7 +18,8 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of Conv2d and Linear layers for one sample (dense kernels)."""
+    """Multiply-accumulates of Conv2d and Linear layers for one sample (dense kernels). A model that holds an
+    ``nn.Embedding`` is given token ids (zeros, int64), any other an image of zeros."""
     macs = 0
 
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
@@ -31,7 +32,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        model.eval()(torch.zeros(1, *input_shape[1:]))
+        tokens = any(isinstance(m, nn.Embedding) for m in model.modules())
+        model.eval()(torch.zeros(1, *input_shape[1:], dtype=torch.long if tokens else torch.float32))
     finally:
         for h in handles:
             h.remove()

@@ -92,15 +92,17 @@ def _step(name: str) -> Iterator[None]:
         raise ValueError(f"setup: {name}: {one_line(exc)}") from exc
 
 
-def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], **override: Any) -> BaseKnob:
+def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], input_dtype: str = "float32",
+          **override: Any) -> BaseKnob:
     target = knob_cfg.get("_target_")
     try:
         cls = get_class(target)
     except Exception as exc:
         raise ValueError(f"space.knobs.{name}._target_: cannot import {target!r} ({exc})") from exc
     extra: dict[str, Any] = {"model": model, **override}
-    if "input_shape" in inspect.signature(cls).parameters:
-        extra["input_shape"] = input_shape
+    for key, value in (("input_shape", input_shape), ("input_dtype", input_dtype)):
+        if key in inspect.signature(cls).parameters:
+            extra[key] = value
     try:
         knob = instantiate(knob_cfg, **extra, _convert_="all")
     except Exception as exc:
@@ -134,17 +136,19 @@ def _family(cfg: DictConfig) -> BaseFamily:
 
 
 def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
-                cache_dir: Path | None = None) -> JointSpace | StudentSpace:
+                cache_dir: Path | None = None, input_dtype: str = "float32") -> JointSpace | StudentSpace:
     """The space of ``cfg.space`` for ``model``: its knobs (a ``JointSpace``), behind the choice of a student
     architecture when the space has a ``student`` section (a ``StudentSpace``). ``cache_dir``: where the probe of
-    the knobs on ``model`` is kept for later processes (``<cache_dir>/probe/``)."""
+    the knobs on ``model`` is kept for later processes (``<cache_dir>/probe/``); ``input_dtype``: the data's
+    (``Splits.input_dtype``: int64 for token ids)."""
     space_cfg = cfg.space
     knob_cfgs = {name: c for name, c in (space_cfg.get("knobs") or {}).items() if c is not None}
     if not knob_cfgs:
         raise ValueError(f"space.knobs: no knob configured in space {space_cfg.get('name')!r}")
-    teacher = JointSpace([_knob(name, c, model, input_shape) for name, c in knob_cfgs.items()])
+    teacher = JointSpace([_knob(name, c, model, input_shape, input_dtype) for name, c in knob_cfgs.items()])
     # layers where a knob breaks this model: left out, and said
-    broken = probe(teacher, model, input_shape, cache=Path(cache_dir) / "probe" if cache_dir is not None else None)
+    broken = probe(teacher, model, input_shape, cache=Path(cache_dir) / "probe" if cache_dir is not None else None,
+                   input_dtype=input_dtype)
     teacher = without(teacher, broken)
     for line in said(teacher):
         (log.warning if any(line.startswith(f"space.knobs.{k}:") for k in broken) else log.info)(line)
@@ -158,7 +162,7 @@ def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
 
     def knobs_for(student: nn.Module) -> JointSpace | None:
         # a student's layers have their own names: every layer is eligible, the rest of each knob's config holds
-        chosen = [_knob(n, knob_cfgs[n], student, input_shape, include=["*"], exclude=[]) for n in names]
+        chosen = [_knob(n, knob_cfgs[n], student, input_shape, input_dtype, include=["*"], exclude=[]) for n in names]
         return JointSpace(chosen) if chosen else None
 
     arch = space_cfg.get("arch") or [TEACHER, STUDENT]
@@ -276,7 +280,7 @@ def setup(cfg: DictConfig) -> Setup:
     whole("study.worker", cfg.study.get("worker") or 0, 0)
     storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
     with _step("space"):  # the knobs' and the probe's own errors name the knob, the layer and the choice
-        space = build_space(cfg, net, splits.input_shape, results / "cache")
+        space = build_space(cfg, net, splits.input_shape, results / "cache", splits.input_dtype)
     with _step("recovery"):
         recovery = Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True))
     with _step("distill.teachers"):

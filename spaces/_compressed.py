@@ -70,12 +70,14 @@ class ActFakeQuant(nn.Module):
     """Per-tensor affine (uint8) fake quantization of a layer's input with a calibrated range.
 
     ``observing`` collects min/max (calibration); in training the range follows an EMA; in eval it is
-    fixed. The range always holds 0, as ONNX Runtime's static quantization does.
+    fixed. The range always holds 0, as ONNX Runtime's static quantization does. ``dynamic``: the range is each
+    input's own min/max instead, as ONNX Runtime's ``DynamicQuantizeLinear`` computes it at run time (the int8 path
+    of Linears over sequences: ``spaces.knobs.abits``).
     """
 
-    def __init__(self, bits: int = 8, momentum: float = 0.01) -> None:
+    def __init__(self, bits: int = 8, momentum: float = 0.01, dynamic: bool = False) -> None:
         super().__init__()
-        self.bits, self.momentum, self.observing = bits, momentum, False
+        self.bits, self.momentum, self.observing, self.dynamic = bits, momentum, False, bool(dynamic)
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
         self.register_buffer("calibrated", torch.tensor(False))
@@ -89,12 +91,13 @@ class ActFakeQuant(nn.Module):
             self.calibrated.fill_(True)
             if self.observing:
                 return x
-        elif self.training:
+        elif self.training and not self.dynamic:
             self.lo.lerp_(lo, self.momentum)
             self.hi.lerp_(hi, self.momentum)
+        lo, hi = (lo, hi) if self.dynamic else (self.lo, self.hi)
         qmax = 2**self.bits - 1
-        scale = torch.clamp((self.hi - self.lo) / qmax, min=1e-8)
-        zero_point = torch.round(-self.lo / scale)
+        scale = torch.clamp((hi - lo) / qmax, min=1e-8)
+        zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point.int(), 0, qmax)
 
 

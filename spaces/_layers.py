@@ -69,6 +69,15 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}".rstrip(": ")
 
 
+def example_input(input_shape: Sequence[int], generator: torch.Generator | None = None,
+                  dtype: str = "float32") -> torch.Tensor:
+    """A random input of ``input_shape``: normal floats, or for integer inputs (token ids) ids 0 and 1, which every
+    vocabulary holds."""
+    if torch.empty(0, dtype=getattr(torch, dtype)).is_floating_point():
+        return torch.randn(*input_shape, generator=generator).to(getattr(torch, dtype))
+    return torch.randint(0, 2, tuple(input_shape), generator=generator, dtype=getattr(torch, dtype))
+
+
 def output_layer(model: nn.Module) -> str:
     """The classifier: the last compressible layer registered (never channel-pruned)."""
     names = list(compressible_layers(model))

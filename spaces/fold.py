@@ -20,7 +20,10 @@ class _Tracer(fx.Tracer):
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv fqn, bn fqn) for every BatchNorm2d fed only by a Conv2d, found by an FX trace."""
+    """(conv fqn, bn fqn) for every BatchNorm2d fed only by a Conv2d, found by an FX trace (none traced where the
+    model has no BatchNorm2d: a transformer FX may not trace has nothing to fold)."""
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return []
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:  # a model FX cannot trace keeps its BNs; the search still runs

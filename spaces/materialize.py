@@ -72,18 +72,37 @@ def packed_tensors(model: nn.Module) -> list[PackedTensor]:
     return out
 
 
+def as_input(x: Any) -> np.ndarray:
+    """An input batch as the ONNX model takes it: int64 token ids, or float32."""
+    x = np.asarray(x)
+    return x.astype(np.int64) if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
+
+
+def input_dtype_of(x: Any) -> str:
+    """``int64`` for a batch of token ids, else ``float32``."""
+    return "int64" if np.issubdtype(np.asarray(x).dtype, np.integer) else "float32"
+
+
 def int8_layers(model: nn.Module) -> list[str]:
     """Layers whose weights and inputs are both quantized for ONNX Runtime's int8 kernels."""
     return [name for name, m in model.named_modules() if isinstance(m, _Compressed) and m.runs_int8]
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
-    """Float ONNX of a plain model, batch dimension dynamic, weights named by fqn."""
+def dynamic_layers(model: nn.Module) -> list[str]:
+    """The int8 layers whose inputs are quantized at run time (``ActFakeQuant.dynamic``: MatMulInteger)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, _Compressed) and m.runs_int8 and getattr(m.act, "dynamic", False)]
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], input_dtype: str = "float32") -> bytes:
+    """Float ONNX of a plain model, batch dimension dynamic, weights named by fqn; its input float32, or int64 token
+    ids."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), (torch.zeros(*input_shape),), buf, dynamo=False, opset_version=17,
+            model.eval(), (torch.zeros(*input_shape, dtype=getattr(torch, input_dtype)),), buf, dynamo=False,
+            opset_version=17,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
@@ -110,8 +129,12 @@ def _quiet_root_logger() -> Iterator[None]:
             root.removeHandler(stand_in)
 
 
-def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.ndarray) -> bytes:
-    """Static int8 QDQ (per-channel weights) on ``layers``; every other weighted node stays float."""
+def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.ndarray,
+                  weighted_only: bool = False) -> bytes:
+    """Static int8 QDQ (per-channel weights) on ``layers``; every other weighted node stays float. ONNX Runtime also
+    puts QDQ pairs around the unweighted operators between them (Add, MaxPool, Reshape, ...) unless
+    ``weighted_only``: a transformer's graph (LayerNorm, softmax and GELU as many small operators, its Linears on
+    the dynamic path) keeps them float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class _Reader(CalibrationDataReader):
@@ -120,21 +143,12 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
 
         def get_next(self):
             batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+            return None if batch is None else {INPUT_NAME: as_input(batch)}
 
     proto = onnx.load_from_string(model_bytes)
-    wanted, weights = set(layers), {f"{fqn}.weight" for fqn in layers}
-
-    def chosen(node) -> bool:
-        # Weights keep their fqn names, except a bias-less Linear's (exported as MatMul on a renamed,
-        # transposed copy); the node's scope name "/a/a.b/<fqn>/Op" names its module either way.
-        scope = node.name.split("/")
-        return node.input[1] in weights or (len(scope) >= 2 and scope[-2] in wanted)
-
-    excluded = [
-        n.name for n in proto.graph.node
-        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and not chosen(n)
-    ]
+    chosen = set(_weighted_nodes(proto, layers))
+    excluded = [n.name for n in proto.graph.node
+                if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.name not in chosen]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model_bytes)
@@ -142,9 +156,75 @@ def quantize_onnx(model_bytes: bytes, layers: Sequence[str], calibration: np.nda
             quantize_static(
                 str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
+                nodes_to_exclude=excluded, **({"op_types_to_quantize": ["Conv", "Gemm", "MatMul"]} if weighted_only else {}),
             )
         return dst.read_bytes()
+
+
+def scope_fqn(node_name: str) -> str:
+    """The fqn of the module an exported node belongs to, from its scope name: "/blocks/blocks.0/attn/qkv/MatMul"
+    is ``blocks.0.attn.qkv`` (a container's child is named "<container>.<index>", any other child by its attribute
+    name alone), "/features/features.0/Conv" is ``features.0``."""
+    fqn = ""
+    for part in node_name.split("/")[1:-1]:
+        fqn = part if not fqn or part.startswith(f"{fqn}.") else f"{fqn}.{part}"
+    return fqn
+
+
+def _weighted_nodes(proto: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
+    """The names of the Conv/Gemm/MatMul nodes that compute ``layers``' weights."""
+    wanted, weights = set(layers), {f"{fqn}.weight" for fqn in layers}
+
+    def chosen(node) -> bool:
+        # Weights keep their fqn names, except a Linear's exported as MatMul (a bias-less one, or one over a
+        # sequence) on a renamed, transposed copy; the node's scope names its module either way.
+        return node.input[1] in weights or scope_fqn(node.name) in wanted
+
+    return [n.name for n in proto.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and chosen(n)]
+
+
+def quantize_onnx_dynamic(model_bytes: bytes, codes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> bytes:
+    """Dynamic int8 on the Linears of ``codes`` (``weight_codes``): inputs quantized at run time
+    (``DynamicQuantizeLinear`` + ``MatMulInteger``, ONNX Runtime's ``quantize_dynamic``), the weights then replaced by
+    the packed file's own codes, scale and zero point per output channel (``MatMulInteger`` takes a zero point per
+    column of B), so the ONNX model multiplies by exactly the weights the search scored; other nodes as they are."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = onnx.load_from_string(model_bytes)
+    by_node = {n: fqn for fqn in codes for n in _weighted_nodes(proto, [fqn])}
+    weight_of = {n.name: n.input[1] for n in proto.graph.node if n.name in by_node}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(model_bytes)
+        with _quiet_root_logger():
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, per_channel=False,
+                             nodes_to_quantize=list(by_node), op_types_to_quantize=["MatMul"])
+        proto = onnx.load(str(dst))
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node, weight in weight_of.items():
+        q, scale, zp = codes[by_node[node]]
+        names = (f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point")
+        if not all(n in inits for n in names) or tuple(inits[names[0]].dims) != q.T.shape:
+            raise ValueError(f"dynamic int8: ONNX Runtime did not quantize {by_node[node]} as a MatMul ({node})")
+        for name, value in zip(names, (np.ascontiguousarray(q.T), scale.reshape(-1), zp.reshape(-1))):
+            inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    return proto.SerializeToString()
+
+
+def weight_codes(model: nn.Module, layers: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(codes as uint8, scale, zero point) by layer: the packed file's linear codes of ``layers``' masked weights."""
+    out = {}
+    for name in layers:
+        m = model.get_submodule(name)
+        if type(m.wq) is not LinearQuantizer:
+            raise ValueError(f"dynamic int8: layer {name} stores its weights as {type(m.wq).__name__}, not linear codes")
+        with torch.no_grad():
+            w = m.weight * m.weight_mask if m.weight_mask is not None else m.weight
+            q, scale, zp = quantize_weight(w.detach(), m.wq.bits)
+        out[name] = (q.numpy().astype(np.uint8), scale.numpy().astype(np.float32), zp.numpy().astype(np.uint8))
+    return out
 
 
 #: which int8-run layers with weights of at most 4 bits store them at 4 bits in the ONNX model (``onnx_int4``):
@@ -215,14 +295,18 @@ def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np
     layers = int8_layers(model)
     codes = int4_codes(model, int4)  # first: a bad setting is refused before the export's seconds
     plain = to_plain(model)
-    onnx_bytes = export_onnx(plain, input_shape)
-    if layers:
-        onnx_bytes = int4_weights(quantize_onnx(onnx_bytes, layers, calibration), codes)
+    onnx_bytes = export_onnx(plain, input_shape, input_dtype_of(calibration))
+    dynamic = dynamic_layers(model)
+    static = [fqn for fqn in layers if fqn not in set(dynamic)]
+    if static:
+        onnx_bytes = int4_weights(quantize_onnx(onnx_bytes, static, calibration, weighted_only=bool(dynamic)), codes)
+    if dynamic:
+        onnx_bytes = quantize_onnx_dynamic(onnx_bytes, weight_codes(model, dynamic))
     return Artifact(
         packed=pack(packed_tensors(model)), onnx=onnx_bytes,
         int8_layers=tuple(layers), input_shape=tuple(input_shape),
-        example=np.asarray(calibration, dtype=np.float32), module=plain.eval(),
+        example=as_input(calibration), module=plain.eval(),
     )
 
 
-__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "quantize_onnx", "int4_codes", "int4_weights", "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]
+__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "quantize_onnx", "quantize_onnx_dynamic", "input_dtype_of", "as_input", "dynamic_layers", "int4_codes", "int4_weights", "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]

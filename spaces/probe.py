@@ -27,7 +27,7 @@ from torch import nn
 
 from ._base import BaseKnob, Phase
 from ._compressed import calibrate
-from ._layers import one_line, single_thread
+from ._layers import example_input, one_line, single_thread
 from .joint import JointSpace
 from .materialize import materialize
 
@@ -148,14 +148,14 @@ def _after(space: JointSpace, knob: BaseKnob, before: dict[str, Any], layers: Se
 
 
 def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
-          cache: str | Path | None = None) -> dict[str, dict[str, str]]:
+          cache: str | Path | None = None, input_dtype: str = "float32") -> dict[str, dict[str, str]]:
     """{knob: {layer: why}} of the layers where the knob breaks ``model``, alone or after the structural knobs
     before it (see the module docstring).
 
     Found once per model structure and space in a process, and, with ``cache`` (a folder), read from
     ``<cache>/<key>.json`` where an earlier process kept it (``keep``: a search, its pick and its report each start
-    a process, and the probe takes seconds)."""
-    key = _key(space, model, input_shape)
+    a process, and the probe takes seconds). ``input_dtype``: int64 for token ids (``spaces._layers.example_input``)."""
+    key = _key(space, model, input_shape) + ("" if input_dtype == "float32" else input_dtype)
     if key in _SEEN:
         return _SEEN[key]
     stored = Path(cache) / _file(key) if cache is not None else None
@@ -163,8 +163,8 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
         _SEEN[key] = json.loads(stored.read_text())
         return _SEEN[key]
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(*input_shape, generator=generator)
-    calibration = torch.randn(8, *tuple(input_shape)[1:], generator=generator)
+    x = example_input(input_shape, generator, input_dtype)
+    calibration = example_input((8, *tuple(input_shape)[1:]), generator, input_dtype)
     was_training = model.training
     try:
         with _naming(f"the model's forward pass on a random input of shape {tuple(input_shape)}"), torch.no_grad():

@@ -57,7 +57,8 @@ def example_batch(example: np.ndarray | None, input_shape: tuple[int, ...], batc
     if example is None or len(example) == 0:
         return np.random.default_rng(0).standard_normal((batch_size, *input_shape[1:]), dtype=np.float32)
     reps = -(-batch_size // len(example))
-    return np.ascontiguousarray(np.concatenate([example] * reps)[:batch_size], dtype=np.float32)
+    dtype = np.int64 if np.issubdtype(np.asarray(example).dtype, np.integer) else np.float32  # token ids stay ids
+    return np.ascontiguousarray(np.concatenate([example] * reps)[:batch_size], dtype=dtype)
 
 
 @dataclass(frozen=True)

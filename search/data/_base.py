@@ -50,7 +50,7 @@ class Splits:
         if not self.classes:
             top = max((int(y.max()) for y in (self.train_y, self.val_y, self.test_y) if len(y)), default=-1)
             object.__setattr__(self, "classes", tuple(str(i) for i in range(top + 1)))
-        if not self.mean:
+        if not self.mean and self.input_dtype == "float32":
             object.__setattr__(self, "mean", (0.0,) * self.channels)
             object.__setattr__(self, "std", (1.0,) * self.channels)
         if not self.fingerprint:
@@ -65,6 +65,12 @@ class Splits:
     def input_shape(self) -> tuple[int, ...]:
         """One sample's shape with the batch dimension first: (1, C, H, W)."""
         return (1, *self.train_x.shape[1:])
+
+    @property
+    def input_dtype(self) -> str:
+        """``float32`` (images), or ``int64`` for token ids (N x L integer sequences, ``data=arrays``)."""
+        dtype = getattr(self.train_x, "dtype", None)  # a streamed split: images, float32
+        return "int64" if isinstance(dtype, torch.dtype) and not dtype.is_floating_point else "float32"
 
     @property
     def num_classes(self) -> int:

@@ -15,6 +15,11 @@ Images: uint8 (pixels 0-255, divided by 255) or float (taken as they are), shape
 N x H x W x C or N x C x H x W. The layout of 4-d arrays is told by which axis is small: channels last when the
 last axis has at most 4 entries and axis 1 more, channels first the other way round; when both or neither are
 small (say 4 x 4 images of 3 channels) set ``data.layout`` (NHWC or NCHW). Labels: integers, one per image.
+
+Token ids: an integer array N x L (int8 to int64, or unsigned) is a batch of L-token sequences for a model that
+embeds them (``search.models.TextTransformer``, a Hugging Face ``input_ids`` model): kept as int64, neither scaled
+nor normalised, held in memory, and carried as int64 through training, calibration, the ONNX model (an int64
+input), latency and pick.
 """
 from __future__ import annotations
 
@@ -54,6 +59,11 @@ def layout_of(shape: tuple[int, ...], layout: str | None, key: str) -> str:
         return "NHWC" if last else "NCHW"
     raise ValueError(f"data.layout: cannot tell where the channels of {key} {shape} are; set data.layout=NHWC or "
                      "data.layout=NCHW")
+
+
+def _tokens(a: np.ndarray) -> bool:
+    """An N x L integer array: token ids, not images."""
+    return a.ndim == 2 and np.issubdtype(a.dtype, np.integer)
 
 
 def to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
@@ -145,6 +155,8 @@ class ArraysData(BaseDataModule):
 
     def load(self) -> Splits:
         arrays = self.read()
+        if _tokens(arrays["train_x"]):
+            return self._token_splits(arrays)
         x, y = {}, {}
         for split in ("train", "val", "test"):
             if f"{split}_x" in arrays:
@@ -181,6 +193,31 @@ class ArraysData(BaseDataModule):
         return Splits(train_x=t["train"], train_y=torch.from_numpy(y["train"]), val_x=t["val"],
                       val_y=torch.from_numpy(y["val"]), test_x=t["test"], test_y=torch.from_numpy(y["test"]),
                       source=source, classes=classes, mean=stats[0], std=stats[1], fingerprint=h.hexdigest()[:16])
+
+    def _token_splits(self, arrays: dict[str, np.ndarray]) -> Splits:
+        if self.mean is not None:
+            raise ValueError(f"data.mean: {self.path} holds token ids (train_x {arrays['train_x'].dtype} "
+                             f"{arrays['train_x'].shape}), which are not normalised; set data.mean=null data.std=null")
+        x, y = {}, {}
+        for split in ("train", "val", "test"):
+            if f"{split}_x" in arrays:
+                a = arrays[f"{split}_x"]
+                if not _tokens(a) or a.shape[1:] != arrays["train_x"].shape[1:]:
+                    raise ValueError(f"data.path: {split}_x is {a.dtype} {a.shape}; train_x holds token ids "
+                                     f"{arrays['train_x'].shape[1:]} per sample, so every split must")
+                if len(a) and a.min() < 0:
+                    raise ValueError(f"data.path: {split}_x holds token id {int(a.min())}; ids are 0, 1, ...")
+                x[split], y[split] = np.asarray(a, dtype=np.int64), self._labels(arrays, split)
+        x, y, carved = carve_missing(x, y, {"val": self.val_size, "test": self.test_size}, self.seed)
+        h = hashlib.sha256()
+        for path in [self.path] if self.path.is_file() else sorted(self.path.glob("*.npy")):
+            file_digest(h, path)
+        h.update(repr((self.val_size, self.test_size, self.seed, "tokens")).encode())
+        t = {s: torch.from_numpy(x[s]) for s in x}
+        return Splits(train_x=t["train"], train_y=torch.from_numpy(y["train"]), val_x=t["val"],
+                      val_y=torch.from_numpy(y["val"]), test_x=t["test"], test_y=torch.from_numpy(y["test"]),
+                      source=described(str(self.path), carved, self.seed), classes=self._classes(arrays, y["train"]),
+                      fingerprint=h.hexdigest()[:16])
 
     def _images(self, arrays: dict[str, np.ndarray], split: str) -> np.ndarray:
         key = f"{split}_x"

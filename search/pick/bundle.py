@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from objectives.hardware import BaseCostModel
-from spaces import PRUNED, Artifact, to_plain, unpack
+from spaces import HEADS, PRUNED, Artifact, to_plain, unpack
 from spaces.materialize import onnx_weights
 
 from ..results.outputs import atomic_write
@@ -59,19 +59,24 @@ def staging(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+STRUCTURE = (PRUNED, HEADS)  # what a knob removed by the trained weights' importance (channels, heads), by layer
+
+
 def structure_of(model: nn.Module) -> dict[str, Any]:
     """The structural decisions ``model`` holds that its params do not fix (see the module docstring)."""
-    pruned = getattr(model, PRUNED, None)
-    return {PRUNED: {k: [int(i) for i in v] for k, v in pruned.items()}} if pruned else {}
+    return {attr: {k: [int(i) for i in v] for k, v in removed.items()}
+            for attr in STRUCTURE if (removed := getattr(model, attr, None))}
 
 
 def bundle_spec(*, study: str, number: int, baseline: str, params: dict[str, Any], input_shape: tuple[int, ...],
-                config: DictConfig, structure: dict[str, Any] | None = None) -> dict[str, Any]:
+                config: DictConfig, structure: dict[str, Any] | None = None,
+                input_dtype: str = "float32") -> dict[str, Any]:
     """What config.yaml holds: enough to rebuild the model (``load_model``) or replay the trial (``pick``);
     ``structure``: ``structure_of`` the built model."""
     resolved = OmegaConf.to_container(config, resolve=True)
     resolved.pop("pick", None)
     return {"study": study, "trial": number, "baseline": baseline, "input_shape": list(input_shape),
+            **({"input_dtype": input_dtype} if input_dtype != "float32" else {}),
             "params": dict(params), "structure": dict(structure or {}), "config": resolved}
 
 
@@ -115,10 +120,11 @@ def architecture(spec: dict[str, Any]) -> nn.Module:
         # caller's stream alone); channel pruning traces through autograd, even when called under torch.no_grad()
         torch.manual_seed(int(cfg.model.train.seed))
         net = instantiate(cfg.model.net)
-        space = build_space(cfg, net, tuple(spec["input_shape"]))
-        pruned = (spec.get("structure") or {}).get(PRUNED)
-        if pruned:  # the channels the search removed from the trained weights, not the random weights' lowest
-            setattr(net, PRUNED, {k: list(v) for k, v in pruned.items()})
+        space = build_space(cfg, net, tuple(spec["input_shape"]), input_dtype=spec.get("input_dtype", "float32"))
+        for attr in STRUCTURE:  # the channels and heads the search removed from the trained weights, not the
+            removed = (spec.get("structure") or {}).get(attr)  # random weights' lowest
+            if removed:
+                setattr(net, attr, {k: list(v) for k, v in removed.items()})
         return space.apply(net.eval(), spec["params"])
 
 

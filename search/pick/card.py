@@ -107,6 +107,11 @@ def runtime_files(report: dict[str, Any]) -> str:
 def render(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
     shape, cost = report["input_shape"], report["cost_model"]
     one_sample = ", ".join(map(str, [1, *shape[1:]]))
+    dtype = report.get("input_dtype", "float32")
+    inputs = (f"Inputs are float32 of shape (N, {', '.join(map(str, shape[1:]))}), pixels scaled as the search's data "
+              f"module did\n(`search/data/`): {scaling(report)}." if dtype == "float32" else
+              f"Inputs are token ids, {dtype}, of shape (N, {', '.join(map(str, shape[1:]))}) (0 pads), as the "
+              "search's data held them.")
     study_links = ", ".join(f"[{f.rsplit('/', 1)[1]}]({f})" for f in report.get("study_figures", []))
     status = "verified" if report["verified"] else "NOT verified: " + "; ".join(report["reasons"])
     return f"""# {report['study']}, trial {report['trial']}: {report['model']} on {report['data']}
@@ -133,20 +138,22 @@ layers stand for it; one column per knob of the search space, as that knob descr
 
 ## Files
 
-- `model.onnx`: the model for ONNX Runtime (int8 QDQ on the layers with <= 8-bit weights and 8-bit inputs; weights
-  at 4 bits where the table's `model.onnx` column says int4).
+- `model.onnx`: the model for ONNX Runtime (int8 on the layers with <= 8-bit weights and 8-bit inputs: static QDQ,
+  or for a Linear over a sequence dynamic, its input quantized at run time by `DynamicQuantizeLinear` into
+  `MatMulInteger`; weights at 4 bits where the table's `model.onnx` column says int4). Normalization, softmax and
+  GELU run in float; with static QDQ alone, ONNX Runtime also keeps the additions and pooling between int8 layers
+  on int8.
 {runtime_files(report)}- `weights.cpz`: the packed weights ({report['size_bytes']['measured']:,} bytes; the size objective).
 - `config.yaml`: the trial's parameters and the study's resolved config; `report.json`: every figure above.
 
 ## Use it
 
-Inputs are float32 of shape (N, {', '.join(map(str, shape[1:]))}), pixels scaled as the search's data module did
-(`search/data/`): {scaling(report)}. Outputs are logits for {report['num_classes']} classes.
+{inputs} Outputs are logits for {report['num_classes']} classes.
 
 ```python
 import numpy as np, onnxruntime as ort
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-logits = session.run(None, {{"{report['onnx_input']}": np.zeros(({one_sample}), np.float32)}})[0]
+logits = session.run(None, {{"{report['onnx_input']}": np.zeros(({one_sample}), np.{dtype})}})[0]
 ```
 
 ```python

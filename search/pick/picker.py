@@ -25,6 +25,7 @@ from torch import nn
 from objectives.hardware import Measurement, cpu_name
 from objectives import Outcome
 from spaces import Artifact, JointSpace, StudentSpace
+from spaces.materialize import input_dtype_of
 
 from . import card
 from .bundle import bundle_spec, layer_table, staging, structure_of, write_model_files, write_runtime_files
@@ -292,6 +293,7 @@ def context(r: Replay, df) -> dict[str, Any]:
     return {
         "study": r.study.study_name, "trial": r.trial.number, "baseline": r.trial.user_attrs.get("baseline", ""),
         "rule": r.rule, "model": r.cfg.model.name, "data": r.cfg.data.name, "input_shape": list(r.artifact.input_shape),
+        "input_dtype": input_dtype_of(r.artifact.example),
         "num_classes": p.setup.splits.num_classes, "classes": list(p.setup.splits.classes),
         "normalisation": {"mean": list(p.setup.splits.mean), "std": list(p.setup.splits.std)},
         "onnx_input": "input", "uncompressed": uncompressed(df, p),
@@ -307,7 +309,7 @@ def write_bundle(r: Replay, df, final: Path, tol: Tolerances) -> Picked:
     """Files first, then measured on them, then report.json and README.md; all moved into ``final`` at once."""
     spec = bundle_spec(study=r.study.study_name, number=r.trial.number, baseline=r.trial.user_attrs.get("baseline", ""),
                        params=r.trial.params, input_shape=r.artifact.input_shape, config=r.cfg,
-                       structure=structure_of(r.model))
+                       structure=structure_of(r.model), input_dtype=input_dtype_of(r.artifact.example))
     with staging(final) as folder:
         write_model_files(folder, r.artifact, spec)
         write_runtime_files(folder, r.prepared.setup.cost_model.reference(), r.artifact)

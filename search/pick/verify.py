@@ -37,6 +37,7 @@ from torch import nn
 from objectives import Accuracy
 from objectives.hardware import BaseCostModel, Measurement
 from spaces import Artifact, to_plain, unpack
+from spaces.materialize import as_input
 
 from .bundle import load_model
 from ..data import Splits
@@ -319,7 +320,7 @@ def verify_bundle(
         lat = report["latency_ms"]
         report["latency_ms"] = latency(bundle_dir, cost_model=cost_model.reference(), input_shape=tuple(report["input_shape"]),
                                        recorded=lat["recorded"], spread=lat["recorded_spread"], tol=tol,
-                                       example=None if example is None else np.asarray(example, dtype=np.float32))
+                                       example=None if example is None else as_input(example))
     report["reasons"] = check(report, tol)
     report["verified"] = not report["reasons"]
     report["tolerances"] = asdict(tol)

@@ -34,9 +34,12 @@ def build_model(model_cfg: DictConfig, splits: Splits) -> nn.Module:
         raise ValueError(f"model.net: {model_cfg.net.get('_target_')!r} built a {type(net).__name__}, not an nn.Module")
     try:
         with torch.no_grad():
-            out = net.eval()(torch.zeros(splits.input_shape))
+            out = net.eval()(torch.zeros(splits.input_shape, dtype=getattr(torch, splits.input_dtype)))
     except Exception as exc:  # noqa: BLE001 - any failure on the data's shape is the same mismatch
         why = (str(exc).strip().splitlines() or [""])[0][:160]
+        if splits.input_dtype != "float32":
+            raise ValueError(f"model.net: {type(net).__name__} fails on the data's token ids {splits.input_shape} (1, "
+                             f"length), int64 ({type(exc).__name__}: {why})") from exc
         raise ValueError(f"model.net: {type(net).__name__} fails on the data's input {splits.input_shape} (1, C, H, W) "
                          f"({type(exc).__name__}: {why}); give it in_channels={splits.channels}") from exc
     if tuple(out.shape) != (1, splits.num_classes):

@@ -35,7 +35,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .._layers import COMPRESSIBLE, compressible_layers, one_line, output_layer, single_thread
+from .._layers import COMPRESSIBLE, compressible_layers, example_input, one_line, output_layer, single_thread
 
 CHECKED = 0.25  # the share of a group's channels the check prunes
 
@@ -56,14 +56,15 @@ class Groups:
 _FOUND: dict[str, Groups] = {}  # by model structure and input shape, in this process
 
 
-def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> Groups:
-    """The groups Torch-Pruning prunes correctly in ``model`` on inputs of ``input_shape`` (the module docstring)."""
-    key = repr((type(model).__qualname__, str(model), tuple(input_shape)))
+def channel_groups(model: nn.Module, input_shape: Sequence[int], dtype: str = "float32") -> Groups:
+    """The groups Torch-Pruning prunes correctly in ``model`` on inputs of ``input_shape`` and ``dtype`` (the module
+    docstring)."""
+    key = repr((type(model).__qualname__, str(model), tuple(input_shape), dtype))
     if key not in _FOUND:
         was_training = model.training
         try:
             with single_thread():  # forward passes of one input: a second thread costs more than it saves
-                _FOUND[key] = _find(model.eval(), input_shape)
+                _FOUND[key] = _find(model.eval(), input_shape, dtype)
         finally:
             model.train(was_training)
     return _FOUND[key]
@@ -100,10 +101,11 @@ def _names(module: nn.Module, scope: str) -> dict[nn.Module, str]:
     return {m: ".".join(p for p in (scope, n) if p) for n, m in module.named_modules()}
 
 
-def inputs(model: nn.Module, input_shape: Sequence[int], scopes: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+def inputs(model: nn.Module, input_shape: Sequence[int], scopes: Sequence[str],
+           dtype: str = "float32") -> dict[str, tuple[Any, ...]]:
     """The positional inputs each module of ``scopes`` gets in a forward pass of ``model`` in eval mode on a random
     input of ``input_shape`` (the model's own for '')."""
-    x = torch.randn(*input_shape)
+    x = example_input(input_shape, dtype=dtype)
     seen: dict[str, tuple[Any, ...]] = {"": (x,)}
     hooks = [model.get_submodule(s).register_forward_pre_hook(functools.partial(_keep, seen, s)) for s in scopes if s]
     was_training = model.training
@@ -129,8 +131,8 @@ def _container(module: nn.Module) -> bool:
     return next(module.children(), None) is not None
 
 
-def _find(model: nn.Module, input_shape: Sequence[int]) -> Groups:
-    finder = _Finder(model, input_shape)
+def _find(model: nn.Module, input_shape: Sequence[int], dtype: str) -> Groups:
+    finder = _Finder(model, input_shape, dtype)
     finder.search("")
     kept = {root for _, roots in finder.scopes.values() for root in roots}
     return Groups(scopes=finder.scopes,
@@ -141,9 +143,9 @@ class _Finder:
     """The walk of ``_find``: a module's graph, or, where Torch-Pruning cannot build it, its children's and then its
     own with the children that failed cut off."""
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
-        self.model, self.input_shape = model, tuple(input_shape)
-        self.args: dict[str, tuple[Any, ...]] = {"": (torch.randn(*input_shape),)}
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], dtype: str = "float32") -> None:
+        self.model, self.input_shape, self.dtype = model, tuple(input_shape), dtype
+        self.args: dict[str, tuple[Any, ...]] = {"": (example_input(input_shape, dtype=dtype),)}
         self.scopes: dict[str, tuple[tuple[str, ...], list[str]]] = {}
         self.rejected: dict[str, str] = {}  # {root: why}, from the innermost module that found its group
         self.failed: dict[str, str] = {}  # {module: why Torch-Pruning could not build its graph}
@@ -172,7 +174,7 @@ class _Finder:
                     if _container(c) and any(isinstance(m, COMPRESSIBLE) for m in c.modules())]
         if any(c not in self.args for c in children):
             containers = [n for n, m in self.model.named_modules() if n and _container(m)]
-            self.args.update(inputs(self.model, self.input_shape, containers))
+            self.args.update(inputs(self.model, self.input_shape, containers, self.dtype))
         children = [c for c in children if c in self.args]  # a module the forward pass never calls has no graph
         for child in children:
             self.search(child)
@@ -237,6 +239,9 @@ def _pruned_as_read_as_zero(model: nn.Module, scope: str, args: tuple[Any, ...],
         for item in pruning:
             target = item.dep.target.module
             if target in names and graph.is_in_channel_pruning_fn(item.dep.handler):
+                if isinstance(target, nn.Embedding):  # its input is token ids: no channel to read as zeros
+                    return (f"its channels reach {names[target]}, an embedding table whose input is token ids, not "
+                            "channels, so the check cannot read them as zeros")
                 zeros.setdefault(names[target], set()).update(int(i) for i in item.idxs)
     try:
         for root, idxs in chosen.items():

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .._base import BaseKnob, Phase
-from .._layers import single_thread
+from .._layers import example_input, single_thread
 from ._groups import channel_groups, inputs, scope_graph
 
 __all__ = ["ChannelKnob", "PRUNED"]
@@ -28,7 +28,8 @@ PRUNED = "pruned_channels"  # attribute of a pruned model: {group root fqn: the 
 # those channels again instead of ranking its own
 
 
-def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int]) -> None:
+def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int],
+                    dtype: str = "float32") -> None:
     """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first, or the ones
     ``model``'s ``PRUNED`` attribute names); the indices removed are left in that attribute. Each group is pruned
     through the graph of the module that holds it (``_groups``: the model's, or a block's where Torch-Pruning cannot
@@ -37,19 +38,19 @@ def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: 
     if not any(r > 0 for r in ratios.values()):
         return
     with single_thread():  # traces of one input: a second thread costs more than it saves
-        setattr(model, PRUNED, _pruned(model, ratios, input_shape, dict(getattr(model, PRUNED, None) or {})))
+        setattr(model, PRUNED, _pruned(model, ratios, input_shape, dict(getattr(model, PRUNED, None) or {}), dtype))
 
 
 def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int],
-            given: Mapping[str, list[int]]) -> dict[str, list[int]]:
+            given: Mapping[str, list[int]], dtype: str = "float32") -> dict[str, list[int]]:
     importance = tp.importance.MagnitudeImportance(p=2)
-    found = channel_groups(model, input_shape)
+    found = channel_groups(model, input_shape, dtype)
     todo = {scope: (cuts, [r for r in roots if ratios.get(r, 0.0) > 0])
             for scope, (cuts, roots) in found.scopes.items()}
     todo = {scope: work for scope, work in todo.items() if work[1]}
     # each module's input before any is pruned: a group kept stays inside its module, so no input changes
     scopes = [s for s in todo if s]
-    args = inputs(model, input_shape, scopes) if scopes else {"": (torch.randn(*input_shape),)}
+    args = inputs(model, input_shape, scopes, dtype) if scopes else {"": (example_input(input_shape, dtype=dtype),)}
     removed: dict[str, list[int]] = {}
     for scope, (cuts, roots) in todo.items():
         graph, groups = scope_graph(model, scope, args[scope], cuts)
@@ -83,25 +84,25 @@ class ChannelKnob(BaseKnob):
     technique = "lost output channels (Torch-Pruning groups, lowest L2 norm first)"
 
     def __init__(
-        self, *, model: nn.Module, input_shape: Sequence[int], low: float = 0.0, high: float = 0.75,
-        step: float = 0.125, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
+        self, *, model: nn.Module, input_shape: Sequence[int], input_dtype: str = "float32", low: float = 0.0,
+        high: float = 0.75, step: float = 0.125, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
     ) -> None:
         if not 0.0 <= low <= high < 1.0:
             raise ValueError(f"space.knobs.channels: need 0 <= low <= high < 1, got {low=}, {high=}")
         if step <= 0:
             raise ValueError(f"space.knobs.channels.step must be > 0, got {step=}")
         self.low, self.high, self.step = float(low), float(high), float(step)
-        self.input_shape = tuple(input_shape)
+        self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
         super().__init__(model=model, include=include, exclude=exclude)
         # the layers rooting a group that failed its check, with the reason (``_groups``)
-        why = channel_groups(model, self.input_shape).left_out
+        why = channel_groups(model, self.input_shape, input_dtype).left_out
         self.left_out.update({fqn: why[fqn] for fqn in self.left_out if fqn in why})
 
     ineligible = "not the root of a channel group Torch-Pruning can prune (the output layer, or channels coupled " \
         "to another layer's)"
 
     def eligible(self, model: nn.Module, layers: list[str]) -> list[str]:
-        roots = set(channel_groups(model, self.input_shape).roots)
+        roots = set(channel_groups(model, self.input_shape, self.input_dtype).roots)
         return [fqn for fqn in layers if fqn in roots]
 
     @property
@@ -120,7 +121,7 @@ class ChannelKnob(BaseKnob):
             raise ValueError(f"{key}: channel ratio must be in [0, 1), got {value!r}")
 
     def apply_(self, model: nn.Module, values: Mapping[str, float]) -> None:
-        prune_channels_(model, values, self.input_shape)
+        prune_channels_(model, values, self.input_shape, self.input_dtype)
 
     def baselines(self, model: nn.Module) -> dict[str, dict[str, Any]]:
         return {"channels_50": {"channels": 0.5}, "channels_50_int8": {"channels": 0.5, "bits": 8, "abits": 8}}

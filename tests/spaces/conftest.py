@@ -105,3 +105,12 @@ def trained_cnn() -> tuple[nn.Module, Prototypes]:
         opt.step()
     torch.set_num_threads(threads)
     return model.eval(), data
+
+
+@pytest.fixture
+def vit() -> nn.Module:
+    """A small timm-style ViT (fused qkv, scaled_dot_product_attention), random weights, eval mode."""
+    from search.models import ViT
+
+    seed_all(0)
+    return ViT(dim=32, depth=2, num_heads=4).eval()

@@ -1,0 +1,69 @@
+"""Transformers as users bring them: a small timm-style ViT searched over whole attention heads, MLP width and int8
+Linears (space=transformer), every completed trial picked into a verified bundle."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vit_study(tmp_path_factory):
+    """``model=vit space=transformer experiment=smoke`` at width 32, 2 blocks of 4 heads, on 6,400 training images
+    (2 epochs: about 0.75 validation accuracy), low rank and sparsity left out (each is tested on CNNs and adds
+    a baseline to pick), two searched trials."""
+    from search import data as data_module
+    from search.cli import compose_checked
+    from search.run import run
+
+    folder = tmp_path_factory.mktemp("vit")
+    splits = data_module.load(val_size=1000, seed=0)
+    parts = {"train": (splits.train_x[:6400], splits.train_y[:6400]), "val": (splits.val_x, splits.val_y),
+             "test": (splits.test_x[:1000], splits.test_y[:1000])}
+    np.savez(folder / "data.npz", **{f"{k}_{xy}": t.numpy() for k, pair in parts.items() for xy, t in zip("xy", pair)})
+    overrides = ["experiment=smoke", "model=vit", "model.net.dim=32", "model.net.depth=2", "model.train.epochs=2",
+                 f"results_dir={folder / 'results'}", "data=arrays", f"data.path={folder / 'data.npz'}",
+                 "data.mean=[0.0]", "data.std=[1.0]", "space=transformer", "space.knobs.rank=null",
+                 "space.knobs.sparsity=null", "study.name=vit", "study.n_trials=2", "hardware.warmup=2",
+                 "hardware.repeats=10"]
+    out = run(compose_checked(overrides))
+    return overrides, optuna.load_study(study_name="vit", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_trials_vary_heads_mlp_width_and_int8_linears_and_none_fails(vit_study):
+    _, study = vit_study
+    failed = {t.number: t.user_attrs.get("error") for t in study.get_trials() if t.state == TrialState.FAIL}
+    assert failed == {}
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    baselines = {t.user_attrs.get("baseline") for t in done}
+    assert {"uncompressed", "heads_50", "heads_50_int8", "channels_50_int8"} <= baselines
+    searched = [t for t in done if "baseline" not in t.user_attrs]
+    keys = set().union(*(t.params for t in searched))
+    assert {f"heads.blocks.{b}.attn.qkv" for b in range(2)} <= keys
+    assert {f"channels.blocks.{b}.mlp.fc1" for b in range(2)} <= keys  # the MLP's width
+    assert {f"bits.blocks.{b}.attn.proj" for b in range(2)} <= keys and any(k.startswith("abits.") for k in keys)
+
+
+def test_every_completed_trial_picks_into_a_verified_bundle_with_dynamic_int8_linears(vit_study):
+    from search.cli import compose_checked
+    from search.pick.bundle import load_model
+    from search.pick.picker import pick
+    from spaces import to_plain
+
+    overrides, study = vit_study
+    x = torch.randn(4, 1, 28, 28)
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        picked = pick(compose_checked([*overrides, f"pick.trial={trial.number}"]))
+        assert picked.verified, (trial.number, picked.report["reasons"])
+        with torch.no_grad():
+            diff = (load_model(picked.path)(x) - to_plain(picked.model)(x)).abs().max().item()
+        assert diff <= 1e-4, (trial.number, trial.params)
+        if trial.user_attrs.get("baseline") == "heads_50_int8":  # half the heads, every Linear on int8 kernels
+            ops = {n.op_type for n in onnx.load(str(picked.path / "model.onnx")).graph.node}
+            assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops  # the Linears over tokens: dynamic int8
+            assert picked.model.blocks[0].attn.num_heads == 2
