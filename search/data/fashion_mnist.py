@@ -3,7 +3,8 @@
 The search scores a fixed, seeded validation split carved from the 60k training images; the 10k test
 set is kept for final reports (pick) only. ``image_size`` resizes every split (bilinear), for a model that needs more
 than 28 x 28 pixels (torchvision's Inception v3, AlexNet, VGG); ``train_size`` keeps that many of the training
-images (the first of the seeded order after the validation split), for a short budget on a costly model.
+images (the first of the seeded order after the validation split) and ``test_size`` the first that many test images,
+for a short budget on a costly model.
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def _to_tensor(images: np.ndarray, image_size: tuple[int, int] | None = None) ->
 
 
 def load(*, root: str | None = DEBIAN_ROOT, download_dir: str | None = None, val_size: int = 5000, seed: int = 0,
-         image_size: tuple[int, int] | None = None, train_size: int | None = None) -> Splits:
+         image_size: tuple[int, int] | None = None, train_size: int | None = None,
+         test_size: int | None = None) -> Splits:
     if not 0 < val_size < 60000:
         raise ValueError(f"data.val_size must be in (0, 60000), got {val_size!r}")
     folder = locate(root, download_dir)
@@ -99,13 +101,14 @@ def load(*, root: str | None = DEBIAN_ROOT, download_dir: str | None = None, val
     val_idx, train_idx = order[:val_size], np.sort(kept)
     images, labels = arrays["train_images"], torch.from_numpy(arrays["train_labels"].astype(np.int64))
     # the fingerprint (cache keys) names a setting only where it is set: the default's teachers keep their keys
-    shaped = [f"image_size={image_size}"] * (image_size is not None) + [f"train_size={train_size}"] * (
-        train_size is not None)
+    shaped = [f"{k}={v}" for k, v in (("image_size", image_size), ("train_size", train_size),
+                                       ("test_size", test_size)) if v is not None]
+    tests = slice(test_size)
     return Splits(
         train_x=_to_tensor(images[train_idx], image_size), train_y=labels[train_idx],
         val_x=_to_tensor(images[val_idx], image_size), val_y=labels[val_idx],
-        test_x=_to_tensor(arrays["test_images"], image_size),
-        test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        test_x=_to_tensor(arrays["test_images"][tests], image_size),
+        test_y=torch.from_numpy(arrays["test_labels"][tests].astype(np.int64)),
         source=str(folder), classes=CLASSES, mean=(MEAN,), std=(STD,),
         fingerprint=digest(*((folder / name).read_bytes() for name in FILES.values()), f"val_size={val_size}",
                            f"seed={seed}", *shaped),
@@ -116,24 +119,29 @@ class FashionMNISTData(BaseDataModule):
     """Fashion-MNIST (``data=fashion_mnist``, the default): 28 x 28 grey images of 10 classes, normalised with
     the training set's statistics (``MEAN``, ``STD``); ``val_size`` images carved from the 60k training images
     with ``seed``; the 10k test images as the test split. ``image_size``: null (28 x 28), a side or [height, width]
-    (every split resized, bilinear); ``train_size``: null (every other training image) or how many to keep."""
+    (every split resized, bilinear); ``train_size`` / ``test_size``: null (every other training image, every test
+    image) or how many to keep."""
 
     key = "data.root"
 
     def __init__(self, *, name: str = "fashion-mnist", root: str | None = DEBIAN_ROOT, download_dir: str | None = None,
                  val_size: int = 5000, seed: int = 0, num_classes: int | None = None,
                  channels: int | None = None, image_size: int | list[int] | None = None,
-                 train_size: int | None = None) -> None:
+                 train_size: int | None = None, test_size: int | None = None) -> None:
         if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < 60000:
             raise ValueError(f"data.val_size must be an image count in (0, 60000), got {val_size!r}")
         if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
                                        or not 0 < train_size <= 60000 - val_size):
             raise ValueError(f"data.train_size must be null (every training image) or an image count in "
                              f"(0, {60000 - val_size}] (60000 less data.val_size), got {train_size!r}")
+        if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int)
+                                      or not 0 < test_size <= 10000):
+            raise ValueError(f"data.test_size must be null (the 10,000 test images) or a count in (0, 10000], got "
+                             f"{test_size!r}")
         super().__init__(name=name, val_size=val_size, seed=seed, num_classes=num_classes, channels=channels)
         self.root, self.download_dir = root, download_dir
-        self.image_size, self.train_size = image_size_of(image_size), train_size
+        self.image_size, self.train_size, self.test_size = image_size_of(image_size), train_size, test_size
 
     def load(self) -> Splits:
         return load(root=self.root, download_dir=self.download_dir, val_size=self.val_size, seed=self.seed,
-                    image_size=self.image_size, train_size=self.train_size)
+                    image_size=self.image_size, train_size=self.train_size, test_size=self.test_size)
