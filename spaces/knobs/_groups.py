@@ -69,16 +69,17 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> Groups:
     return _FOUND[key]
 
 
-def scope_graph(model: nn.Module, scope: str, args: tuple[Any, ...],
-                cuts: Sequence[str] = ()) -> tuple[tp.DependencyGraph, dict[str, Any]]:
+def scope_graph(model: nn.Module, scope: str, args: tuple[Any, ...], cuts: Sequence[str] = (),
+                roots: Sequence[str] | None = None) -> tuple[tp.DependencyGraph, dict[str, Any]]:
     """Torch-Pruning's graph of the module ``scope`` of ``model`` on its inputs ``args``, its modules ``cuts`` cut off
-    (fqns in ``model``), and its groups by root fqn (in ``model``). The model's output layer roots none. Leaves the
-    module in eval mode (the trace does)."""
-    return _graph(model.get_submodule(scope), scope, args, cuts, output_layer(model))
+    (fqns in ``model``), and its groups by root fqn (in ``model``). The model's output layer roots none. ``roots``:
+    only the groups of these (roots the graph found before), not every group. Leaves the module in eval mode (the
+    trace does)."""
+    return _graph(model.get_submodule(scope), scope, args, cuts, output_layer(model), roots)
 
 
 def _graph(module: nn.Module, scope: str, args: tuple[Any, ...], cuts: Sequence[str],
-           output: str) -> tuple[tp.DependencyGraph, dict[str, Any]]:
+           output: str, roots: Sequence[str] | None = None) -> tuple[tp.DependencyGraph, dict[str, Any]]:
     """``scope_graph`` of ``module``, the module ``scope`` of a model whose output layer is ``output``."""
     names = _names(module, scope)
     by_name = {name: m for m, name in names.items()}
@@ -89,10 +90,19 @@ def _graph(module: nn.Module, scope: str, args: tuple[Any, ...], cuts: Sequence[
     finally:
         for h in hooks:
             h.remove()
+    if roots is not None:  # the group of each, as ``get_all_groups`` builds it (rooted at its output channels):
+        # every group of a model with many concatenations (DenseNet-121) costs seconds for each pruned layer
+        return graph, {fqn: _group_of(graph, by_name[fqn]) for fqn in roots}
     ignored = [by_name[output]] if output in by_name else []
     groups = {names[g[0].dep.target.module]: g
               for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=COMPRESSIBLE)}
     return graph, groups
+
+
+def _group_of(graph: tp.DependencyGraph, layer: nn.Module) -> Any:
+    """The group ``graph.get_all_groups`` roots at ``layer``: all its output channels and what they couple."""
+    pruner = graph.get_pruner_of_module(layer)
+    return graph.get_pruning_group(layer, pruner.prune_out_channels, list(range(pruner.get_out_channels(layer))))
 
 
 def _names(module: nn.Module, scope: str) -> dict[nn.Module, str]:

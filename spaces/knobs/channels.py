@@ -52,7 +52,7 @@ def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence
     args = inputs(model, input_shape, scopes) if scopes else {"": (torch.randn(*input_shape),)}
     removed: dict[str, list[int]] = {}
     for scope, (cuts, roots) in todo.items():
-        graph, groups = scope_graph(model, scope, args[scope], cuts)
+        graph, groups = scope_graph(model, scope, args[scope], cuts, roots)
         for fqn in roots:
             group, ratio = groups[fqn], ratios[fqn]
             scores = importance(group)
