@@ -28,6 +28,19 @@ packed bytes and its latency as fractions of the uncompressed model's, both from
 ``user_models-<hash>.csv``, and the family's sensitivity table at the defaults is read back where it still applies.
 A family takes 19-25 minutes on the 2-core VM at the defaults, of which the sensitivity pass 6-11 (441 entries on
 ResNet-18, 1,063 on MobileNetV3-Small).
+
+    python3 -m uv run --locked python benchmarks/user_models.py --pick-verification [--study NAME] [--repeats 3]
+
+Does pick's verification tell the machine's noise from a mismatch? Every trial on the front of a finished study is
+picked ``--repeats`` times; each pick replays the trial, writes its bundle and verifies it, latency included
+(``search/pick/verify.py``: timed together with the ONNX model the search stored and the uncompressed model's). A
+valid trial should verify every time: a rejection here is a false one. ``--study`` (default: the default search's,
+``fashion-mnist-cnn``) is read from ``results/<study>/`` with the config the search wrote beside it. Per pick:
+``study``, ``trial``, ``attempt``, ``verified``, ``reasons`` (what failed, ``; ``-joined), ``recorded_ms``,
+``measured_ms``, ``searched_ms`` (the stored ONNX model timed with it), ``apart`` and ``allowed`` (bundle against that
+model), ``share_apart`` and ``share_allowed`` (share of the uncompressed model's latency now against the recorded
+share), ``seconds``. Writes ``results/benchmarks/pick_verification.csv`` and prints the count of rejected picks. One
+pick takes 20-60 s on the 2-core VM (the replay fine-tunes as the search did).
 """
 from __future__ import annotations
 
@@ -43,6 +56,8 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from search.cli import compose_checked
+from search.pick.picker import pick
 from search.results.front import done, hypervolume, reference
 from search.results.outputs import atomic_write, trials_frame
 from search.run import run
@@ -192,6 +207,39 @@ def main(families: list[str], epochs: int, trials: int, overrides: list[str]) ->
     print(f"wrote {OUT / f'user_models{tag}.csv'} and user_models_trials{tag}.csv")
 
 
+def verify_picks(study_name: str, repeats: int) -> None:
+    """``--pick-verification``: each front trial of ``study_name`` picked ``repeats`` times (the module's docstring)."""
+    out = ROOT / "results" / study_name
+    storage = f"sqlite:///{out / 'study.db'}"
+    df = trials_frame(optuna.load_study(study_name=study_name, storage=storage))
+    front = df[df["on_front"].astype(bool)].sort_values("number")
+    print(f"{study_name}: {len(front)} trial(s) on the front, each picked {repeats} times")
+    rows = []
+    for number in front["number"].astype(int):
+        for attempt in range(repeats):
+            started = time.time()
+            picked = pick(compose_checked([f"study.name={study_name}", f"results_dir={ROOT / 'results'}",
+                                           f"pick.trial={number}"]))
+            lat = picked.report["latency_ms"]
+            t = lat.get("together") or {}
+            rows.append({
+                "study": study_name, "trial": number, "attempt": attempt, "verified": bool(picked.verified),
+                "reasons": "; ".join(picked.report["reasons"]), "recorded_ms": lat["recorded"],
+                "measured_ms": lat["measured"], "searched_ms": t.get("searched_ms"), "apart": t.get("apart"),
+                "allowed": t.get("allowed"), "share_apart": t.get("share_apart"),
+                "share_allowed": t.get("share_allowed"), "seconds": round(time.time() - started, 1),
+            })
+            print(f"trial {number}, pick {attempt + 1}: {'verified' if picked.verified else 'REJECTED'}"
+                  f" ({rows[-1]['seconds']} s)")
+    table = pd.DataFrame(rows)
+    atomic_write(ROOT / "results" / "benchmarks" / "pick_verification.csv", table.to_csv(index=False))
+    rejected = table[~table["verified"]]
+    print(table.drop(columns=["reasons", "study"]).to_string(index=False))
+    print(f"rejected: {len(rejected)} of {len(table)} picks of {table['trial'].nunique()} front trial(s)")
+    for _, r in rejected.iterrows():
+        print(f"  trial {r['trial']}, pick {r['attempt'] + 1}: {r['reasons']}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=["resnet18", "mobilenet_v3_small"])
@@ -200,7 +248,13 @@ if __name__ == "__main__":
     parser.add_argument("--int8-paths", nargs="*", metavar="MODEL",
                         help="only time float, the engine's int8 and ONNX Runtime's quantize_dynamic of these "
                              "conf/model options (default vit), into results/benchmarks/int8_paths.csv")
+    parser.add_argument("--pick-verification", action="store_true", help="pick a study's front trials again instead")
+    parser.add_argument("--study", default="fashion-mnist-cnn", help="--pick-verification: the study")
+    parser.add_argument("--repeats", type=int, default=3, help="--pick-verification: picks per front trial")
     args, extra = parser.parse_known_args()
+    if args.pick_verification:
+        verify_picks(args.study, args.repeats)
+        raise SystemExit(0)
     if args.int8_paths is not None:
         table = int8_paths(args.int8_paths or ["vit"])
         OUT.mkdir(parents=True, exist_ok=True)

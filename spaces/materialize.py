@@ -94,11 +94,56 @@ def dynamic_layers(model: nn.Module) -> list[str]:
             if isinstance(m, _Compressed) and m.runs_int8 and getattr(m.act, "dynamic", False)]
 
 
+def _bins(n: int, out: int) -> torch.Tensor:
+    """The (out, n) matrix that averages ``n`` positions into ``out`` bins as adaptive average pooling does:
+    bin i spans [floor(i n / out), ceil((i + 1) n / out)) (PyTorch's AdaptiveAvgPool2d)."""
+    m = torch.zeros(out, n)
+    for i in range(out):
+        start, end = (i * n) // out, -((-(i + 1) * n) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: torch.Tensor, size: int | Sequence[int | None]) -> torch.Tensor:
+    """``adaptive_avg_pool2d(x, size)``; in an ONNX export the same bins as two matrix products, as PyTorch's ONNX
+    export of adaptive_avg_pool2d refuses an output size that does not divide the input's (torchvision's AlexNet
+    and VGG pool to 6 x 6 and 7 x 7 whatever the input: 1 x 1 on small images)."""
+    if not torch.onnx.is_in_onnx_export():
+        return nn.functional.adaptive_avg_pool2d(x, size)
+    h, w = (int(d) for d in x.shape[-2:])
+    oh, ow = (size, size) if isinstance(size, int) else size
+    oh, ow = oh or h, ow or w  # None: that side as it is
+    return torch.matmul(torch.matmul(_bins(h, oh).to(x), x), _bins(w, ow).to(x).t())
+
+
+@contextmanager
+def _exportable_pools(model: nn.Module) -> Iterator[None]:
+    """Every ``AdaptiveAvgPool2d`` of ``model`` exported as ``adaptive_avg_pool`` for the duration (an instance
+    attribute over the class's forward, removed after): at a size the ONNX exporter takes, the same graph as ever
+    (a global average pool); at one it refuses, two matrix products."""
+    pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    for m in pools:
+        m.forward = lambda x, _size=m.output_size: adaptive_avg_pool(x, _size) if _refused(x, _size) \
+            else nn.functional.adaptive_avg_pool2d(x, _size)
+    try:
+        yield
+    finally:
+        for m in pools:
+            del m.forward
+
+
+def _refused(x: torch.Tensor, size: int | Sequence[int | None]) -> bool:
+    """Whether PyTorch's ONNX export refuses ``adaptive_avg_pool2d(x, size)``: an output side not dividing the
+    input's."""
+    sides = (size, size) if isinstance(size, int) else tuple(size)
+    return any(o is not None and int(n) % int(o) for n, o in zip(x.shape[-2:], sides))
+
+
 def export_onnx(model: nn.Module, input_shape: Sequence[int], input_dtype: str = "float32") -> bytes:
     """Float ONNX of a plain model, batch dimension dynamic, weights named by fqn; its input float32, or int64 token
     ids."""
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exportable_pools(model):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(), (torch.zeros(*input_shape, dtype=getattr(torch, input_dtype)),), buf, dynamo=False,
@@ -309,4 +354,6 @@ def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np
     )
 
 
-__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "quantize_onnx", "quantize_onnx_dynamic", "input_dtype_of", "as_input", "dynamic_layers", "int4_codes", "int4_weights", "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]
+__all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "adaptive_avg_pool", "quantize_onnx",
+           "quantize_onnx_dynamic", "input_dtype_of", "as_input", "dynamic_layers", "int4_codes", "int4_weights",
+           "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]

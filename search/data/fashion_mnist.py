@@ -1,7 +1,10 @@
 """Fashion-MNIST from its idx.gz files: Debian's package, a user's folder, or torchvision's downloader.
 
 The search scores a fixed, seeded validation split carved from the 60k training images; the 10k test
-set is kept for final reports (pick) only.
+set is kept for final reports (pick) only. ``image_size`` resizes every split (bilinear), for a model that needs more
+than 28 x 28 pixels (torchvision's Inception v3, AlexNet, VGG); ``train_size`` keeps that many of the training
+images (the first of the seeded order after the validation split) and ``test_size`` the first that many test images,
+for a short budget on a costly model.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from ._base import BaseDataModule, Splits, digest
+from .image_folder import image_size_of
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 FILES = {
@@ -77,44 +81,67 @@ def locate(root: str | None, download_dir: str | None) -> Path:
     )
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def _to_tensor(images: np.ndarray, image_size: tuple[int, int] | None = None) -> torch.Tensor:
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    if image_size is not None and tuple(x.shape[-2:]) != image_size:  # a few thousand at a time: bounded memory
+        x = torch.cat([torch.nn.functional.interpolate(part, size=image_size, mode="bilinear", align_corners=False)
+                       for part in x.split(4096)])
     return (x - MEAN) / STD
 
 
-def load(*, root: str | None = DEBIAN_ROOT, download_dir: str | None = None, val_size: int = 5000, seed: int = 0) -> Splits:
+def load(*, root: str | None = DEBIAN_ROOT, download_dir: str | None = None, val_size: int = 5000, seed: int = 0,
+         image_size: tuple[int, int] | None = None, train_size: int | None = None,
+         test_size: int | None = None) -> Splits:
     if not 0 < val_size < 60000:
         raise ValueError(f"data.val_size must be in (0, 60000), got {val_size!r}")
     folder = locate(root, download_dir)
     arrays = {key: read_idx(folder / name) for key, name in FILES.items()}
     order = np.random.default_rng(seed).permutation(len(arrays["train_images"]))
-    val_idx, train_idx = order[:val_size], np.sort(order[val_size:])
+    kept = order[val_size:] if train_size is None else order[val_size:val_size + train_size]
+    val_idx, train_idx = order[:val_size], np.sort(kept)
     images, labels = arrays["train_images"], torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    # the fingerprint (cache keys) names a setting only where it is set: the default's teachers keep their keys
+    shaped = [f"{k}={v}" for k, v in (("image_size", image_size), ("train_size", train_size),
+                                       ("test_size", test_size)) if v is not None]
+    tests = slice(test_size)
     return Splits(
-        train_x=_to_tensor(images[train_idx]), train_y=labels[train_idx],
-        val_x=_to_tensor(images[val_idx]), val_y=labels[val_idx],
-        test_x=_to_tensor(arrays["test_images"]),
-        test_y=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        train_x=_to_tensor(images[train_idx], image_size), train_y=labels[train_idx],
+        val_x=_to_tensor(images[val_idx], image_size), val_y=labels[val_idx],
+        test_x=_to_tensor(arrays["test_images"][tests], image_size),
+        test_y=torch.from_numpy(arrays["test_labels"][tests].astype(np.int64)),
         source=str(folder), classes=CLASSES, mean=(MEAN,), std=(STD,),
         fingerprint=digest(*((folder / name).read_bytes() for name in FILES.values()), f"val_size={val_size}",
-                           f"seed={seed}"),
+                           f"seed={seed}", *shaped),
     )
 
 
 class FashionMNISTData(BaseDataModule):
     """Fashion-MNIST (``data=fashion_mnist``, the default): 28 x 28 grey images of 10 classes, normalised with
     the training set's statistics (``MEAN``, ``STD``); ``val_size`` images carved from the 60k training images
-    with ``seed``; the 10k test images as the test split."""
+    with ``seed``; the 10k test images as the test split. ``image_size``: null (28 x 28), a side or [height, width]
+    (every split resized, bilinear); ``train_size`` / ``test_size``: null (every other training image, every test
+    image) or how many to keep."""
 
     key = "data.root"
 
     def __init__(self, *, name: str = "fashion-mnist", root: str | None = DEBIAN_ROOT, download_dir: str | None = None,
                  val_size: int = 5000, seed: int = 0, num_classes: int | None = None,
-                 channels: int | None = None) -> None:
+                 channels: int | None = None, image_size: int | list[int] | None = None,
+                 train_size: int | None = None, test_size: int | None = None) -> None:
         if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < 60000:
             raise ValueError(f"data.val_size must be an image count in (0, 60000), got {val_size!r}")
+        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
+                                       or not 0 < train_size <= 60000 - val_size):
+            raise ValueError(f"data.train_size must be null (every training image) or an image count in "
+                             f"(0, {60000 - val_size}] (60000 less data.val_size), got {train_size!r}")
+        if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int)
+                                      or not 0 < test_size <= 10000):
+            raise ValueError(f"data.test_size must be null (the 10,000 test images) or a count in (0, 10000], got "
+                             f"{test_size!r}")
         super().__init__(name=name, val_size=val_size, seed=seed, num_classes=num_classes, channels=channels)
         self.root, self.download_dir = root, download_dir
+        self.image_size, self.train_size, self.test_size = image_size_of(image_size), train_size, test_size
 
     def load(self) -> Splits:
-        return load(root=self.root, download_dir=self.download_dir, val_size=self.val_size, seed=self.seed)
+        return load(root=self.root, download_dir=self.download_dir, val_size=self.val_size, seed=self.seed,
+                    image_size=self.image_size, train_size=self.train_size, test_size=self.test_size)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spaces.materialize import adaptive_avg_pool
+
 
 def _scaled(width: int, width_mult: float) -> int:
     """``width * width_mult`` rounded, at least 4 channels (a narrower layer carries almost nothing)."""
@@ -36,26 +38,6 @@ def conv(cin: int, cout: int, kernel_size: int = 3, stride: int = 1, *, separabl
 
 def _conv_bn(cin: int, cout: int, kernel_size: int = 3, *, separable: bool = False) -> list[nn.Module]:
     return [conv(cin, cout, kernel_size, separable=separable), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-
-def _bins(n: int, out: int) -> torch.Tensor:
-    """The (out, n) matrix that averages ``n`` positions into ``out`` bins as adaptive average pooling does:
-    bin i spans [floor(i n / out), ceil((i + 1) n / out)) (PyTorch's AdaptiveAvgPool2d)."""
-    m = torch.zeros(out, n)
-    for i in range(out):
-        start, end = (i * n) // out, -((-(i + 1) * n) // out)
-        m[i, start:end] = 1.0 / (end - start)
-    return m
-
-
-def adaptive_avg_pool(x: torch.Tensor, side: int) -> torch.Tensor:
-    """``adaptive_avg_pool2d(x, side)``; in an ONNX export the same bins as two matrix products, as PyTorch's ONNX
-    export of adaptive_avg_pool2d refuses a size that ``side`` does not divide (Torch-Pruning's graph, in turn,
-    takes hours over the matrix products, so they stand in only while exporting)."""
-    if not torch.onnx.is_in_onnx_export():
-        return nn.functional.adaptive_avg_pool2d(x, side)
-    h, w = (int(d) for d in x.shape[-2:])
-    return torch.matmul(torch.matmul(_bins(h, side).to(x), x), _bins(w, side).to(x).t())
 
 
 @torch.fx.wrap  # a leaf for FX (conv+BN folding traces the model): the size test needs the real shape

@@ -53,7 +53,7 @@ def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence
     args = inputs(model, input_shape, scopes, dtype) if scopes else {"": (example_input(input_shape, dtype=dtype),)}
     removed: dict[str, list[int]] = {}
     for scope, (cuts, roots) in todo.items():
-        graph, groups = scope_graph(model, scope, args[scope], cuts)
+        graph, groups = scope_graph(model, scope, args[scope], cuts, roots)
         for fqn in roots:
             group, ratio = groups[fqn], ratios[fqn]
             scores = importance(group)

@@ -117,7 +117,7 @@ def test_zoo_models_take_any_input_size_and_export_it(channels, side):
 
 
 def test_adaptive_pooling_matches_pytorchs_bins():
-    from search.models.zoo import _bins
+    from spaces.materialize import _bins
 
     x = torch.randn(2, 4, 7, 10, generator=torch.Generator().manual_seed(0))
     by_matrix = _bins(7, 3) @ x @ _bins(10, 3).t()

@@ -290,3 +290,19 @@ def test_an_unknown_int4_setting_is_refused_naming_the_key(int4_case):
     with pytest.raises(ValueError, match=r"onnx_int4 must be one of \['none', 'linear', 'all'\], got 'some'"):
         spaces.materialize(model, input_shape=INPUT_SHAPE, calibration=np.zeros((4, 1, 28, 28), np.float32),
                            int4="some")
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 3), (None, 5)])
+def test_adaptive_pooling_the_onnx_exporter_refuses_is_exported_as_matrix_products(size):
+    """torchvision's AlexNet and VGG pool to 6 x 6 and 7 x 7 whatever their input: on small images an output that
+    does not divide the input, which PyTorch's ONNX export refuses; exported as the same bins, and the model's own
+    forward back afterwards."""
+    from spaces.materialize import export_onnx
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.AdaptiveAvgPool2d(size), nn.Flatten()).eval()
+    x = torch.randn(3, 1, 9, 9)  # a 4 x 4 map into the pool
+    session = ort.InferenceSession(export_onnx(model, (1, 1, 9, 9)), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
+    assert "forward" not in vars(model[1])

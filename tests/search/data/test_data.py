@@ -103,6 +103,26 @@ def test_fashion_mnist_fingerprint_follows_the_split_not_the_name(fmnist):
     assert named.fingerprint == fmnist.fingerprint
 
 
+def test_fashion_mnist_resized_and_cut_for_a_model_that_needs_more_pixels_or_less_time(fmnist):
+    """``image_size`` (bilinear, every split), ``test_size`` (the first test images) and ``train_size`` (the first
+    of the seeded order after the validation split): the validation split stays the same images, the fingerprint
+    (teacher caches) follows them."""
+    small = FashionMNISTData(val_size=5000, image_size=32, train_size=1000, test_size=300).splits()
+    assert small.input_shape == (1, 1, 32, 32) and (len(small.train_y), len(small.val_y), len(small.test_y)) == (
+        1000, 5000, 300)
+    assert torch.equal(small.test_y, fmnist.test_y[:300])
+    assert torch.equal(small.val_y, fmnist.val_y) and small.fingerprint != fmnist.fingerprint
+    order = np.random.default_rng(0).permutation(60000)
+    labels = torch.from_numpy(read_idx(FMNIST / "train-labels-idx1-ubyte.gz").astype(np.int64))
+    assert torch.equal(small.train_y, labels[np.sort(order[5000:6000])])
+    up = torch.nn.functional.interpolate(fmnist.val_x[:4] * STD + MEAN, size=(32, 32), mode="bilinear")
+    assert torch.allclose(small.val_x[:4], (up - MEAN) / STD, atol=1e-5)
+    for bad, key in (({"image_size": 0}, "image_size"), ({"train_size": 55001}, r"train_size .*\(0, 55000\]"),
+                     ({"test_size": 0}, "test_size")):
+        with pytest.raises(ValueError, match=rf"data\.{key}"):
+            FashionMNISTData(val_size=5000, **bad)
+
+
 def test_a_stated_class_count_is_checked_against_the_data():
     with pytest.raises(ValueError, match=r"data\.num_classes=5, but .* has 10"):
         FashionMNISTData(val_size=5000, num_classes=5).splits()
