@@ -283,3 +283,26 @@ def test_bad_arrays_are_one_line_naming_the_key(tmp_path, make, expected):
         ArraysData(path=path, val_size=1, test_size=1).splits()
     message = str(exc.value)
     assert message.startswith(("data.path", "data.layout")) and expected in message and "\n" not in message
+
+
+def test_token_ids_stay_int64_unnormalised_and_carry_their_dtype(tmp_path):
+    """An N x L integer array is token ids: int64 in every split, no normalisation, input (1, L) of int64."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", train_x=rng.integers(1, 256, (40, 12)).astype(np.uint8),
+             train_y=rng.integers(0, 3, 40), classes=np.array(["a", "b", "c"]))
+    s = ArraysData(path=str(tmp_path / "t.npz"), val_size=8, test_size=8).splits()
+    assert (s.train_x.dtype, s.val_x.dtype, s.input_dtype, s.input_shape) == (torch.int64, torch.int64, "int64", (1, 12))
+    assert s.mean == () and int(s.train_x.min()) >= 1 and s.classes == ("a", "b", "c")
+    assert len(s.train_x) == 24
+
+
+@pytest.mark.parametrize("kw,arrays,expected", [
+    ({"mean": [0.0], "std": [1.0]}, {}, "data.mean: .* holds token ids"),
+    ({}, {"train_x": -np.ones((10, 4), np.int64)}, "data.path: train_x holds token id -1"),
+    ({}, {"val_x": np.ones((4, 5), np.int64), "val_y": np.zeros(4, np.int64)}, r"val_x is int64 \(4, 5\)"),
+])
+def test_bad_token_ids_are_one_line_naming_the_key(tmp_path, kw, arrays, expected):
+    data = {"train_x": np.ones((10, 4), np.int64), "train_y": np.zeros(10, np.int64), **arrays}
+    np.savez(tmp_path / "t.npz", **data)
+    with pytest.raises(ValueError, match=expected):
+        ArraysData(path=str(tmp_path / "t.npz"), val_size=2, test_size=2, **kw).splits()
