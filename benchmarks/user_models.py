@@ -129,7 +129,8 @@ def summary(family: str, df: pd.DataFrame, out: Path, wall: float) -> tuple[dict
 
 
 def int8_paths(models: list[str], batch: int = 64, threads: int = 1) -> pd.DataFrame:
-    """Each model (a conf/model option) timed in ONNX Runtime three ways, interleaved by the cpu cost model's
+    """Each model (a conf/model option: ``vit`` on 28x28 images, ``text`` on 48 token ids) timed in ONNX Runtime
+    three ways, interleaved by the cpu cost model's
     protocol: float, the engine's uniform int8 (``bits=8 abits=8`` on every Linear and Conv the space covers, its
     default int8 paths: dynamic for Linears over sequences, static QDQ elsewhere), and ONNX Runtime's own
     ``quantize_dynamic`` (QInt8 weights, MatMul and Gemm) of the float model. Latency only: the weights are the
@@ -149,13 +150,14 @@ def int8_paths(models: list[str], batch: int = 64, threads: int = 1) -> pd.DataF
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=[f"model={name}", "space=transformer"])
         torch.manual_seed(0)
+        vocab = cfg.model.net.get("vocab_size")  # a text model: token ids (48 of them, 0 never: no padding)
         net = instantiate(cfg.model.net).eval()
-        shape = (1, int(cfg.data.channels), 28, 28)
-        space = build_space(cfg, net, shape)
-        x = torch.randn(batch, *shape[1:])
+        shape = (1, 48) if vocab else (1, int(cfg.data.channels), 28, 28)
+        space = build_space(cfg, net, shape, input_dtype="int64" if vocab else "float32")
+        x = torch.randint(1, vocab, (batch, 48)) if vocab else torch.randn(batch, *shape[1:])
         int8 = space.apply(net, space.with_values(bits=space["bits"].uniform(8), abits=space["abits"].uniform(8)))
         calibrate(int8, [x])
-        floating = export_onnx(net, shape)
+        floating = export_onnx(net, shape, "int64" if vocab else "float32")
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "f.onnx").write_bytes(floating)
             quantize_dynamic(str(Path(tmp) / "f.onnx"), str(Path(tmp) / "d.onnx"), weight_type=QuantType.QInt8,
@@ -247,7 +249,7 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=20, help="searched trials per family (baselines on top)")
     parser.add_argument("--int8-paths", nargs="*", metavar="MODEL",
                         help="only time float, the engine's int8 and ONNX Runtime's quantize_dynamic of these "
-                             "conf/model options (default vit), into results/benchmarks/int8_paths.csv")
+                             "conf/model options (default vit text), into results/benchmarks/int8_paths.csv")
     parser.add_argument("--pick-verification", action="store_true", help="pick a study's front trials again instead")
     parser.add_argument("--study", default="fashion-mnist-cnn", help="--pick-verification: the study")
     parser.add_argument("--repeats", type=int, default=3, help="--pick-verification: picks per front trial")
@@ -256,7 +258,7 @@ if __name__ == "__main__":
         verify_picks(args.study, args.repeats)
         raise SystemExit(0)
     if args.int8_paths is not None:
-        table = int8_paths(args.int8_paths or ["vit"])
+        table = int8_paths(args.int8_paths or ["vit", "text"])
         OUT.mkdir(parents=True, exist_ok=True)
         atomic_write(OUT / "int8_paths.csv", table.to_csv(index=False))
         raise SystemExit(0)

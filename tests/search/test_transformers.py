@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def vit_study(tmp_path_factory):
     """``model=vit space=transformer experiment=smoke`` at width 32, 2 blocks of 4 heads, on 6,400 training images
     (2 epochs: about 0.75 validation accuracy), low rank and sparsity left out (each is tested on CNNs and adds
-    a baseline to pick), two searched trials."""
+    a baseline to pick), one searched trial."""
     from search import data as data_module
     from search.cli import compose_checked
     from search.run import run
@@ -30,7 +30,7 @@ def vit_study(tmp_path_factory):
     overrides = ["experiment=smoke", "model=vit", "model.net.dim=32", "model.net.depth=2", "model.train.epochs=2",
                  f"results_dir={folder / 'results'}", "data=arrays", f"data.path={folder / 'data.npz'}",
                  "data.mean=[0.0]", "data.std=[1.0]", "space=transformer", "space.knobs.rank=null",
-                 "space.knobs.sparsity=null", "study.name=vit", "study.n_trials=2", "hardware.warmup=2",
+                 "space.knobs.sparsity=null", "study.name=vit", "study.n_trials=1", "hardware.warmup=2",
                  "hardware.repeats=10"]
     out = run(compose_checked(overrides))
     return overrides, optuna.load_study(study_name="vit", storage=f"sqlite:///{out / 'study.db'}")
@@ -75,18 +75,18 @@ def test_every_completed_trial_picks_into_a_verified_bundle_with_dynamic_int8_li
 
 @pytest.fixture(scope="module")
 def text_study(tmp_path_factory):
-    """``model=text space=transformer experiment=smoke`` on 4,000 package descriptions of four sections (48 byte
-    tokens each, int64 through data=arrays): width 32, 2 layers of 4 heads, 8 epochs (about 0.65 validation
-    accuracy where chance is 0.25); heads, bits and int8 inputs searched, one searched trial."""
+    """``model=text space=transformer experiment=smoke`` on 3,000 package descriptions of four sections (48 byte
+    tokens each, int64 through data=arrays): width 32, 2 layers of 4 heads, 8 epochs (well above the 0.25 of
+    chance); heads, bits and int8 inputs searched, one searched trial."""
     from search.cli import compose_checked
     from search.run import run
     from tests.search.text_data import write
 
     folder = tmp_path_factory.mktemp("text")
-    path = write(folder / "text.npz", per_class=1000)
+    path = write(folder / "text.npz", per_class=750)
     overrides = ["experiment=smoke", "model=text", "model.net.dim=32", "model.net.hidden=64", "model.train.epochs=8",
                  "model.train.lr=0.1", f"results_dir={folder / 'results'}", "data=arrays", f"data.path={path}",
-                 "data.val_size=800", "data.test_size=400", "space=transformer", "space.knobs.rank=null",
+                 "data.val_size=600", "data.test_size=300", "space=transformer", "space.knobs.rank=null",
                  "space.knobs.sparsity=null", "space.knobs.channels=null", "study.name=text", "study.n_trials=1",
                  "hardware.warmup=2", "hardware.repeats=10"]
     out = run(compose_checked(overrides))
