@@ -61,7 +61,12 @@ def check_resume(cfg: DictConfig, out_dir: Path) -> dict[str, tuple[Any, Any]]:
     if "data" in stored:  # a study from before the data options: its data section as one written now
         stored["data"] = upgraded(stored["data"])
     stored.setdefault("onnx_int4", "none")  # a study from before the setting stored every ONNX weight at 8 bits
-    changes = config_changes(stored, OmegaConf.to_container(cfg, resolve=True))
+    abits = ((stored.get("space") or {}).get("knobs") or {}).get("abits")
+    if isinstance(abits, dict):  # before the int8 paths: static everywhere, which auto is on a CNN
+        abits.setdefault("linear", "auto")
+    # a setting added since at its null default (data.image_size, ...) changes nothing a stored study did
+    changes = {k: v for k, v in config_changes(stored, OmegaConf.to_container(cfg, resolve=True)).items()
+               if v != ("<absent>", None)}
     if changes and mode != "force":
         shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changes.items())[:4])
         more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""

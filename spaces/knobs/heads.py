@@ -6,7 +6,7 @@ head count (the attribute its forward pass reads) drops by one. Attention module
 Face write: an int ``num_heads`` (timm, ``nn.MultiheadAttention``) or ``num_attention_heads`` (Hugging Face), and
 either a fused ``qkv`` Linear or separate ``q``/``k``/``v``, ``query``/``key``/``value`` or ``q_proj``/``k_proj``/
 ``v_proj`` Linears, with an output projection ``proj``, ``out_proj``, ``o_proj`` or (BERT) the sibling
-``output.dense``. The knob is keyed by the first of those Linears (``heads.blocks.0.attn.qkv``): heads kept.
+``output.dense``. The knob is keyed by the first of those Linears (``heads.blocks.0.attn.qkv``): heads removed.
 
 Heads go lowest L2 norm first (their rows and columns in all four Linears, as Torch-Pruning's group importance
 scores them). Torch-Pruning needs the same two facts given by hand (``num_heads`` per qkv Linear, and the attribute

@@ -257,7 +257,7 @@ def test_a_bundle_whose_model_is_not_the_searched_one_is_caught_and_said_how(smo
                   tol=Tolerances(), companions=Companions(searched=_stored_onnx(results, df, "channels_50", tmp_path)))
     reasons = check({**report, "latency_ms": lat}, Tolerances())
     said = [r for r in reasons if "is not the model the search measured" in r]
-    assert len(said) == 1 and "timed together now" in said[0] and lat["together"]["apart"] > 0.5, reasons
+    assert len(said) == 1 and "timed together now" in said[0] and lat["together"]["apart"] > 0.5, (reasons, lat["together"])
 
 
 def test_between_readings_is_the_rms_gap_of_shares_timed_apart(tmp_path):
