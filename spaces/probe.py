@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
@@ -196,7 +197,19 @@ def _key(space: JointSpace, model: nn.Module, input_shape: Sequence[int]) -> str
             with _naming(f"space.knobs.{k.knob}: layer {fqn!r}: its choices"):
                 choices.append(k.choices(fqn))
         knobs.append((k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""), k.layers, choices))
-    return repr((_TRIES, str(model), tuple(input_shape), knobs))
+    return repr((_TRIES, _engine(), str(model), tuple(input_shape), knobs))
+
+
+@functools.cache
+def _engine() -> str:
+    """The code the probe runs (this package's sources) and the libraries it exports with: a layer an older engine
+    left out is probed again once the engine changes (torchvision AlexNet's every layer, left out for an ONNX export
+    the engine has since learned, stayed left out from a cache keyed by the model alone)."""
+    sources = sorted(Path(__file__).resolve().parent.rglob("*.py"))
+    h = hashlib.sha256(f"{torch.__version__} {onnx.__version__}".encode())
+    for path in sources:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _file(key: str) -> str:

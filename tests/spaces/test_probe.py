@@ -58,6 +58,10 @@ def test_a_probe_kept_in_a_folder_is_read_back_by_a_later_process(odd_space, tmp
     stored.write_text(json.dumps(broken))  # what a process found earlier, read back rather than probed again
     monkeypatch.setattr(probe_module, "_SEEN", {})
     assert probe(space, net, INPUT, cache=tmp_path) == broken
+    # once the engine's code changes (a layer an older engine could not export), probed again
+    monkeypatch.setattr(probe_module, "_engine", lambda: "another engine")
+    monkeypatch.setattr(probe_module, "_SEEN", {})
+    assert probe(space, net, INPUT, cache=tmp_path) == {}
 
 
 def test_every_sampled_configuration_builds_runs_and_exports(odd_space):
