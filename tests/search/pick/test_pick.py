@@ -284,6 +284,13 @@ def test_latency_reasons_name_the_figure_that_missed_by_how_much_and_the_noise()
     assert len(_latency_reasons(lat, Tolerances())) == 2
     lat["together"] = {"searched_ms": 5.9, "searched_spread": 0.1, "apart": 6.0 / 5.9 - 1, "allowed": 0.1}
     assert _latency_reasons(lat, Tolerances()) == []  # the recorded 4.0 ms band no longer decides
+    # a study that cannot tell its own noise (remeasured.csv with one compressed model): the same-model check decides
+    lat["together"].update({"uncompressed_ms": 12.0, "uncompressed_recorded_ms": 12.0, "share_now": 0.5,
+                            "share_recorded": 4.0 / 12.0, "share_apart": 0.36, "share_allowed": 0.1,
+                            "between_readings": None})
+    assert _latency_reasons(lat, Tolerances()) == []
+    lat["together"]["between_readings"] = 0.02
+    assert "of the uncompressed model's latency" in _latency_reasons(lat, Tolerances())[0]
 
 
 # --------------------------------------------------------------------------- a runtime with files of its own
