@@ -37,6 +37,13 @@ def teacher_clip(model: nn.Module) -> float | None:
     return None if any(isinstance(m, NORMALIZATION) for m in model.modules()) else TEACHER_CLIP
 
 
+def logits(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """A model's logits from what its forward returns: torchvision's GoogLeNet and Inception v3 return their logits
+    first in a tuple with their auxiliary heads' in training mode (``GoogLeNetOutputs``, ``InceptionOutputs``); the
+    auxiliary heads are not trained (the artifact, exported in eval mode, has none)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 def batches(n: int, batch_size: int, *, seed: int, steps: int | None = None) -> Iterator[torch.Tensor]:
     """Index batches of a seeded shuffle, epoch after epoch; ``steps`` batches in all (one epoch if None)."""
     gen = torch.Generator().manual_seed(seed)
@@ -84,7 +91,7 @@ def train_teacher(
         total = 0.0
         order = list(batches(len(x), batch_size, seed=seed + epoch, steps=steps_per_epoch))
         for idx, images in zip(order, feed(x, order)):
-            loss = F.cross_entropy(model(images), y[idx])
+            loss = F.cross_entropy(logits(model(images)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
@@ -142,7 +149,7 @@ def _fit(
     order = list(batches(len(x), batch_size, seed=seed, steps=steps))  # indices are small; the images are read
     for step, (idx, images) in enumerate(zip(order, feed(x, order)), start=1):
         teacher = teacher_logits[idx] if teacher_logits is not None else None
-        loss = distillation_loss(model(images), teacher, y[idx], temperature=temperature, alpha=alpha)
+        loss = distillation_loss(logits(model(images)), teacher, y[idx], temperature=temperature, alpha=alpha)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{what} diverged at step {step} of {steps} (loss {loss.item()}); "
                                      f"lower {lr_key} ({lr})")

@@ -76,3 +76,22 @@ def test_batchnorm_statistics_a_short_training_could_not_settle_are_computed_aga
     assert slow.momentum == 0.01 and not net.training
     cfg = OmegaConf.create({"name": "m", "net": {"_target_": "x"}, "train": {"lr": 0.1}})
     assert teacher_path(cfg, "data", tmp_path, net) != teacher_path(cfg, "data", tmp_path, SmallCNN())
+
+
+def test_a_model_with_auxiliary_heads_trains_on_its_logits():
+    """torchvision's GoogLeNet returns (logits, aux2, aux1) in training mode: the teacher and the recovery train on
+    the first (cross_entropy of the tuple raised TypeError in the teacher's first step)."""
+    from search.training.loops import recover, train_teacher
+
+    class Aux(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.aux = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return (self.fc(x), self.aux(x)) if self.training else self.fc(x)
+
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    net = train_teacher(Aux(), x, y, epochs=1, lr=0.01, batch_size=16, seed=0, log=lambda _: None)
+    assert net(x).shape == (64, 3)
+    recover(net, x, y, None, steps=2, lr=0.01, batch_size=16, temperature=4.0, alpha=0.0, seed=0)
