@@ -75,6 +75,8 @@ PREFIXES = {"alexnet": "AlexNet", "convnext": "ConvNeXt", "densenet": "DenseNet"
             "squeezenet": "SqueezeNet", "swin": "Swin", "vgg": "VGG", "vit": "ViT", "wide_resnet": "Wide ResNet"}
 TRAIN = dict(images=4096, batch=32, epochs=1)  # the teacher: one pass over 4,096 images (128 steps), cached
 TRIALS, RECOVERY = 1, (8, 2)  # searched trials (the baselines uncompressed and channels_50 on top); their steps
+# the budget's training steps: the teacher's, then each trial's recovery in the search and again in its pick
+STEPS = TRAIN["images"] // TRAIN["batch"] * TRAIN["epochs"] + (TRIALS + 2) * 2 * sum(RECOVERY)
 # the order of a full run: the cheapest first (measured seconds per step), so that a run cut short has the most rows
 ORDER = ["MobileNetV3", "MNASNet", "SqueezeNet", "ShuffleNetV2", "MobileNetV2", "ResNet", "EfficientNet", "GoogLeNet",
          "RegNet", "ResNeXt", "DenseNet", "EfficientNetV2", "AlexNet", "ConvNeXt", "VGG", "Inception v3", "ViT",
@@ -104,13 +106,14 @@ def overrides(family: str, extra: list[str]) -> list[str]:
     return ["model=torchvision", f"model.net.name={model}", f"study.name=zoo-{model}", *budget, *sized, *own, *extra]
 
 
-def preflight(family: str) -> None:
+def preflight(family: str, limit_s: float) -> None:
     """Print the family's parameter count and one timed training step (the teacher's batch, its input size)."""
     import torch
     from search.models import torchvision_model
 
     model, side, own = FAMILIES[family]
-    kwargs = {o.split("=")[0].removeprefix("+model.net."): json.loads(o.split("=", 1)[1]) for o in own}
+    kwargs = {o.split("=")[0].removeprefix("+model.net."): json.loads(o.split("=", 1)[1]) for o in own
+              if o.startswith("+model.net.")}
     torch.set_num_threads(1)  # as the search (BUDGET: threads=1): 2 threads on 2 shared cores ran slower
     net = torchvision_model(name=model, **kwargs).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -124,7 +127,9 @@ def preflight(family: str) -> None:
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - started)
-    print(json.dumps({"params": sum(p.numel() for p in net.parameters()), "s_per_step": min(times[1:])}))
+        if times[0] * STEPS > 3 * limit_s:  # past three times the limit at once (MaxViT at 224 px): that step says so
+            break
+    print(json.dumps({"params": sum(p.numel() for p in net.parameters()), "s_per_step": min(times[1:] or times)}))
 
 
 def call(cmd: list[str], log: Path, timeout: float) -> tuple[int, float, str]:
@@ -171,12 +176,11 @@ def one(family: str, extra: list[str], limit_s: float) -> dict:
     row.update(family=family, model=model, input_size=f"{side}x{side}", trials_complete=0, trials_failed=0,
                picked_verified=0)
     started = time.time()
-    rc, peak, tail = call([*PYTHON, __file__, "--preflight", family], log, 600)
+    rc, peak, tail = call([*PYTHON, __file__, "--preflight", family, "--limit-s", str(limit_s)], log, 600)
     if rc != 0:
         return {**row, "status": "failed", "reason": f"preflight: {_error_line(tail)}", "peak_mb": round(peak)}
     measured = json.loads(tail.splitlines()[-1])
-    # the teacher's steps, then each trial's recovery in the search and again in its pick
-    steps = TRAIN["images"] // TRAIN["batch"] * TRAIN["epochs"] + (TRIALS + 2) * 2 * sum(RECOVERY)
+    steps = STEPS
     row.update(params=measured["params"], s_per_step=round(measured["s_per_step"], 3), peak_mb=round(peak))
     if steps * measured["s_per_step"] > limit_s:
         return {**row, "status": "refused", "seconds": round(time.time() - started),
@@ -271,6 +275,6 @@ if __name__ == "__main__":
     if args.table:
         print(markdown(OUT / "zoo.csv"))
     elif args.preflight:
-        preflight(args.preflight)
+        preflight(args.preflight, args.limit_s)
     else:
         main(args.families, args.redo, args.limit_s, extra)
