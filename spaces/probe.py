@@ -99,7 +99,9 @@ def _before(space: JointSpace, knob: BaseKnob, broken: Mapping[str, Mapping[str,
 
 def _runs(space: JointSpace, model: nn.Module, input_shape: Sequence[int], x: torch.Tensor,
           calibration: torch.Tensor, expected: tuple[int, ...], params: Mapping[str, Any]) -> None:
-    """What a trial does with ``params``: build, calibrate, a forward pass of the model's output shape, export."""
+    """What a trial does with ``params``: build, calibrate, a forward pass of the model's output shape, export, and a
+    forward pass in training mode, as the recovery's fine-tune makes (torchvision GoogLeNet's auxiliary heads run only
+    there: pruning the channels they read broke every trial's recovery while the eval-mode pass went through)."""
     built = space.apply(model, params).eval()
     calibrate(built, [calibration])
     with torch.no_grad():
@@ -107,6 +109,11 @@ def _runs(space: JointSpace, model: nn.Module, input_shape: Sequence[int], x: to
     if shape != expected:
         raise ValueError(f"the output is {shape} instead of {expected}")
     materialize(built, input_shape=input_shape, calibration=calibration.numpy())
+    try:
+        with torch.no_grad():
+            built.train()(calibration[:2])  # two samples: BatchNorm in training mode needs more than one value
+    except Exception as exc:  # noqa: BLE001 - said as what it is: the model breaks where it is fine-tuned
+        raise RuntimeError(f"in training mode (the recovery's fine-tune): {one_line(exc)}") from exc
 
 
 def _alone(space: JointSpace, knob: BaseKnob, runs: Callable[[dict[str, Any]], None]) -> dict[str, str]:

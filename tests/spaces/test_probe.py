@@ -169,3 +169,29 @@ def test_a_knob_that_cannot_take_a_factorized_layer_is_left_out_of_it_at_start_u
     finally:  # the suite checks that every registered knob is one of the project's
         BaseKnob.registry.pop(LayerByLayer.knob, None)
         BaseKnob.registry.pop(RowSparsityKnob.knob, None)
+
+
+class _AuxNet(torch.nn.Module):
+    """GoogLeNet in small: an auxiliary head, run in training mode only, reads ``a``'s channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 8, 3)
+        self.aux, self.fc = torch.nn.Linear(8, 10), torch.nn.Linear(8, 10)  # fc last: the output layer
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        out = self.fc(torch.relu(self.b(a)).mean((2, 3)))
+        return (out, self.aux(a.mean((2, 3)))) if self.training else out
+
+
+def test_a_layer_whose_pruning_breaks_the_model_in_training_mode_is_left_out():
+    """The auxiliary head is not in the eval-mode graph Torch-Pruning traces: pruning ``a`` leaves it reading 8
+    channels of 4, which only a training-mode pass (the recovery's) finds."""
+    from spaces import ChannelKnob
+
+    net = _AuxNet().eval()
+    space = JointSpace([ChannelKnob(model=net, input_shape=(1, 1, 12, 12))])
+    broken = probe(space, net, (1, 1, 12, 12))
+    assert set(broken["channels"]) == {"a"} and "in training mode" in broken["channels"]["a"]
+    assert "b" in space.knobs[0].layers
