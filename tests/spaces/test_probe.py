@@ -195,3 +195,29 @@ def test_a_layer_whose_pruning_breaks_the_model_in_training_mode_is_left_out():
     broken = probe(space, net, (1, 1, 12, 12))
     assert set(broken["channels"]) == {"a"} and "in training mode" in broken["channels"]["a"]
     assert "b" in space.knobs[0].layers
+
+
+def test_layers_that_break_the_model_only_together_are_left_out_one_by_one(monkeypatch):
+    """torchvision RegNet's channel groups pruned together failed in Torch-Pruning, each alone did not: with every
+    layer at its hardest failing, the layers are added one by one and the one that breaks the model with those
+    before it is left out, with the reason."""
+    import importlib
+
+    probe_module = importlib.import_module("spaces.probe")
+    from spaces import ChannelKnob
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 8, 3),
+                              torch.nn.Flatten(), torch.nn.LazyLinear(10)).eval()
+    net(torch.randn(1, 1, 12, 12))
+    space = JointSpace([ChannelKnob(model=net, input_shape=(1, 1, 12, 12))])
+    real = probe_module._runs
+
+    def clash(space, model, input_shape, x, calibration, expected, params):  # layers 0 and 2 cannot go together
+        if {"channels.0", "channels.2"} <= {k for k, v in params.items() if v}:
+            raise RuntimeError("INDICES element is out of DATA bounds")
+        real(space, model, input_shape, x, calibration, expected, params)
+
+    monkeypatch.setattr(probe_module, "_runs", clash)
+    broken = probe(space, net, (1, 1, 12, 12))
+    assert set(broken["channels"]) == {"2"}
+    assert "with the 2 layer(s) before it kept at their hardest: RuntimeError: INDICES" in broken["channels"]["2"]
