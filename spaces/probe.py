@@ -4,10 +4,11 @@ A knob matches layers by name and type; whether it can change one depends on the
 convolution fed by a concatenation defeats Torch-Pruning's channel groups; a pruned stem can leave a later layer
 with inputs it cannot take) and on what the knobs before it made of the layer (a layer factorized into two, or
 with fewer channels). ``probe`` applies each knob alone on each of its layers, at its hardest and its mildest
-non-identity choice, on a copy of the model, then each knob at its hardest again after the structural knobs of the
-phases before it (pruning, factorization, sparsity) at theirs; and runs what every trial runs after it: a forward pass
-(the output shape must not change) and the export to the artifact the objectives measure (``materialize``: packed
-weights and the ONNX model, quantized where the choice quantizes). A layer where any of that raises is left out of
+non-identity choice, on a copy of the model, then at its hardest on all its layers at once (layer by layer only where
+that breaks), then each knob at its hardest again after the structural knobs of the phases before it (pruning,
+factorization, sparsity) at theirs; and runs what every trial runs after it: a forward pass (the output shape must not
+change), the export to the artifact the objectives measure (``materialize``: packed weights and the ONNX model,
+quantized where the choice quantizes) and a forward pass in training mode. A layer where any of that raises is left out of
 that knob (``without``), with the reason, so that no trial fails for a reason known at start-up.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
@@ -98,7 +100,9 @@ def _before(space: JointSpace, knob: BaseKnob, broken: Mapping[str, Mapping[str,
 
 def _runs(space: JointSpace, model: nn.Module, input_shape: Sequence[int], x: torch.Tensor,
           calibration: torch.Tensor, expected: tuple[int, ...], params: Mapping[str, Any]) -> None:
-    """What a trial does with ``params``: build, calibrate, a forward pass of the model's output shape, export."""
+    """What a trial does with ``params``: build, calibrate, a forward pass of the model's output shape, export, and a
+    forward pass in training mode, as the recovery's fine-tune makes (torchvision GoogLeNet's auxiliary heads run only
+    there: pruning the channels they read broke every trial's recovery while the eval-mode pass went through)."""
     built = space.apply(model, params).eval()
     calibrate(built, [calibration])
     with torch.no_grad():
@@ -106,6 +110,11 @@ def _runs(space: JointSpace, model: nn.Module, input_shape: Sequence[int], x: to
     if shape != expected:
         raise ValueError(f"the output is {shape} instead of {expected}")
     materialize(built, input_shape=input_shape, calibration=calibration.numpy())
+    try:
+        with torch.no_grad():
+            built.train()(calibration[:2])  # two samples: BatchNorm in training mode needs more than one value
+    except Exception as exc:  # noqa: BLE001 - said as what it is: the model breaks where it is fine-tuned
+        raise RuntimeError(f"in training mode (the recovery's fine-tune): {one_line(exc)}") from exc
 
 
 def _alone(space: JointSpace, knob: BaseKnob, runs: Callable[[dict[str, Any]], None]) -> dict[str, str]:
@@ -118,6 +127,32 @@ def _alone(space: JointSpace, knob: BaseKnob, runs: Callable[[dict[str, Any]], N
             except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
                 broken[fqn] = f"{knob.name(fqn)}={value}: {one_line(exc)}"
                 break
+    return broken
+
+
+def _together(space: JointSpace, knob: BaseKnob, layers: Sequence[str],
+              runs: Callable[[dict[str, Any]], None]) -> dict[str, str]:
+    """{layer: why} where ``knob`` at its hardest on ``layers`` at once breaks the model though each alone did not:
+    one run, and only where that breaks, the layers added one by one, each left out where it breaks the model with
+    those kept before it (torchvision RegNet's channel groups pruned together: Torch-Pruning's 'INDICES element is
+    out of DATA bounds' in every trial, each group alone fine)."""
+    values = _hardest(knob, layers)
+    if len(values) < 2:
+        return {}
+    try:
+        runs(space.with_values(probed=_params(space, knob, values)))
+        return {}
+    except Exception:  # noqa: BLE001 - which layers clash is found below
+        pass
+    kept: dict[str, Any] = {}
+    broken = {}
+    for fqn, value in values.items():
+        try:
+            runs(space.with_values(probed=_params(space, knob, {**kept, fqn: value})))
+            kept[fqn] = value
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the layer is left out and said why
+            broken[fqn] = (f"{knob.name(fqn)}={value} with the {len(kept)} layer(s) before it kept at their "
+                           f"hardest: {one_line(exc)}")
     return broken
 
 
@@ -177,6 +212,8 @@ def probe(space: JointSpace, model: nn.Module, input_shape: Sequence[int],
         with torch.random.fork_rng(), single_thread():
             for knob in space.knobs:
                 broken[knob.knob] = _alone(space, knob, runs)
+                layers = [f for f in knob.layers if f not in broken[knob.knob]]
+                broken[knob.knob].update(_together(space, knob, layers, runs))
             for knob in space.knobs:
                 for before in _before(space, knob, broken):
                     layers = [f for f in knob.layers if f not in broken[knob.knob]]
@@ -196,7 +233,19 @@ def _key(space: JointSpace, model: nn.Module, input_shape: Sequence[int]) -> str
             with _naming(f"space.knobs.{k.knob}: layer {fqn!r}: its choices"):
                 choices.append(k.choices(fqn))
         knobs.append((k.knob, type(k).__qualname__, getattr(k.apply_, "__qualname__", ""), k.layers, choices))
-    return repr((_TRIES, str(model), tuple(input_shape), knobs))
+    return repr((_TRIES, _engine(), str(model), tuple(input_shape), knobs))
+
+
+@functools.cache
+def _engine() -> str:
+    """The code the probe runs (this package's sources) and the libraries it exports with: a layer an older engine
+    left out is probed again once the engine changes (torchvision AlexNet's every layer, left out for an ONNX export
+    the engine has since learned, stayed left out from a cache keyed by the model alone)."""
+    sources = sorted(Path(__file__).resolve().parent.rglob("*.py"))
+    h = hashlib.sha256(f"{torch.__version__} {onnx.__version__}".encode())
+    for path in sources:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _file(key: str) -> str:

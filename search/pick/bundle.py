@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,6 +129,18 @@ def architecture(spec: dict[str, Any]) -> nn.Module:
         return space.apply(net.eval(), spec["params"])
 
 
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    """``model.load_state_dict(tensors, strict=False)`` with the module versions a state_dict of ``model`` carries
+    (weights.cpz holds tensors only: torchvision's MNASNet, which reads its version when loading, refused it
+    without); a state that does not fit is one ``ValueError`` naming ``where``."""
+    state = OrderedDict(tensors)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    try:
+        return model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as exc:  # a shape that does not fit, a module that refuses its state
+        raise ValueError(f"{where} does not fit the architecture of config.yaml: {exc}") from exc
+
+
 def load_model(bundle_dir: str | Path) -> nn.Module:
     """The bundle's plain PyTorch model (Conv2d/Linear holding the decoded weights), in eval mode.
 
@@ -136,11 +149,7 @@ def load_model(bundle_dir: str | Path) -> nn.Module:
     bundle_dir = Path(bundle_dir)
     spec = read_spec(bundle_dir)
     model = to_plain(architecture(spec))
-    state = unpack((bundle_dir / "weights.cpz").read_bytes())
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a shape that does not fit
-        raise ValueError(f"{bundle_dir}/weights.cpz does not fit the architecture of config.yaml: {exc}") from exc
+    result = load_weights(model, unpack((bundle_dir / "weights.cpz").read_bytes()), f"{bundle_dir}/weights.cpz")
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith(_ACTIVATION_RANGES)]
     if missing or unexpected:

@@ -23,10 +23,25 @@ NORMALIZATION = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNor
                  nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.RMSNorm)
 
 
+# A BatchNorm whose running statistics moved less than this over the teacher's training (momentum x steps) still
+# weighs its initial mean 0 and variance 1 by more than e^-5 (1 - momentum)^steps: torchvision's MobileNetV3 (momentum
+# 0.01) and MNASNet (0.0003) after 128 steps scored at chance in eval mode (MobileNetV3-Small 0.083 on the validation
+# split, its training loss 1.43). Their statistics are computed again once the teacher is trained, as a plain average
+# over up to SETTLE_BATCHES training batches (momentum None); the other layers' stay as trained
+SETTLED, SETTLE_BATCHES = 5.0, 100
+
+
 def teacher_clip(model: nn.Module) -> float | None:
     """The gradient-norm limit ``train_teacher`` applies to ``model``: ``TEACHER_CLIP`` where it has no
     normalization layer, else None (no limit)."""
     return None if any(isinstance(m, NORMALIZATION) for m in model.modules()) else TEACHER_CLIP
+
+
+def logits(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """A model's logits from what its forward returns: torchvision's GoogLeNet and Inception v3 return their logits
+    first in a tuple with their auxiliary heads' in training mode (``GoogLeNetOutputs``, ``InceptionOutputs``); the
+    auxiliary heads are not trained (the artifact, exported in eval mode, has none)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
 
 
 def batches(n: int, batch_size: int, *, seed: int, steps: int | None = None) -> Iterator[torch.Tensor]:
@@ -76,7 +91,7 @@ def train_teacher(
         total = 0.0
         order = list(batches(len(x), batch_size, seed=seed + epoch, steps=steps_per_epoch))
         for idx, images in zip(order, feed(x, order)):
-            loss = F.cross_entropy(model(images), y[idx])
+            loss = F.cross_entropy(logits(model(images)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
@@ -85,7 +100,33 @@ def train_teacher(
             sched.step()
             total += loss.item()
         log(f"teacher epoch {epoch + 1}/{epochs}: train loss {total / steps_per_epoch:.4f}")
+    settle_batchnorm(model, x, steps=epochs * steps_per_epoch, batch_size=batch_size, seed=seed, log=log)
     return model.eval()
+
+
+def settle_batchnorm(model: nn.Module, x: torch.Tensor | Streamed, *, steps: int, batch_size: int, seed: int,
+                     log=print) -> None:
+    """The running statistics of the BatchNorm layers of ``model`` that ``steps`` training steps could not settle
+    (``SETTLED``), computed again on training batches in train mode, every other layer in eval mode."""
+    slow = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.momentum is not None and m.momentum * steps < SETTLED]
+    if not slow:
+        return
+    momenta = [m.momentum for m in slow]
+    model.eval()
+    for m in slow:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+        m.train()
+    order = list(batches(len(x), batch_size, seed=seed, steps=min(SETTLE_BATCHES, max(1, len(x) // batch_size))))
+    with torch.no_grad():
+        for _, images in zip(order, feed(x, order)):
+            model(images)
+    for m, momentum in zip(slow, momenta):
+        m.momentum = momentum
+    model.eval()
+    log(f"teacher: the running statistics of {len(slow)} BatchNorm layer(s) (momentum {min(momenta):.2g} over {steps} "
+        f"steps) computed again on {len(order)} training batches")
 
 
 @torch.no_grad()
@@ -108,7 +149,7 @@ def _fit(
     order = list(batches(len(x), batch_size, seed=seed, steps=steps))  # indices are small; the images are read
     for step, (idx, images) in enumerate(zip(order, feed(x, order)), start=1):
         teacher = teacher_logits[idx] if teacher_logits is not None else None
-        loss = distillation_loss(model(images), teacher, y[idx], temperature=temperature, alpha=alpha)
+        loss = distillation_loss(logits(model(images)), teacher, y[idx], temperature=temperature, alpha=alpha)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{what} diverged at step {step} of {steps} (loss {loss.item()}); "
                                      f"lower {lr_key} ({lr})")

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data import Splits
 from ..results.outputs import atomic_write
-from .loops import logits_of, teacher_clip, train_teacher
+from .loops import SETTLED, logits_of, teacher_clip, train_teacher
 
 
 def cache_key(*parts: Any) -> str:
@@ -156,11 +156,14 @@ def check_learned(accuracy: float, labels: torch.Tensor, model_cfg: DictConfig, 
 
 def teacher_path(model_cfg: DictConfig, data_key: str, cache_dir: Path, net: nn.Module) -> Path:
     """Where the teacher of ``model_cfg`` (built as ``net``) trained on the data ``data_key`` is cached: keyed by
-    its config, the data and, where ``train_teacher`` clips its gradients, the limit."""
+    its config, the data and, where ``train_teacher`` clips its gradients, the limit; where it has a BatchNorm slower
+    than PyTorch's default momentum (0.1), whose statistics ``train_teacher`` may compute again, that rule."""
     clip = teacher_clip(net)
+    slow = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum < 0.1
+               for m in net.modules())
     key = cache_key(OmegaConf.to_container(model_cfg.net, resolve=True),
                     OmegaConf.to_container(model_cfg.train, resolve=True), data_key,
-                    *([{"clip": clip}] if clip is not None else []))
+                    *([{"clip": clip}] if clip is not None else []), *([{"settled": SETTLED}] if slow else []))
     return Path(cache_dir) / "teachers" / f"{model_cfg.name}-{key}.pt"
 
 

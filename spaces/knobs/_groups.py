@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import resource
+import signal
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +42,11 @@ from torch import nn
 from .._layers import COMPRESSIBLE, compressible_layers, example_input, one_line, output_layer, single_thread
 
 CHECKED = 0.25  # the share of a group's channels the check prunes
+# seconds Torch-Pruning may take to list a model's channel groups (``channel_groups``), all its modules together:
+# past it the knob stops with that one line. Swin-T's (a residual stream through every window partition) ran past 5
+# minutes and 18 GB without an end, on the whole model and again on each stage; DenseNet-121, EfficientNetV2-S and
+# ConvNeXt-T list theirs in seconds
+GROUPS_S = 120
 
 
 @dataclass
@@ -62,9 +71,15 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int], dtype: str = "f
     key = repr((type(model).__qualname__, str(model), tuple(input_shape), dtype))
     if key not in _FOUND:
         was_training = model.training
+        started = time.monotonic()
         try:
-            with single_thread():  # forward passes of one input: a second thread costs more than it saves
+            with single_thread(), _deadline(GROUPS_S):  # forward passes of one input: one thread is faster
                 _FOUND[key] = _find(model.eval(), input_shape, dtype)
+        except _Expired:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            raise ValueError(f"Torch-Pruning did not list the model's channel groups within {GROUPS_S} s (stopped "
+                             f"after {time.monotonic() - started:.0f} s, this process at {peak:.0f} MB at its peak): "
+                             "leave the channels knob out (space.knobs.channels=null)") from None
         finally:
             model.train(was_training)
     return _FOUND[key]
@@ -98,6 +113,31 @@ def _graph(module: nn.Module, scope: str, args: tuple[Any, ...], cuts: Sequence[
     groups = {names[g[0].dep.target.module]: g
               for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=COMPRESSIBLE)}
     return graph, groups
+
+
+class _Expired(BaseException):
+    """``_deadline``'s: a ``BaseException``, so that no ``except Exception`` on the way (a module whose graph fails
+    is split into its children) takes it for a module that failed and starts over on the children."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """``_Expired`` where the block runs past ``seconds`` (a timer signal: the main thread only; in another thread
+    the block runs unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _Expired
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _group_of(graph: tp.DependencyGraph, layer: nn.Module) -> Any:
@@ -234,7 +274,7 @@ def _pruned_as_read_as_zero(model: nn.Module, scope: str, args: tuple[Any, ...],
     with torch.no_grad():
         expected_shapes = [t.shape for t in _tensors(module(*args))]
     copied = copy.deepcopy(module)
-    graph, groups = _graph(copied, scope, args, cuts, output_layer(model))
+    graph, groups = _graph(copied, scope, args, cuts, output_layer(model), roots)
     names = _names(copied, scope)
     generator = torch.Generator().manual_seed(0)
     chosen, zeros = {}, {}

@@ -58,6 +58,10 @@ def test_a_probe_kept_in_a_folder_is_read_back_by_a_later_process(odd_space, tmp
     stored.write_text(json.dumps(broken))  # what a process found earlier, read back rather than probed again
     monkeypatch.setattr(probe_module, "_SEEN", {})
     assert probe(space, net, INPUT, cache=tmp_path) == broken
+    # once the engine's code changes (a layer an older engine could not export), probed again
+    monkeypatch.setattr(probe_module, "_engine", lambda: "another engine")
+    monkeypatch.setattr(probe_module, "_SEEN", {})
+    assert probe(space, net, INPUT, cache=tmp_path) == {}
 
 
 def test_every_sampled_configuration_builds_runs_and_exports(odd_space):
@@ -165,3 +169,55 @@ def test_a_knob_that_cannot_take_a_factorized_layer_is_left_out_of_it_at_start_u
     finally:  # the suite checks that every registered knob is one of the project's
         BaseKnob.registry.pop(LayerByLayer.knob, None)
         BaseKnob.registry.pop(RowSparsityKnob.knob, None)
+
+
+class _AuxNet(torch.nn.Module):
+    """GoogLeNet in small: an auxiliary head, run in training mode only, reads ``a``'s channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 8, 3)
+        self.aux, self.fc = torch.nn.Linear(8, 10), torch.nn.Linear(8, 10)  # fc last: the output layer
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        out = self.fc(torch.relu(self.b(a)).mean((2, 3)))
+        return (out, self.aux(a.mean((2, 3)))) if self.training else out
+
+
+def test_a_layer_whose_pruning_breaks_the_model_in_training_mode_is_left_out():
+    """The auxiliary head is not in the eval-mode graph Torch-Pruning traces: pruning ``a`` leaves it reading 8
+    channels of 4, which only a training-mode pass (the recovery's) finds."""
+    from spaces import ChannelKnob
+
+    net = _AuxNet().eval()
+    space = JointSpace([ChannelKnob(model=net, input_shape=(1, 1, 12, 12))])
+    broken = probe(space, net, (1, 1, 12, 12))
+    assert set(broken["channels"]) == {"a"} and "in training mode" in broken["channels"]["a"]
+    assert "b" in space.knobs[0].layers
+
+
+def test_layers_that_break_the_model_only_together_are_left_out_one_by_one(monkeypatch):
+    """torchvision RegNet's channel groups pruned together failed in Torch-Pruning, each alone did not: with every
+    layer at its hardest failing, the layers are added one by one and the one that breaks the model with those
+    before it is left out, with the reason."""
+    import importlib
+
+    probe_module = importlib.import_module("spaces.probe")
+    from spaces import ChannelKnob
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 8, 3),
+                              torch.nn.Flatten(), torch.nn.LazyLinear(10)).eval()
+    net(torch.randn(1, 1, 12, 12))
+    space = JointSpace([ChannelKnob(model=net, input_shape=(1, 1, 12, 12))])
+    real = probe_module._runs
+
+    def clash(space, model, input_shape, x, calibration, expected, params):  # layers 0 and 2 cannot go together
+        if {"channels.0", "channels.2"} <= {k for k, v in params.items() if v}:
+            raise RuntimeError("INDICES element is out of DATA bounds")
+        real(space, model, input_shape, x, calibration, expected, params)
+
+    monkeypatch.setattr(probe_module, "_runs", clash)
+    broken = probe(space, net, (1, 1, 12, 12))
+    assert set(broken["channels"]) == {"2"}
+    assert "with the 2 layer(s) before it kept at their hardest: RuntimeError: INDICES" in broken["channels"]["2"]

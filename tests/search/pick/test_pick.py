@@ -284,6 +284,13 @@ def test_latency_reasons_name_the_figure_that_missed_by_how_much_and_the_noise()
     assert len(_latency_reasons(lat, Tolerances())) == 2
     lat["together"] = {"searched_ms": 5.9, "searched_spread": 0.1, "apart": 6.0 / 5.9 - 1, "allowed": 0.1}
     assert _latency_reasons(lat, Tolerances()) == []  # the recorded 4.0 ms band no longer decides
+    # a study that cannot tell its own noise (remeasured.csv with one compressed model): the same-model check decides
+    lat["together"].update({"uncompressed_ms": 12.0, "uncompressed_recorded_ms": 12.0, "share_now": 0.5,
+                            "share_recorded": 4.0 / 12.0, "share_apart": 0.36, "share_allowed": 0.1,
+                            "between_readings": None})
+    assert _latency_reasons(lat, Tolerances()) == []
+    lat["together"]["between_readings"] = 0.02
+    assert "of the uncompressed model's latency" in _latency_reasons(lat, Tolerances())[0]
 
 
 # --------------------------------------------------------------------------- a runtime with files of its own
@@ -324,3 +331,19 @@ def test_openvino_search_and_pick_ship_and_verify_the_ir(smoke, tmp_path):
     assert any(p.startswith("does not load in openvino") for p in files["model.xml"]["problems"])
     named = {r.split(":")[0] for r in verify_bundle(broken)["reasons"] if r.startswith("model.")}  # no cost model:
     assert named == {"model.xml", "model.bin"}  # the hashes alone, each reason naming its file
+
+
+def test_a_bundles_weights_load_into_a_module_that_reads_its_version():
+    """weights.cpz holds tensors only; torchvision's MNASNet reads its module version when loading and refused them
+    ("version should be set to 1 or 2 instead of None"): they load with the versions of the architecture itself."""
+    from search.models import torchvision_model
+    from search.pick.bundle import load_weights
+
+    source, target = torchvision_model(name="mnasnet0_5"), torchvision_model(name="mnasnet0_5")
+    tensors = {k: v.clone() for k, v in source.state_dict().items()}
+    result = load_weights(target, tensors, "weights.cpz")
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(target.layers[0].weight, source.layers[0].weight)
+    with pytest.raises(ValueError, match=r"^weights\.cpz does not fit the architecture of config\.yaml: "
+                                         r"(.|\n)*size mismatch"):
+        load_weights(target, {**tensors, "layers.0.weight": torch.zeros(1)}, "weights.cpz")

@@ -209,3 +209,18 @@ def test_the_groups_of_chosen_roots_are_the_groups_every_root_gets(resnet8):
     assert list(chosen) == roots
     for root in roots:
         assert [(str(d), list(i)) for d, i in chosen[root]] == [(str(d), list(i)) for d, i in every[root]]
+
+
+def test_channel_groups_past_their_time_stop_the_knob_in_one_line(monkeypatch):
+    """Swin-T's groups ran past 5 minutes and 18 GB without an end (and again on each stage, once the model's graph
+    was given up): past ``GROUPS_S`` the knob stops with one line naming the time, the memory and what to do,
+    rather than splitting into children that each start over."""
+    from spaces.knobs import _groups
+
+    monkeypatch.setattr(_groups, "GROUPS_S", 1e-4)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 24 * 24, 10))
+    with pytest.raises(ValueError, match=r"did not list the model's channel groups within 0.0001 s .* MB at its "
+                                         r"peak\): leave the channels knob out \(space.knobs.channels=null\)"):
+        ChannelKnob(model=net, input_shape=INPUT_SHAPE)
+    monkeypatch.setattr(_groups, "GROUPS_S", 120)
+    assert ChannelKnob(model=net, input_shape=INPUT_SHAPE).layers == ["0", "2"]
