@@ -134,8 +134,7 @@ def _together(space: JointSpace, knob: BaseKnob, layers: Sequence[str],
               runs: Callable[[dict[str, Any]], None]) -> dict[str, str]:
     """{layer: why} where ``knob`` at its hardest on ``layers`` at once breaks the model though each alone did not:
     one run, and only where that breaks, the layers added one by one, each left out where it breaks the model with
-    those kept before it (torchvision RegNet's channel groups pruned together: Torch-Pruning's 'INDICES element is
-    out of DATA bounds' in every trial, each group alone fine)."""
+    those kept before it (layers that clash only when pruned together)."""
     values = _hardest(knob, layers)
     if len(values) < 2:
         return {}

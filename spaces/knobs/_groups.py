@@ -250,6 +250,28 @@ def _reshaped(group: Any) -> bool:
     return any(item.dep.target.type == tp.ops.OPTYPE.RESHAPE for item in group)
 
 
+def group_split(graph: tp.DependencyGraph, group: Any) -> int:
+    """How many groups a grouped conv (or GroupNorm) in ``group`` splits its channels into, 1 where none does
+    (Torch-Pruning's MetaPruner's rule). Torch-Pruning slices such a layer's weight as if the same offsets went from
+    each group, so a pruning (and the check's) removes the same offsets from every group: RegNet's and ResNeXt's
+    grouped convs, pruned otherwise, failed with 'INDICES element is out of DATA bounds'."""
+    found = [1]
+    for dep, _ in group:
+        module, pruner = dep.target.module, graph.get_pruner_of_module(dep.target.module)
+        if pruner is None or isinstance(module, nn.Conv2d) and module.groups == module.out_channels:
+            continue  # depthwise: each channel its own group, pruned with its input
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        found.append(pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module))
+    return max(found)
+
+
+def kept_least(split: int) -> int:
+    """The channels a pruning keeps at least in each of a layer's ``split`` groups: two for a grouped conv, whose one
+    channel per group Torch-Pruning would take for a depthwise conv's and prune its input with its output (ResNeXt's
+    32 groups of 4 cut to 1: 'expected input to have 64 channels, but got 80')."""
+    return 2 if split > 1 else 1
+
+
 def _check(model: nn.Module, scope: str, args: tuple[Any, ...], cuts: tuple[str, ...],
            roots: list[str]) -> dict[str, str]:
     """{root: why} for those of ``roots`` whose groups do not prune correctly (the module docstring): all at once, then
@@ -280,10 +302,12 @@ def _pruned_as_read_as_zero(model: nn.Module, scope: str, args: tuple[Any, ...],
     chosen, zeros = {}, {}
     for root in roots:
         group = groups[root]
-        count = len(group[0].idxs)
-        if count < 2:  # nothing a ratio below 1 removes
+        split = group_split(graph, group)
+        size = len(group[0].idxs) // split  # a grouped conv's: the same offsets in each of its groups
+        if size <= kept_least(split):  # nothing a ratio below 1 removes
             continue
-        idxs = sorted(torch.randperm(count, generator=generator)[:max(1, int(count * CHECKED))].tolist())
+        offsets = torch.randperm(size, generator=generator)[:max(1, int(size * CHECKED))].tolist()
+        idxs = sorted(o + size * g for g in range(split) for o in offsets)
         chosen[root] = idxs
         pruning = graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs)
         for item in pruning:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._base import BaseKnob, Phase
 from .._layers import example_input, single_thread
-from ._groups import channel_groups, inputs, scope_graph
+from ._groups import channel_groups, group_split, inputs, kept_least, scope_graph
 
 __all__ = ["ChannelKnob", "PRUNED"]
 
@@ -57,8 +57,9 @@ def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence
         for fqn in roots:
             group, ratio = groups[fqn], ratios[fqn]
             scores = importance(group)
-            channels = len(scores)
-            n_prune = min(int(ratio * channels), channels - 1)
+            channels, split = len(scores), group_split(graph, group)
+            size = channels // split  # a grouped conv's channels: ``split`` groups of ``size``, cut alike
+            n_prune = min(int(ratio * size), size - kept_least(split)) * split
             if n_prune <= 0:
                 continue
             if fqn in given:
@@ -66,8 +67,9 @@ def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence
                 if len(idxs) != n_prune or not all(0 <= i < channels for i in idxs):
                     raise ValueError(f"channels.{fqn}: the stored structure removes {len(idxs)} of {channels} "
                                      f"channels where ratio {ratio} removes {n_prune}")
-            else:
-                idxs = torch.argsort(scores)[:n_prune].tolist()
+            else:  # the same offsets in every group, lowest mean L2 norm first (as Torch-Pruning's MetaPruner)
+                offsets = torch.argsort(scores.view(split, size).mean(0))[:n_prune // split]
+                idxs = sorted(int(o) + size * g for g in range(split) for o in offsets)
             graph.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
             removed[fqn] = idxs
     return removed

@@ -161,6 +161,53 @@ def test_a_group_traced_through_a_channel_shuffle_as_if_it_moved_nothing_is_left
     assert "a channel shuffle" in knob.left_out["shared.0"]
 
 
+class _GroupedNet(nn.Module):
+    """ResNeXt's bottleneck in small: a 1x1 conv, a 3x3 conv of 4 groups of 4 channels, a 1x1 conv, a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU())
+        self.c = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.c(self.b(self.a(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("ratio", [0.125, 0.25, 0.5, 0.75])
+def test_grouped_convs_lose_the_same_channels_in_each_group_and_keep_two(ratio, batch):
+    """Torch-Pruning slices a grouped conv's weight as if the same offsets went from each of its groups: channels
+    chosen otherwise broke every RegNet and ResNeXt trial ('INDICES element is out of DATA bounds'), and one channel
+    left per group made it take the conv for a depthwise one ('expected input to have 64 channels, but got 80'). Each
+    group loses the same offsets, at most all but two; the pruned model computes what the model does when the
+    layers after the removed channels read zeros."""
+    from spaces import PRUNED
+
+    net = _GroupedNet().eval()
+    knob = ChannelKnob(model=net, input_shape=INPUT_SHAPE)
+    assert {"a.0", "b.0"} <= set(knob.layers)
+    pruned = knob.apply(net, {"channels.stem": 0.0, "channels.a.0": ratio, "channels.b.0": ratio}).eval()
+    removed = getattr(pruned, PRUNED)
+    per_group = min(int(ratio * 4), 2)
+    for fqn in ("a.0", "b.0"):
+        offsets = [sorted(i - 4 * g for i in removed.get(fqn, []) if 4 * g <= i < 4 * g + 4) for g in range(4)]
+        assert all(len(o) == per_group and o == offsets[0] for o in offsets), (fqn, removed)
+    assert pruned.b[0].in_channels == pruned.b[0].out_channels == 16 - 4 * per_group
+    hooks = _reading_zeros(net, {"b.0": removed.get("a.0", []), "c": removed.get("b.0", [])})
+    try:
+        with torch.no_grad():
+            expected = net(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        assert torch.allclose(pruned(batch), expected, atol=1e-5)
+
+
 class _LayerNorm2d(nn.LayerNorm):
     """torchvision ConvNeXt's ``LayerNorm2d``: a ``LayerNorm`` over the channels of an N x C x H x W input."""
 
