@@ -112,6 +112,17 @@ def _reading_zeros(model: nn.Module, zeros: dict[str, list[int]]) -> list:
             for n, idxs in zeros.items()]
 
 
+def _output_reading_zeros(model: nn.Module, zeros: dict[str, list[int]], batch: torch.Tensor) -> torch.Tensor:
+    """``model``'s output on ``batch`` with the layers ``zeros`` names reading those input channels as zeros."""
+    hooks = _reading_zeros(model, zeros)
+    try:
+        with torch.no_grad():
+            return model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_shufflenet_is_pruned_inside_its_blocks_and_its_shuffled_channels_are_left_out_with_the_reason(batch):
     """ShuffleNetV2 splits each block's channels, concatenates its branches and shuffles them; Torch-Pruning cannot
     trace that (ZeroDivisionError), so each block's own graph is used: the channels inside a block (its first 1x1
@@ -138,14 +149,8 @@ def test_shufflenet_is_pruned_inside_its_blocks_and_its_shuffled_channels_are_le
     assert set(removed) == set(knob.layers)
     assert pruned.conv5[0].out_channels == 512 and pruned.fc.in_features == 512
     assert pruned.stage3[1].branch2[0].out_channels == 24 and pruned.stage3[1].branch2[5].in_channels == 24
-    hooks = _reading_zeros(net, {**{f"{b}.branch2.5": removed[f"{b}.branch2.3"] for b in blocks},
-                                 "fc": removed["conv5.0"]})
-    try:
-        with torch.no_grad():
-            expected = net(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    expected = _output_reading_zeros(net, {**{f"{b}.branch2.5": removed[f"{b}.branch2.3"] for b in blocks},
+                                           "fc": removed["conv5.0"]}, batch)
     with torch.no_grad():
         assert torch.allclose(pruned(batch), expected, atol=1e-5)
 
@@ -197,13 +202,7 @@ def test_grouped_convs_lose_the_same_channels_in_each_group_and_keep_two(ratio, 
         offsets = [sorted(i - 4 * g for i in removed.get(fqn, []) if 4 * g <= i < 4 * g + 4) for g in range(4)]
         assert all(len(o) == per_group and o == offsets[0] for o in offsets), (fqn, removed)
     assert pruned.b[0].in_channels == pruned.b[0].out_channels == 16 - 4 * per_group
-    hooks = _reading_zeros(net, {"b.0": removed.get("a.0", []), "c": removed.get("b.0", [])})
-    try:
-        with torch.no_grad():
-            expected = net(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    expected = _output_reading_zeros(net, {"b.0": removed.get("a.0", []), "c": removed.get("b.0", [])}, batch)
     with torch.no_grad():
         assert torch.allclose(pruned(batch), expected, atol=1e-5)
 
