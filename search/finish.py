@@ -78,6 +78,9 @@ def write_outputs(cfg: DictConfig, done: Searched, *, started: float, search_s: 
     after_search(study, cfg, s.out_dir, log=log.info)
     if "png_skipped" in figures:
         log.info(f"pareto.png not written: {figures['png_skipped']}")
+    if df.empty:  # ``study.n_trials=0 study.baselines=false``: the teacher trained (and cached), nothing searched
+        log.info(f"0 trials: nothing searched (study.n_trials=0, study.baselines=false); results in {s.out_dir}/")
+        return s.out_dir
     first = s.objectives[0]
     front = df[df["on_front"]].sort_values(first.name, ascending=first.direction == "minimize")
     log.info(f"{len(df)} trials, {len(front)} on the front; results in {s.out_dir}/")

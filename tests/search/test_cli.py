@@ -1,6 +1,7 @@
 """Bad input: a one-line error naming the key, the value and what is allowed; exit != 0; nothing written."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -223,6 +224,24 @@ def test_a_model_at_chance_is_refused_before_any_trial(tmp_path, tmp_path_factor
     line = _refused(tmp_path, capsys, f"model.checkpoint={path}")
     assert "scores 0." in line and "within noise of chance" in line and "1000 validation images" in line, line
     assert f"model.checkpoint (now {path})" in line and "model.train.epochs" in line and "model.train.lr" in line, line
+
+
+def test_a_search_of_no_trial_trains_the_teacher_and_says_so(tmp_path, quick_teacher, caplog):
+    """``study.n_trials=0 study.baselines=false`` (the teacher only) ends in a line saying nothing was searched; it
+    stopped at ``error: 'accuracy'`` (a front of no trial sorted by a column no trial wrote)."""
+    import logging
+
+    from hydra import compose, initialize_config_dir
+
+    from search._checks import CONF
+    from search.run import run
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), caplog.at_level(logging.INFO):
+        out = run(compose("config", overrides=["experiment=smoke", f"results_dir={tmp_path / 'results'}",
+                                               f"model.checkpoint={quick_teacher}", "study.n_trials=0",
+                                               "study.baselines=false"]))
+    assert "0 trials: nothing searched" in caplog.text
+    assert json.loads((out / "summary.json").read_text())["trials"] == 0
 
 
 def test_a_study_resumed_with_other_settings_is_refused_naming_them(tmp_path, capsys):
