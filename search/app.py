@@ -92,6 +92,12 @@ def _step(name: str) -> Iterator[None]:
         raise ValueError(f"setup: {name}: {one_line(exc)}") from exc
 
 
+def _accepted(cls: type, **candidates: Any) -> dict[str, Any]:
+    """The keyword arguments of ``candidates`` that ``cls``'s constructor takes (what the app knows and a plug-in
+    may want: the model, its input's shape and dtype, ...)."""
+    return {k: v for k, v in candidates.items() if k in inspect.signature(cls).parameters}
+
+
 def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], input_dtype: str = "float32",
           **override: Any) -> BaseKnob:
     target = knob_cfg.get("_target_")
@@ -99,10 +105,7 @@ def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[
         cls = get_class(target)
     except Exception as exc:
         raise ValueError(f"space.knobs.{name}._target_: cannot import {target!r} ({exc})") from exc
-    extra: dict[str, Any] = {"model": model, **override}
-    for key, value in (("input_shape", input_shape), ("input_dtype", input_dtype)):
-        if key in inspect.signature(cls).parameters:
-            extra[key] = value
+    extra = {"model": model, **_accepted(cls, input_shape=input_shape, input_dtype=input_dtype), **override}
     try:
         knob = instantiate(knob_cfg, **extra, _convert_="all")
     except Exception as exc:
@@ -115,18 +118,40 @@ def _knob(name: str, knob_cfg: DictConfig, model: nn.Module, input_shape: tuple[
     return knob
 
 
-def _family(cfg: DictConfig) -> BaseFamily:
-    """The student family: ``space.student.family`` if set, else the model's own (``model.student``)."""
+FAMILIES = CONF / "space" / "family"  # ``space.student.family=<name>``: a family config of this folder
+
+
+def _family_config(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The student family's config and its key: ``space.student.family`` (a config, or the name of one under
+    conf/space/family/), else the model's own (``model.student``)."""
     family_cfg, key = cfg.space.student.get("family"), "space.student.family"
+    if isinstance(family_cfg, str):
+        path = FAMILIES / f"{family_cfg}.yaml"
+        if not path.is_file():
+            options = sorted(p.stem for p in FAMILIES.glob("*.yaml"))
+            raise ValueError(f"{key}: no family config {family_cfg!r}; options: {options}, or a family config mapping")
+        # resolves ${model.*} from the study's model
+        node = OmegaConf.create({"model": OmegaConf.to_container(cfg.model, resolve=True), "family": OmegaConf.load(path)})
+        return node.family, key
     if family_cfg is None:
         family_cfg, key = cfg.model.get("student"), "model.student"
     if family_cfg is None:
         raise ValueError(f"model.student: model {cfg.model.get('name')!r} names no student family, and space="
                          f"{cfg.space.get('name')} trains students: set model.student or space.student.family "
-                         "(a spaces.StudentFamily config, see conf/model/cnn.yaml)")
+                         "(a spaces.StudentFamily config, see conf/model/cnn.yaml, or 'derived')")
+    return family_cfg, key
+
+
+def _family(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], input_dtype: str,
+            calibration: torch.Tensor | None) -> BaseFamily:
+    """The student family (``_family_config``), given what a family cut from the teacher needs: the teacher
+    ``model`` (trained in place later), its input, ``calibration`` inputs and ``space.student.init``."""
+    family_cfg, key = _family_config(cfg)
+    init = cfg.space.student.get("init", "inherit")
     try:
         cls = get_class(family_cfg.get("_target_"))
-        extra = {"key": key} if "key" in inspect.signature(cls).parameters else {}
+        extra = _accepted(cls, key=key, model=model, input_shape=input_shape, input_dtype=input_dtype, init=init,
+                          calibration=calibration)
         family = instantiate(family_cfg, **extra, _convert_="all")
     except Exception as exc:
         raise ValueError(_keyed(key, exc)) from exc
@@ -136,11 +161,13 @@ def _family(cfg: DictConfig) -> BaseFamily:
 
 
 def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
-                cache_dir: Path | None = None, input_dtype: str = "float32") -> JointSpace | StudentSpace:
+                cache_dir: Path | None = None, input_dtype: str = "float32",
+                calibration: torch.Tensor | None = None) -> JointSpace | StudentSpace:
     """The space of ``cfg.space`` for ``model``: its knobs (a ``JointSpace``), behind the choice of a student
     architecture when the space has a ``student`` section (a ``StudentSpace``). ``cache_dir``: where the probe of
     the knobs on ``model`` is kept for later processes (``<cache_dir>/probe/``); ``input_dtype``: the data's
-    (``Splits.input_dtype``: int64 for token ids)."""
+    (``Splits.input_dtype``: int64 for token ids); ``calibration``: inputs a family cut from ``model`` ranks its
+    blocks on (``spaces.DerivedFamily``; a rebuilt bundle gives none: it drops the blocks it stores)."""
     space_cfg = cfg.space
     knob_cfgs = {name: c for name, c in (space_cfg.get("knobs") or {}).items() if c is not None}
     if not knob_cfgs:
@@ -166,7 +193,8 @@ def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
         return JointSpace(chosen) if chosen else None
 
     arch = space_cfg.get("arch") or [TEACHER, STUDENT]
-    return StudentSpace(teacher=teacher, family=_family(cfg), knobs=knobs_for, arch=list(arch),
+    family = _family(cfg, model, input_shape, input_dtype, calibration)
+    return StudentSpace(teacher=teacher, family=family, knobs=knobs_for, arch=list(arch),
                         searched=distillation(cfg).searched())
 
 
@@ -280,7 +308,8 @@ def setup(cfg: DictConfig) -> Setup:
     whole("study.worker", cfg.study.get("worker") or 0, 0)
     storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
     with _step("space"):  # the knobs' and the probe's own errors name the knob, the layer and the choice
-        space = build_space(cfg, net, splits.input_shape, results / "cache", splits.input_dtype)
+        space = build_space(cfg, net, splits.input_shape, results / "cache", splits.input_dtype,
+                            splits.train_x[:int(cfg.calibration_samples)])
     with _step("recovery"):
         recovery = Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True))
     with _step("distill.teachers"):

@@ -3,8 +3,9 @@
 One ``BaseKnob`` per compression technique, one module each under ``spaces/knobs/`` (discovered: a new knob is
 a new file); ``JointSpace`` composes them phase by phase and replays a trial with
 ``space.apply(teacher, trial.params)``; ``StudentSpace`` puts the choice of a student architecture (a
-``BaseFamily``) in front of them; ``materialize`` turns the result into the artifact the objectives measure;
-``probe`` finds, before any trial, the layers where a knob breaks the model.
+``BaseFamily``: a fixed family, or ``DerivedFamily``'s cuts of the teacher) in front of them; ``materialize`` turns
+the result into the artifact the objectives measure; ``probe`` finds, before any trial, the layers where a knob breaks
+the model.
 
 A knob written in another package (``+space.knobs.<name>._target_=mypkg.MyKnob``) needs only the names below:
 ``layers_of`` (the layers that stand for a teacher layer, whatever the phases before it made of it), ``mask_``
@@ -17,6 +18,7 @@ from ._compressed import (
     ActFakeQuant, LinearQuantizer, WeightQuantizer, calibrate, mask_, quantize_, to_plain, weight_mask, weight_quantizer,
 )
 from ._layers import layers_of, one_line
+from .derive import DROPPED, DerivedFamily
 from .fold import fold_batchnorm
 from .joint import JointSpace
 from .knobs import *  # noqa: F403 - every knob class, by the knob modules' own __all__
@@ -26,7 +28,7 @@ from .probe import probe
 from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
 
 __all__ = [
-    "BaseKnob", "BaseFamily", "Phase", "JointSpace", "StudentSpace", "StudentFamily",
+    "BaseKnob", "BaseFamily", "Phase", "JointSpace", "StudentSpace", "StudentFamily", "DerivedFamily", "DROPPED",
     "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "ActFakeQuant",
     "Artifact", "materialize", "INT4_CHOICES", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
     "fold_batchnorm", "FLOAT_BITS", "probe", "layers_of", "mask_", "quantize_", "weight_mask", "weight_quantizer",

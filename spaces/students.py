@@ -40,7 +40,46 @@ def _plain(value: Any) -> Any:
     raise ValueError(f"{value!r} is not a plain value (None, bool, int, float or str)")
 
 
-class StudentFamily(BaseFamily):
+class ChoiceFamily(BaseFamily):
+    """A family whose architecture is one categorical choice per key: ``student.<key>`` among ``choices[key]``.
+
+    Holds what ``StudentFamily`` and ``spaces.derive.DerivedFamily`` share: the choices checked when configured
+    (``key`` names the config in errors), ``names``, ``sample`` and ``arch`` (the checked values of a trial's params).
+    """
+
+    def __init__(self, *, choices: Mapping[str, Sequence[Any]], key: str = "space.student.family") -> None:
+        if not choices:
+            raise ValueError(f"{key}.choices must name at least one keyword with its values, got {choices!r}")
+        self.key = key
+        self.choices: dict[str, tuple[Any, ...]] = {}
+        for name, values in choices.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise ValueError(f"{key}.choices.{name} must be a non-empty list of values, got {values!r}")
+            try:
+                self.choices[str(name)] = tuple(_plain(v) for v in values)
+            except ValueError as exc:
+                raise ValueError(f"{key}.choices.{name}: {exc}") from exc
+
+    def names(self) -> list[str]:
+        return [PREFIX + k for k in self.choices]
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {PREFIX + k: trial.suggest_categorical(PREFIX + k, v) for k, v in self.choices.items()}
+
+    def arch(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The choices of ``params`` by key (no prefix), checked: a missing or unknown value names its key."""
+        out = {}
+        for name, allowed in self.choices.items():
+            key = PREFIX + name
+            if key not in params:
+                raise ValueError(f"params has no {key!r}; a student trial needs {self.names()}")
+            if params[key] not in allowed or isinstance(params[key], bool) != any(isinstance(a, bool) for a in allowed):
+                raise ValueError(f"{key}: {params[key]!r} is not among the choices {list(allowed)}")
+            out[name] = params[key]
+        return out
+
+
+class StudentFamily(ChoiceFamily):
     """Students built by ``net(**fixed, **choice)``, one keyword choice per entry of ``choices``.
 
     ``choices={"width_mult": [0.25, 0.5], "separable": [False, True]}`` searches ``student.width_mult`` and
@@ -53,17 +92,8 @@ class StudentFamily(BaseFamily):
                  key: str = "space.student.family") -> None:
         if not callable(net):
             raise ValueError(f"{key}.net must be a callable building an nn.Module, got {net!r}")
-        if not choices:
-            raise ValueError(f"{key}.choices must name at least one keyword with its values, got {choices!r}")
-        self.net, self.seed, self.key = net, int(seed), key
-        self.choices: dict[str, tuple[Any, ...]] = {}
-        for name, values in choices.items():
-            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-                raise ValueError(f"{key}.choices.{name} must be a non-empty list of values, got {values!r}")
-            try:
-                self.choices[str(name)] = tuple(_plain(v) for v in values)
-            except ValueError as exc:
-                raise ValueError(f"{key}.choices.{name}: {exc}") from exc
+        super().__init__(choices=choices, key=key)
+        self.net, self.seed = net, int(seed)
         for combo in self._corners():  # the smallest and largest choices must build: fail at start-up, not mid-search
             self.build(combo)
 
@@ -71,24 +101,6 @@ class StudentFamily(BaseFamily):
         first = {PREFIX + k: v[0] for k, v in self.choices.items()}
         last = {PREFIX + k: v[-1] for k, v in self.choices.items()}
         return [first] if first == last else [first, last]
-
-    def names(self) -> list[str]:
-        return [PREFIX + k for k in self.choices]
-
-    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
-        return {PREFIX + k: trial.suggest_categorical(PREFIX + k, v) for k, v in self.choices.items()}
-
-    def arch(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The constructor keywords of ``params``, checked: a missing or unknown value names its key."""
-        out = {}
-        for name, allowed in self.choices.items():
-            key = PREFIX + name
-            if key not in params:
-                raise ValueError(f"params has no {key!r}; a student trial needs {self.names()}")
-            if params[key] not in allowed or isinstance(params[key], bool) != any(isinstance(a, bool) for a in allowed):
-                raise ValueError(f"{key}: {params[key]!r} is not among the choices {list(allowed)}")
-            out[name] = params[key]
-        return out
 
     def build(self, params: Mapping[str, Any]) -> nn.Module:
         kwargs = self.arch(params)

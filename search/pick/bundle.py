@@ -5,8 +5,8 @@ the files of the cost model's runtime where it has its own (``BaseCostModel.runt
 ``load_model(bundle_dir)`` rebuilds the PyTorch model from the folder alone: the architecture from
 ``config.yaml`` (random weights, no trained teacher needed), the trial's params applied to get the
 compressed shapes, then the weights from ``weights.cpz``. What the params alone do not fix is stored beside them
-(``structure``): which channels channel pruning removed, decided on the trained weights; the rebuild removes
-those, never ranks the random weights' own.
+(``structure``): which channels channel pruning removed and, for a student cut from the teacher, which blocks it
+dropped, decided on the trained weights; the rebuild removes those, never ranks the random weights' own.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from objectives.hardware import BaseCostModel
-from spaces import HEADS, PRUNED, Artifact, to_plain, unpack
+from spaces import DROPPED, HEADS, PRUNED, Artifact, to_plain, unpack
 from spaces.materialize import onnx_weights
 
 from ..results.outputs import atomic_write
@@ -60,7 +60,8 @@ def staging(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-STRUCTURE = (PRUNED, HEADS)  # what a knob removed by the trained weights' importance (channels, heads), by layer
+# what a knob or a derived student's family removed by the trained weights' importance (channels, heads, blocks)
+STRUCTURE = (PRUNED, HEADS, DROPPED)
 
 
 def structure_of(model: nn.Module) -> dict[str, Any]:
@@ -122,8 +123,8 @@ def architecture(spec: dict[str, Any]) -> nn.Module:
         torch.manual_seed(int(cfg.model.train.seed))
         net = instantiate(cfg.model.net)
         space = build_space(cfg, net, tuple(spec["input_shape"]), input_dtype=spec.get("input_dtype", "float32"))
-        for attr in STRUCTURE:  # the channels and heads the search removed from the trained weights, not the
-            removed = (spec.get("structure") or {}).get(attr)  # random weights' lowest
+        for attr in STRUCTURE:  # the channels, heads and blocks the search removed from the trained weights, not
+            removed = (spec.get("structure") or {}).get(attr)  # the random weights' least important
             if removed:
                 setattr(net, attr, {k: list(v) for k, v in removed.items()})
         return space.apply(net.eval(), spec["params"])

@@ -60,6 +60,9 @@ def figures(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_STARTS = {"scratch": "trained from scratch", "inherit": "cut from the teacher with its weights, then trained"}
+
+
 def how_compressed(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
     """The trial in words: for each knob of the space, how many layers it changed (``report["knobs"]``: knob ->
     [changed layers, technique], from the trial's params)."""
@@ -72,8 +75,9 @@ def how_compressed(report: dict[str, Any], layers: list[dict[str, Any]]) -> str:
         st = report["student"]
         arch = ", ".join(f"{k} {v}" for k, v in st["architecture"].items())
         teachers = "the teacher" if st.get("ensemble", 1) == 1 else f"an ensemble of {st['ensemble']} teachers"
+        starts = _STARTS[st.get("init", "scratch")]
         return (
-            f"A student ({arch}), trained from scratch by distillation from {teachers} for {st['steps']} steps "
+            f"A student ({arch}), {starts} by distillation from {teachers} for {st['steps']} steps "
             f"(temperature {st['temperature']}, alpha {st['alpha']}). Of its {len(layers)} layers: {what} "
             f"(structural knobs before training, quantization after conv+BN folding), with {rec['qat_steps']} "
             "quantization-aware steps" + more

@@ -260,7 +260,9 @@ def student(r: Replay) -> dict[str, Any] | None:
     d = p.setup.distillation
     return {"architecture": {k.removeprefix("student."): v for k, v in params.items() if k.startswith("student.")},
             "steps": d.total_steps(len(p.setup.splits.train_x)), "temperature": d.value("temperature", params),
-            "alpha": d.value("alpha", params), "ensemble": len(p.setup.teachers) + 1}
+            "alpha": d.value("alpha", params), "ensemble": len(p.setup.teachers) + 1,
+            # a family cut from the teacher says how its students start (spaces.DerivedFamily); a fixed one: scratch
+            "init": getattr(p.setup.space.family, "init", "scratch")}
 
 
 def trial_knobs(r: Replay) -> JointSpace | None:

@@ -120,8 +120,12 @@ def _space(d: StudyData) -> str:
     student = space.get("student")
     if student:
         family = student.get("family") or (d.config.get("model") or {}).get("student") or {}
-        target = str((family.get("net") or {}).get("_target_", "?")).rsplit(".", 1)[-1]
-        knobs.insert(0, f"arch: <code>{esc(space.get('arch'))}</code>; students: {esc(target)} over "
+        if isinstance(family, str):  # the name of a family config, conf/space/family/<name>.yaml
+            family = {"_target_": f"{family} family", "choices": f"conf/space/family/{family}.yaml"}
+        # a fixed family builds its students with net; a family cut from the teacher (DerivedFamily) is its target
+        target = str((family.get("net") or family).get("_target_", "?")).rsplit(".", 1)[-1]
+        init = f", init {student.get('init')}" if "net" not in family and student.get("init") else ""
+        knobs.insert(0, f"arch: <code>{esc(space.get('arch'))}</code>; students: {esc(target)}{esc(init)} over "
                         f"<code>{esc(family.get('choices'))}</code>, compressed by {esc(student.get('knobs'))}")
     return head + ("<br>" + "<br>".join(knobs) if knobs else "")
 

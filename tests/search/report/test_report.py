@@ -217,3 +217,20 @@ def test_bad_input_one_line_exit_2_nothing_written(synthetic_study, tmp_path, ov
     for word in expected:
         assert word in lines[0], (word, lines[0])
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("student", "shown"), [
+    ({"family": "derived", "init": "scratch"}, "students: derived family, init scratch over <code>conf/space/family/derived.yaml"),
+    ({"family": {"_target_": "spaces.DerivedFamily", "choices": {"depth": [0.5]}}, "init": "inherit"},
+     "students: DerivedFamily, init inherit over <code>{&#x27;depth&#x27;: [0.5]}"),
+    ({"family": None, "init": "inherit"}, "students: SmallCNN over <code>{&#x27;depth&#x27;: [1, 2]}"),
+])
+def test_the_space_line_names_the_student_family_and_how_a_derived_one_starts(student, shown):
+    from types import SimpleNamespace
+
+    from search.report.page import _space
+
+    model = {"student": {"net": {"_target_": "search.models.SmallCNN"}, "choices": {"depth": [1, 2]}}}
+    d = SimpleNamespace(names=[], config={"space": {"name": "all", "arch": ["student"], "student": student},
+                                          "model": model})
+    assert shown in _space(d)
