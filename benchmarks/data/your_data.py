@@ -1,16 +1,16 @@
 """Benchmark: the same teacher recipe through each data option, on the same images and on a colour set.
 
-    python3 -m uv run --locked python benchmarks/your_data.py [--cases fashion_mnist image_folder emoji_cnn ...]
+    python3 -m uv run --locked python benchmarks/data/your_data.py [--cases fashion_mnist image_folder emoji_cnn ...]
         [--folders results/benchmarks/your_data] [hydra overrides of the search config]
 
 Cases (``--cases``; all by default):
 
 - ``fashion_mnist``: ``data=fashion_mnist`` (Debian's idx files), the default run's teacher recipe;
-- ``image_folder``: the same 70,000 images written out as PNG files (``benchmarks/image_folders.py
+- ``image_folder``: the same 70,000 images written out as PNG files (``benchmarks/data/image_folders.py
   fashion-mnist``) and read back through ``data=image_folder data.val_size=5000``: the user's path for their own
   folder. Its validation split is carved from other images (the folder's order is by class), so the two agree
   within noise, not to the digit; the 10k test images are the same;
-- ``emoji_cnn``, ``emoji_resnet8``: 1,870 colour emoji in 9 classes at 32 x 32 (``benchmarks/image_folders.py
+- ``emoji_cnn``, ``emoji_resnet8``: 1,870 colour emoji in 9 classes at 32 x 32 (``benchmarks/data/image_folders.py
   emoji``), ``data=image_folder`` with ``model=cnn`` / ``model=resnet8``.
 
 Each case reads its data, builds the model the data sizes (``${data.num_classes}``, ``${data.channels}``) and
@@ -21,7 +21,7 @@ the benchmark reuses those teachers (``source: cached``). Writes ``results/bench
 ``mean``, ``std``, ``fingerprint``, ``load_s``, ``train_s``, ``source``, ``val_accuracy``, ``test_accuracy``,
 ``test_se`` (binomial standard error of the test accuracy), ``command``.
 
-    python3 -m uv run --locked python benchmarks/your_data.py --smoke [--models cnn resnet8 torchvision]
+    python3 -m uv run --locked python benchmarks/data/your_data.py --smoke [--models cnn resnet8 torchvision]
 
 ``--smoke``: the acceptance runs instead: ``python -m search experiment=smoke data=image_folder data.root=DIR``
 on the grey folder (Fashion-MNIST as PNG files) and on the colour one (emoji, 32 x 32, 9 classes) with each model
@@ -51,7 +51,7 @@ from search.results.outputs import atomic_write
 from search.training.teacher import build_model, trained_teacher
 from spaces import fold_batchnorm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASES = {
     "fashion_mnist": ("fashion-mnist", ["data=fashion_mnist"]),
     "image_folder": ("fashion-mnist-png", ["data=image_folder", "data.name=fashion-mnist-png", "data.val_size=5000"]),

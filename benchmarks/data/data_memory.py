@@ -1,9 +1,9 @@
 """Benchmark: peak memory of a smoke search on an image folder, in memory and streamed (``data.stream``).
 
-    python3 -m uv run --locked python benchmarks/data_memory.py DIR [--workers 0 1 2] [--repeats 1] [--append]
+    python3 -m uv run --locked python benchmarks/data/data_memory.py DIR [--workers 0 1 2] [--repeats 1] [--append]
         [hydra overrides of the search config]
 
-``DIR``: an image folder (``benchmarks/image_folders.py fashion-mnist DIR`` writes Fashion-MNIST's 70,000 images
+``DIR``: an image folder (``benchmarks/data/image_folders.py fashion-mnist DIR`` writes Fashion-MNIST's 70,000 images
 as PNG files). Each case runs ``python -m search experiment=smoke data=image_folder data.root=DIR
 data.stream=false`` (in memory) or ``data.stream=true data.workers=W`` (W from ``--workers``) as its own process,
 in a fresh results folder (so each trains its own teacher and computes its own logits: the same work in every
@@ -31,7 +31,7 @@ import pandas as pd
 
 from search.results.outputs import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PERIOD_S = 0.1
 
 

@@ -1,7 +1,7 @@
 """Image folders for ``data=image_folder`` from data sets this machine has, as a user would lay them out.
 
-    python3 -m uv run --locked python benchmarks/image_folders.py fashion-mnist DIR [--limit N]
-    python3 -m uv run --locked python benchmarks/image_folders.py emoji DIR [--size 32]
+    python3 -m uv run --locked python benchmarks/data/image_folders.py fashion-mnist DIR [--limit N]
+    python3 -m uv run --locked python benchmarks/data/image_folders.py emoji DIR [--size 32]
 
 ``fashion-mnist``: Fashion-MNIST (Debian's ``dataset-fashion-mnist``) written out as PNG files,
 ``DIR/train/<class>/<index>.png`` (60,000) and ``DIR/test/<class>/<index>.png`` (10,000), the same pixels as the
