@@ -3,12 +3,12 @@ Linears (space=transformer), and a BERT-style text classifier on token ids (real
 descriptions, ``text_data.py``); every completed trial of each picked into a verified bundle."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+
+from tests.search.studies import searched, write_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -19,21 +19,15 @@ def vit_study(tmp_path_factory):
     (2 epochs: about 0.75 validation accuracy), low rank and sparsity left out (each is tested on CNNs and adds
     a baseline to pick), one searched trial."""
     from search import data as data_module
-    from search.cli import compose_checked
-    from search.run import run
 
     folder = tmp_path_factory.mktemp("vit")
-    splits = data_module.load(val_size=1000, seed=0)
-    parts = {"train": (splits.train_x[:6400], splits.train_y[:6400]), "val": (splits.val_x, splits.val_y),
-             "test": (splits.test_x[:1000], splits.test_y[:1000])}
-    np.savez(folder / "data.npz", **{f"{k}_{xy}": t.numpy() for k, pair in parts.items() for xy, t in zip("xy", pair)})
+    write_arrays(folder / "data.npz", data_module.load(val_size=1000, seed=0), train=6400, test=1000)
     overrides = ["experiment=smoke", "model=vit", "model.net.dim=32", "model.net.depth=2", "model.train.epochs=2",
                  f"results_dir={folder / 'results'}", "data=arrays", f"data.path={folder / 'data.npz'}",
                  "data.mean=[0.0]", "data.std=[1.0]", "space=transformer", "space.knobs.rank=null",
                  "space.knobs.sparsity=null", "study.name=vit", "study.n_trials=1", "hardware.warmup=2",
                  "hardware.repeats=30"]  # 30 timed runs of its 1-2 ms: 10 left a pick's share 15% off once
-    out = run(compose_checked(overrides))
-    return overrides, optuna.load_study(study_name="vit", storage=f"sqlite:///{out / 'study.db'}")
+    return overrides, searched(overrides)[1]
 
 
 def test_trials_vary_heads_mlp_width_and_int8_linears_and_none_fails(vit_study):
@@ -78,8 +72,6 @@ def text_study(tmp_path_factory):
     """``model=text space=transformer experiment=smoke`` on 3,000 package descriptions of four sections (48 byte
     tokens each, int64 through data=arrays): width 32, 2 layers of 4 heads, 8 epochs (well above the 0.25 of
     chance); heads, bits and int8 inputs searched, one searched trial."""
-    from search.cli import compose_checked
-    from search.run import run
     from tests.search.text_data import write
 
     folder = tmp_path_factory.mktemp("text")
@@ -89,8 +81,7 @@ def text_study(tmp_path_factory):
                  "data.val_size=600", "data.test_size=300", "space=transformer", "space.knobs.rank=null",
                  "space.knobs.sparsity=null", "space.knobs.channels=null", "study.name=text", "study.n_trials=1",
                  "hardware.warmup=2", "hardware.repeats=10"]
-    out = run(compose_checked(overrides))
-    return overrides, optuna.load_study(study_name="text", storage=f"sqlite:///{out / 'study.db'}")
+    return overrides, searched(overrides)[1]
 
 
 def test_token_ids_search_and_pick_into_verified_bundles_that_take_int64(text_study):

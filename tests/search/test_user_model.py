@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+
+from tests.search.studies import searched, write_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def odd_study(tmp_path_factory):
     from search import data as data_module
-    from search.cli import compose_checked
-    from search.run import run
     from search.training.loops import train_teacher
     from tests.spaces.odd_net import OddNet
 
@@ -32,15 +30,12 @@ def odd_study(tmp_path_factory):
     torch.save(net.state_dict(), folder / "odd.pt")
     # the user's data too (data=arrays), a part of Fashion-MNIST already normalised (mean 0, std 1: taken as it
     # is): the teacher's logits on 8,000 training images rather than 59,000 (25 s of this fixture's 66 s)
-    parts = {"train": (splits.train_x[:8000], splits.train_y[:8000]), "val": (splits.val_x, splits.val_y),
-             "test": (splits.test_x[:2000], splits.test_y[:2000])}
-    np.savez(folder / "data.npz", **{f"{k}_{xy}": t.numpy() for k, pair in parts.items() for xy, t in zip("xy", pair)})
+    write_arrays(folder / "data.npz", splits, train=8000, test=2000)
     overrides = ["experiment=smoke", f"results_dir={folder / 'results'}", "model=custom",
                  "model.net._target_=tests.spaces.odd_net.OddNet", f"model.checkpoint={folder / 'odd.pt'}",
                  "data=arrays", f"data.path={folder / 'data.npz'}", "data.mean=[0.0]", "data.std=[1.0]",
                  "study.name=odd", "study.n_trials=2", "hardware.warmup=2", "hardware.repeats=10"]
-    out = run(compose_checked(overrides))
-    return overrides, out, optuna.load_study(study_name="odd", storage=f"sqlite:///{out / 'study.db'}")
+    return overrides, *searched(overrides)
 
 
 def test_no_trial_fails_on_the_odd_model(odd_study):
@@ -89,21 +84,15 @@ def shufflenet_study(tmp_path_factory):
     fortieth of the probe's cost on all 57 layers and five knobs (7-12 minutes on 2 busy cores); one thread, as
     the images come one batch at a time (40 s in all against 220 s at two threads, on 2 busy cores)."""
     from search import data as data_module
-    from search.cli import compose_checked
-    from search.run import run
 
     folder = tmp_path_factory.mktemp("shufflenet")
-    splits = data_module.load(val_size=1000, seed=0)
-    parts = {"train": (splits.train_x[:2560], splits.train_y[:2560]), "val": (splits.val_x[:500], splits.val_y[:500]),
-             "test": (splits.test_x[:500], splits.test_y[:500])}
-    np.savez(folder / "data.npz", **{f"{k}_{xy}": t.numpy() for k, pair in parts.items() for xy, t in zip("xy", pair)})
+    write_arrays(folder / "data.npz", data_module.load(val_size=1000, seed=0), train=2560, val=500, test=500)
     overrides = ["experiment=smoke", "model=torchvision", "model.net.name=shufflenet_v2_x0_5", "model.train.epochs=3",
                  f"results_dir={folder / 'results'}", "data=arrays", f"data.path={folder / 'data.npz'}",
                  "data.mean=[0.0]", "data.std=[1.0]", "space=channels",
                  "space.knobs.channels.include=[conv1.*,stage2.*,conv5.*]", "study.name=shufflenet",
                  "study.n_trials=1", "hardware.warmup=2", "hardware.repeats=10", "threads=1"]
-    out = run(compose_checked(overrides))
-    return overrides, optuna.load_study(study_name="shufflenet", storage=f"sqlite:///{out / 'study.db'}")
+    return overrides, searched(overrides)[1]
 
 
 def test_shufflenet_searches_its_channel_groups_and_picks(shufflenet_study):
