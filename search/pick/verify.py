@@ -180,6 +180,7 @@ def latency(folder: Path, *, cost_model: BaseCostModel, input_shape: tuple[int, 
             s = t["searched"]
             noise = float(np.hypot(m.spread_ms / m.value_ms, s.spread_ms / s.value_ms))
             out["together"].update({"searched_ms": s.value_ms, "searched_spread": s.spread_ms,
+                                    "same_bytes": timed == "model.onnx" and artifact.onnx == c.searched,
                                     "apart": m.value_ms / s.value_ms - 1,
                                     "allowed": max(tol.latency_rel, tol.latency_spreads * noise)})
         if "uncompressed" in t and c.uncompressed_ms:
@@ -244,7 +245,9 @@ def _latency_reasons(lat: dict[str, Any], tol: Tolerances) -> list[str]:
     t, timed = lat.get("together"), lat.get("timed", "model.onnx")
     if t:
         out = []
-        if "apart" in t and abs(t["apart"]) > t["allowed"]:
+        # byte for byte the model the search timed: the two readings' gap is the machine's noise, not a finding
+        # (identical files read 18.5% apart, 17.9% allowed, on a 2-core VM running the test suite in parallel)
+        if "apart" in t and not t.get("same_bytes") and abs(t["apart"]) > t["allowed"]:
             out.append(f"latency: {timed} reads {lat['measured']:.3f} ms and the ONNX model the search timed for "
                        f"this trial {t['searched_ms']:.3f} ms, timed together now: {t['apart']:+.0%} apart, more "
                        f"than the {t['allowed']:.0%} their spreads allow ({lat['measured_spread']:.3f} and "

@@ -25,11 +25,14 @@ def test_table_round_trips_to_disk(tmp_path, lut_root):
     assert len(table.entries) >= 5 and all(e["ms"] > 0 and e["times"] for e in table.entries.values())
 
 
-def test_table_predicts_a_toy_model_within_tolerance_of_its_measurement(lut_root, large):
-    lut = LutCostModel(table=str(lut_root), batch_size=BATCH, threads=1)
+def test_table_predicts_a_toy_model_within_tolerance_of_its_measurement(tmp_path, small, large):
+    # the table is built between the measurements it is compared with: a session fixture's table, built minutes
+    # earlier under another load, read 40% off on a 2-core CI machine
     cpu = OrtCpuCostModel(batch_size=BATCH, threads=1, warmup=5, repeats=30, settle_s=0)
-    predicted = lut.latency_ms(large).value_ms
-    measured = [cpu.latency_ms(large).value_ms for _ in range(3)]
+    measured = [cpu.latency_ms(large).value_ms]
+    build_table(tmp_path, [small, large])
+    measured += [cpu.latency_ms(large).value_ms for _ in range(2)]
+    predicted = LutCostModel(table=str(tmp_path), batch_size=BATCH, threads=1).latency_ms(large).value_ms
     assert predicted == pytest.approx(float(np.median(measured)), rel=0.35)
 
 

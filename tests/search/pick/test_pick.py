@@ -236,7 +236,7 @@ def test_a_bundle_is_timed_together_with_the_model_the_search_timed(picked):
     lat = picked.report["latency_ms"]
     t = lat["together"]
     assert t["searched_ms"] > 0 and t["uncompressed_ms"] > 0 and t["allowed"] >= 0.1
-    assert abs(t["apart"]) <= t["allowed"], t  # the bundle's model.onnx is the model the search timed
+    assert t["same_bytes"], t  # the bundle's model.onnx is, byte for byte, the model the search timed
     assert t["share_recorded"] == pytest.approx(lat["recorded"] / t["uncompressed_recorded_ms"])
     assert not [r for r in picked.report["reasons"] if "is not the model the search measured" in r]
 
@@ -258,6 +258,15 @@ def test_a_bundle_whose_model_is_not_the_searched_one_is_caught_and_said_how(smo
     reasons = check({**report, "latency_ms": lat}, Tolerances())
     said = [r for r in reasons if "is not the model the search measured" in r]
     assert len(said) == 1 and "timed together now" in said[0] and lat["together"]["apart"] > 0.5, (reasons, lat["together"])
+
+
+def test_identical_files_timed_apart_by_noise_are_not_called_another_model():
+    from search.pick.verify import Tolerances, _latency_reasons
+
+    t = {"searched_ms": 1.0, "searched_spread": 0.05, "apart": 0.185, "allowed": 0.179}
+    lat = {"recorded": 1.0, "measured": 1.185, "measured_spread": 0.05, "together": t}
+    assert "not the model the search measured" in _latency_reasons(lat, Tolerances())[0]
+    assert _latency_reasons({**lat, "together": {**t, "same_bytes": True}}, Tolerances()) == []
 
 
 def test_between_readings_is_the_rms_gap_of_shares_timed_apart(tmp_path):
