@@ -23,7 +23,7 @@ from .loop.study import (
     make_objective, open_study, optimize, timed_out, with_arch,
 )
 from .results.outputs import trials_frame
-from .sensitivity.plan import guidance, guided
+from .sensitivity.plan import guidance, guided, student_starts
 from .storage.artifacts import artifact_store, fetch, publish
 from .storage.backends import backend, is_journal, journal_path, load_study, url_for
 from .storage.faults import Watcher, configure
@@ -181,8 +181,11 @@ def search(cfg: DictConfig, *, finish: bool = True) -> Path:
                 def size_of(params: dict) -> int:  # exact packed bytes of a configuration, without training it
                     return len(p.pipeline.materialize(p.pipeline.untrained(with_arch(s.space, {0: params})[0])).packed)
 
-                configs = guided(cfg, guide, after_baselines, log=log.info, size_of=size_of)
-                enqueue_guided(study, with_arch(s.space, dict(enumerate(configs))), refines=guide.refines)
+                configs = with_arch(s.space, dict(enumerate(guided(cfg, guide, after_baselines, log=log.info,
+                                                                  size_of=size_of))))
+                for params in student_starts(cfg, s.space, p.teacher, log=log.info):
+                    configs[len(configs)] = params
+                enqueue_guided(study, configs, refines=guide.refines)
         optimize(study, objective, n_trials=int(cfg.study.n_trials), timeout_s=left(), log=log.info, lock=lock)
     if (line := timed_out(study, timeout)) is not None:
         log.warning(line)

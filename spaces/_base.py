@@ -189,3 +189,8 @@ class BaseFamily(abc.ABC):
     @abc.abstractmethod
     def names(self) -> list[str]:
         """The parameter names ``sample`` suggests (``student.<key>``)."""
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every architecture's params (``student.*``), where the family can list them: what a search may start
+        from (``StudentSpace.starts``). ``[]``: it cannot, and a search starts from sampled students only."""
+        return []

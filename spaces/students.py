@@ -13,10 +13,12 @@ recovery does for a teacher trial.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -65,6 +67,9 @@ class ChoiceFamily(BaseFamily):
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         return {PREFIX + k: trial.suggest_categorical(PREFIX + k, v) for k, v in self.choices.items()}
+
+    def grid(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.names(), combo)) for combo in itertools.product(*self.choices.values())]
 
     def arch(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The choices of ``params`` by key (no prefix), checked: a missing or unknown value names its key."""
@@ -182,6 +187,33 @@ class StudentSpace:
                 raise ValueError(f"{key}: {rest[key]!r} is not among the choices {list(allowed)}")
         rest = {k: v for k, v in rest.items() if not k.startswith((PREFIX, DISTILL_PREFIX))}
         return self.student_knobs(params), rest
+
+    def starts(self, k: int, teacher: nn.Module, policy: str = "uniform_int8") -> list[dict[str, Any]]:
+        """``k`` student trials a search starts with (``guided.students``), so that a search over both tries students
+        from its start, not only where its sampler happens to draw one: the family's architectures with fewer
+        parameters than ``teacher`` (one per parameter count), spread from the largest towards the middle size
+        (the largest keeps most of the teacher; a smaller one tries the size end), each with its knobs at the
+        student's ``policy`` (a hand-made baseline its knobs declare, ``JointSpace.policies``; uncompressed where
+        they declare none) and every searched distillation setting at its middle choice."""
+        if k < 1 or STUDENT not in self.arch:
+            return []
+        limit, sizes = sum(p.numel() for p in teacher.parameters()), {}
+        for params in self.family.grid():
+            n = sum(p.numel() for p in self.family.build(params).parameters())
+            if n < limit:
+                sizes.setdefault(n, params)  # one architecture per size: ``derived`` depths that drop nothing repeat
+        ordered = [sizes[n] for n in sorted(sizes, reverse=True)]
+        if len(ordered) > k:
+            ordered = [ordered[i] for i in sorted({round(x) for x in np.linspace(0, (len(ordered) - 1) / 2, k)})]
+        out = []
+        for params in ordered:
+            trial = {ARCH: STUDENT, **params, **{key: v[len(v) // 2] for key, v in self.searched.items()}}
+            knobs = self.student_knobs(trial)
+            if knobs is not None:
+                policies = knobs.policies(self.family.build(params))
+                trial.update(policies.get(policy, policies["uncompressed"]))
+            out.append(trial)
+        return out
 
     # ---------------------------------------------------------------- BaseSpace-like interface
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:

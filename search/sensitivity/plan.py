@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from objectives import Accuracy
-from spaces import JointSpace, StudentSpace, layers_of
+from spaces import STUDENT, JointSpace, StudentSpace, layers_of
 
 from .._checks import whole
 from ..results.front import TOLERANCE
@@ -54,7 +54,7 @@ def settings(cfg: DictConfig) -> tuple[Sweep | None, dict[str, Any], dict[str, A
     except TypeError as exc:
         raise ValueError(f"sensitivity: {exc}; allowed keys: enabled, subset, latency, warmup, repeats") from exc
     anchors, guided = _section(cfg, "anchors"), _section(cfg, "guided")
-    for key in ("n", "perturbed", "refine"):
+    for key in ("n", "perturbed", "refine", "students"):
         whole(f"guided.{key}", guided.get(key, 0), 0)
     for b in anchors.get("bits") or []:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
@@ -184,3 +184,19 @@ def refinements(g: Guidance, rows: list[pd.Series], k: int, *, taken: list[dict[
         if twin is not None and twin not in taken and twin not in out.values():
             out[str(row["baseline"])] = twin
     return out
+
+
+def student_starts(cfg: DictConfig, space: Any, teacher: Any, *, log: Callable[[str], None] = print
+                   ) -> list[dict[str, Any]]:
+    """The guided start's student trials (``guided.students``; ``spaces.StudentSpace.starts``), in a space with
+    students; none in one without."""
+    _, _, guided_cfg = settings(cfg)
+    k = int(guided_cfg.get("students", 0))
+    if not k or not isinstance(space, StudentSpace) or STUDENT not in space.arch:
+        return []
+    starts = space.starts(k, teacher)
+    log(f"guided start: {len(starts)} student(s) ("
+        + "; ".join(", ".join(f"{key.removeprefix('student.')}={v}" for key, v in t.items() if key.startswith("student."))
+                    for t in starts) + ") at int8 where their knobs allow")
+    return starts
+

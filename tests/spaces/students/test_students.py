@@ -168,3 +168,23 @@ def test_a_space_of_students_only_and_without_knobs(space, small_cnn):
     model = only.apply(small_cnn, params)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert only.changes_structure(params) and not only.quantizes(params)
+
+
+def test_a_search_starts_from_students_spread_from_the_largest_smaller_than_the_teacher_at_int8(space, small_cnn):
+    """``starts``: one architecture per parameter count below the teacher's, the largest first and one towards the
+    middle, each at the student's own ``uniform_int8`` and the searched temperature's middle choice; each replays."""
+    teacher_params = sum(p.numel() for p in small_cnn.parameters())
+    sizes = sorted({sum(p.numel() for p in space.family.build(g).parameters()) for g in space.family.grid()},
+                   reverse=True)
+    starts = space.starts(2, small_cnn)
+    assert len(starts) == 2 and all(t["arch"] == "student" and t["distill.temperature"] == 4.0 for t in starts)
+    built = [space.apply_structure(small_cnn, t) for t in starts]
+    counts = [sum(p.numel() for p in m.parameters()) for m in built]
+    assert counts[0] == max(n for n in sizes if n < teacher_params) and counts[1] == sizes[round((len(sizes) - 1) / 2)]
+    for t in starts:
+        bits = {k: v for k, v in t.items() if k.startswith(("bits.", "abits."))}
+        assert bits and set(bits.values()) == {8}, t
+        assert space.changes_structure(t) and space.quantizes(t)
+    assert space.starts(0, small_cnn) == [] and space.starts(50, small_cnn)[0] == starts[0]
+    only_teacher = StudentSpace(teacher=space.teacher, family=space.family, knobs=knobs_for, arch=["teacher"])
+    assert only_teacher.starts(2, small_cnn) == []
