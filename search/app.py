@@ -143,15 +143,16 @@ def _family_config(cfg: DictConfig) -> tuple[DictConfig, str]:
 
 
 def _family(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], input_dtype: str,
-            calibration: torch.Tensor | None) -> BaseFamily:
+            calibration: torch.Tensor | None, cache: Path | None = None) -> BaseFamily:
     """The student family (``_family_config``), given what a family cut from the teacher needs: the teacher
-    ``model`` (trained in place later), its input, ``calibration`` inputs and ``space.student.init``."""
+    ``model`` (trained in place later), its input, ``calibration`` inputs, ``space.student.init`` and ``cache``, the
+    file its importance ranking is kept in (``results/<study>/importance.csv``)."""
     family_cfg, key = _family_config(cfg)
     init = cfg.space.student.get("init", "inherit")
     try:
         cls = get_class(family_cfg.get("_target_"))
         extra = _accepted(cls, key=key, model=model, input_shape=input_shape, input_dtype=input_dtype, init=init,
-                          calibration=calibration)
+                          calibration=calibration, cache=cache)
         family = instantiate(family_cfg, **extra, _convert_="all")
     except Exception as exc:
         raise ValueError(_keyed(key, exc)) from exc
@@ -162,12 +163,13 @@ def _family(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], inp
 
 def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
                 cache_dir: Path | None = None, input_dtype: str = "float32",
-                calibration: torch.Tensor | None = None) -> JointSpace | StudentSpace:
+                calibration: torch.Tensor | None = None, importance: Path | None = None) -> JointSpace | StudentSpace:
     """The space of ``cfg.space`` for ``model``: its knobs (a ``JointSpace``), behind the choice of a student
     architecture when the space has a ``student`` section (a ``StudentSpace``). ``cache_dir``: where the probe of
     the knobs on ``model`` is kept for later processes (``<cache_dir>/probe/``); ``input_dtype``: the data's
     (``Splits.input_dtype``: int64 for token ids); ``calibration``: inputs a family cut from ``model`` ranks its
-    blocks on (``spaces.DerivedFamily``; a rebuilt bundle gives none: it drops the blocks it stores)."""
+    blocks on (``spaces.DerivedFamily``; a rebuilt bundle gives none: it drops the blocks it stores), and
+    ``importance`` the file it keeps that ranking in."""
     space_cfg = cfg.space
     knob_cfgs = {name: c for name, c in (space_cfg.get("knobs") or {}).items() if c is not None}
     if not knob_cfgs:
@@ -193,7 +195,7 @@ def build_space(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
         return JointSpace(chosen) if chosen else None
 
     arch = space_cfg.get("arch") or [TEACHER, STUDENT]
-    family = _family(cfg, model, input_shape, input_dtype, calibration)
+    family = _family(cfg, model, input_shape, input_dtype, calibration, importance)
     return StudentSpace(teacher=teacher, family=family, knobs=knobs_for, arch=list(arch),
                         searched=distillation(cfg).searched())
 
@@ -309,7 +311,7 @@ def setup(cfg: DictConfig) -> Setup:
     storage = url_for(cfg.study.storage, results_dir=results, name=name, workers=workers)
     with _step("space"):  # the knobs' and the probe's own errors name the knob, the layer and the choice
         space = build_space(cfg, net, splits.input_shape, results / "cache", splits.input_dtype,
-                            splits.train_x[:int(cfg.calibration_samples)])
+                            splits.train_x[:int(cfg.calibration_samples)], importance=out_dir / "importance.csv")
     with _step("recovery"):
         recovery = Recovery(**OmegaConf.to_container(cfg.recovery, resolve=True))
     with _step("distill.teachers"):

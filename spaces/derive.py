@@ -16,16 +16,21 @@ What the ranking and the norms decided is left on the built student, ``DROPPED``
 children dropped}) and ``PRUNED``; a teacher that holds them (``search.pick.bundle``: the architecture rebuilt on
 untrained weights) gives exactly those blocks and channels, never its own ranking.
 
-The ranking is computed once per teacher weights in a process, kept on the family and keyed by a fingerprint of
-the weights (a search builds the space before it trains the teacher in place). A cache on disk under
-``results/<study>/``, as the sensitivity table's, is left for later (issue 35).
+The ranking is computed once per teacher weights, keyed by a fingerprint of the weights (a search builds the space
+before it trains the teacher in place): kept on the family, and, given ``cache`` (a search gives
+``results/<study>/importance.csv``, as it keeps the sensitivity table), written there (``IMPORTANCE_COLUMNS``: each
+block in model order, its importance and rank, the weights' fingerprint) and read back by any later process or
+worker on the same weights, blocks and calibration size. The report draws it.
 """
 from __future__ import annotations
 
 import copy
+import csv
 import functools
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,11 +41,12 @@ from .knobs._groups import channel_groups
 from .knobs.channels import prune_channels_
 from .students import PREFIX, ChoiceFamily
 
-__all__ = ["DerivedFamily", "DROPPED", "INITS", "droppable_blocks", "block_importance"]
+__all__ = ["DerivedFamily", "DROPPED", "INITS", "IMPORTANCE_COLUMNS", "droppable_blocks", "block_importance"]
 
 DROPPED = "dropped_blocks"  # attribute of a derived student: {Sequential fqn ('' = the model): child positions}
 INITS = ("inherit", "scratch")
 DEFAULT_CHOICES = {"depth": (0.0, 0.25, 0.5), "width": (0.0, 0.25, 0.5)}  # fractions of blocks, of channels
+IMPORTANCE_COLUMNS = ("block", "importance", "rank", "teacher", "calibration")  # the cache file's, one row per block
 
 
 def _record(seen: dict[str, list[bool]], fqn: str, module: nn.Module, args: tuple, output: Any) -> None:
@@ -145,6 +151,7 @@ class DerivedFamily(ChoiceFamily):
         self, *, model: nn.Module, input_shape: Sequence[int], input_dtype: str = "float32",
         choices: Mapping[str, Sequence[float]] | None = None, init: str = "inherit", seed: int = 0,
         calibration: torch.Tensor | None = None, calibration_size: int = 32, key: str = "space.student.family",
+        cache: str | Path | None = None,
     ) -> None:
         choices = dict(choices or DEFAULT_CHOICES)
         unknown = sorted(set(choices) - set(DEFAULT_CHOICES))
@@ -167,14 +174,41 @@ class DerivedFamily(ChoiceFamily):
         #: the blocks that can be dropped, found on shapes alone (the weights do not change them)
         self.blocks = droppable_blocks(model, self.input_shape, input_dtype)
         self._ranked: dict[str, list[str]] = {}  # {teacher weights' fingerprint: blocks, least important first}
+        self.cache = Path(cache) if cache is not None else None
 
     def ranked(self) -> list[str]:
         """The droppable blocks, least important first (ties in model order), for the teacher's weights now."""
         key = _fingerprint(self.teacher)
         if key not in self._ranked:
-            scores = block_importance(self.teacher, self.blocks, self.calibration)
+            scores = self._cached(key)
+            if scores is None:
+                scores = block_importance(self.teacher, self.blocks, self.calibration)
+                self._write(key, scores)
             self._ranked[key] = sorted(self.blocks, key=scores.__getitem__)
         return self._ranked[key]
+
+    def _cached(self, key: str) -> dict[str, float] | None:
+        """The scores in ``cache`` where it holds exactly these blocks, ranked on these weights and as many inputs."""
+        if self.cache is None or not self.cache.is_file():
+            return None
+        with self.cache.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if [r.get("block") for r in rows] != self.blocks or any(
+                r.get("teacher") != key or r.get("calibration") != str(len(self.calibration)) for r in rows):
+            return None
+        return {r["block"]: float(r["importance"]) for r in rows}
+
+    def _write(self, key: str, scores: Mapping[str, float]) -> None:
+        if self.cache is None:
+            return
+        rank = {b: i for i, b in enumerate(sorted(self.blocks, key=scores.__getitem__))}
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache.with_name(f".{self.cache.name}.{os.getpid()}")  # whole or not at all: workers read it
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(IMPORTANCE_COLUMNS)
+            writer.writerows([b, repr(scores[b]), rank[b], key, len(self.calibration)] for b in self.blocks)
+        os.replace(tmp, self.cache)
 
     def dropped(self, depth: float) -> list[str]:
         """The blocks a student of ``depth`` drops: those the teacher names (``DROPPED``), else the ranking's."""

@@ -35,6 +35,7 @@ class StudyData:
     config: dict[str, Any] = field(init=False)  # results/<study>/config.yaml ({} if absent)
     summary: dict[str, Any] = field(init=False)  # results/<study>/summary.json ({} if absent)
     sensitivity: pd.DataFrame | None = field(init=False)  # results/<study>/sensitivity.csv (None if absent)
+    blocks: pd.DataFrame | None = field(init=False)  # results/<study>/importance.csv: derived students' block ranking
 
     def __post_init__(self) -> None:
         self.df = trials_frame(self.study)
@@ -43,6 +44,8 @@ class StudyData:
         self.summary = _read(self.out_dir / "summary.json", json.loads)
         path = self.out_dir / "sensitivity.csv"
         self.sensitivity = pd.read_csv(path) if path.is_file() else None
+        path = self.out_dir / "importance.csv"
+        self.blocks = pd.read_csv(path) if path.is_file() else None
 
     @property
     def ref(self) -> Reference | None:

@@ -15,7 +15,7 @@ from .analysis import front_rows, knob_classes, split
 from .plots import format_value, front_grid, panels, plot_points, scene_axes, scene_of, shown
 
 __all__ = ["comparison_front_figure", "comparison_hypervolume_figure", "history_figure", "importance_figure",
-           "policy_figure", "sensitivity_figure"]
+           "policy_figure", "sensitivity_figure", "blocks_figure"]
 
 STUDY_COLOURS = ("#1f6fd1", "#e4572e", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 STUDY_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "pentagon", "hexagon", "cross", "x")
@@ -190,6 +190,21 @@ def sensitivity_figure(table: pd.DataFrame | None) -> go.Figure:
                       row=i, col=1)
         fig.update_yaxes(autorange="reversed", row=i, col=1)
         fig.update_xaxes(type="category", row=i, col=1)
+    return fig
+
+
+def blocks_figure(table: pd.DataFrame) -> go.Figure:
+    """The blocks a derived student may drop (``results/<study>/importance.csv``, ``spaces.derive``), in model order:
+    how much the teacher's logits move, relative to their norm, with that block alone skipped; the numbers are the
+    order in which students drop them (1 first)."""
+    fig = go.Figure(go.Bar(x=table["importance"], y=table["block"].astype(str), orientation="h",
+                           text=[f"{int(r) + 1}" for r in table["rank"]], textposition="outside",
+                           marker_color="#4c78a8",
+                           hovertemplate="%{y}: logits move %{x:.3f} of their norm<extra></extra>"))
+    fig.update_layout(template="plotly_white", font=_FONT, width=1000, height=120 + 26 * len(table),
+                      margin=dict(l=160, r=60, t=40, b=50), plot_bgcolor="white")
+    fig.update_xaxes(title_text="relative change of the teacher's logits with the block skipped")
+    fig.update_yaxes(autorange="reversed", type="category")
     return fig
 
 

@@ -31,6 +31,7 @@ def study_figures(d: StudyData, *, importances: bool = True) -> dict[str, go.Fig
         "policy": figures.policy_figure(an.policy(d.df, d.names), an.front_rows(d.df)),
         "importance": figures.importance_figure(imps),
         **({"sensitivity": figures.sensitivity_figure(d.sensitivity)} if d.sensitivity is not None else {}),
+        **({"blocks": figures.blocks_figure(d.blocks)} if d.blocks is not None and len(d.blocks) else {}),
     }
 
 
@@ -248,6 +249,12 @@ def study_page(d: StudyData, figs: Mapping[str, go.Figure], links: Mapping[str, 
                    "trained model (calibrated, not fine-tuned), scored on the first validation images: the accuracy "
                    "lost, in points. The anchors' baselines and the guided start are built from this table "
                    "(<code>results/&lt;study&gt;/sensitivity.csv</code>).")] if "sensitivity" in figs else []),
+        *([Section("blocks", "Block importance",
+                   figure_div(figs["blocks"], "fig-blocks", links=links.get("blocks")),
+                   "The blocks a student cut from the teacher may drop (<code>space.student.family=derived</code>), "
+                   "each skipped alone on the calibration images: how far the teacher's logits move, relative to "
+                   "their norm. Students drop them in the order numbered, least change first "
+                   "(<code>results/&lt;study&gt;/importance.csv</code>).")] if "blocks" in figs else []),
         Section("pareto", "Pareto table", pareto_table(d),
                 "Click a column header to sort. Each row's command replays that trial from its stored parameters "
                 "and writes a verified bundle to <code>results/&lt;study&gt;/picked/&lt;trial&gt;/</code>. "

@@ -49,6 +49,9 @@ def test_a_student_cut_from_a_resnet8_trains_exports_and_is_picked_into_a_bundle
     df = pd.read_csv(out / "trials.csv", keep_default_na=False)
     trial = df[df["baseline"] == ""].iloc[0]
     assert trial["state"] == "COMPLETE" and trial["student.depth"] == 0.5, trial.to_dict()
+    ranking = pd.read_csv(out / "importance.csv")  # the block ranking, kept with the study and drawn in its report
+    assert list(ranking["block"]) == ["layers.0"] and ranking["importance"].iloc[0] > 0
+    assert 'id="fig-blocks"' in (out / "report.html").read_text()
 
     picked = pick(cfg(tmp_path, *DERIVED, f"pick.trial={trial['number']}"))
     report = picked.report

@@ -132,6 +132,31 @@ def test_the_ranking_follows_the_teachers_weights_trained_in_place():
     assert family.ranked() == DerivedFamily(model=resnet(20, seed=1), input_shape=INPUT_SHAPE).ranked() != first
 
 
+def test_the_ranking_is_kept_on_disk_and_read_back_only_for_the_same_weights(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from spaces import derive
+
+    cache = tmp_path / "study" / "importance.csv"
+    teacher = resnet(20, seed=0)
+    first = DerivedFamily(model=teacher, input_shape=INPUT_SHAPE, cache=cache).ranked()
+    table = pd.read_csv(cache)
+    assert list(table.columns) == list(derive.IMPORTANCE_COLUMNS)
+    assert list(table["block"]) == DerivedFamily(model=teacher, input_shape=INPUT_SHAPE).blocks  # model order
+    assert len(table) == 7  # ResNet-20's 9 blocks less the two that change the shape
+    assert list(table.sort_values("rank")["block"]) == first and (table["importance"] > 0).all()
+
+    def recomputed(*a, **k):
+        raise AssertionError("ranked again, where the file holds these weights' ranking")
+
+    monkeypatch.setattr(derive, "block_importance", recomputed)
+    assert DerivedFamily(model=resnet(20, seed=0), input_shape=INPUT_SHAPE, cache=cache).ranked() == first
+    with pytest.raises(AssertionError, match="ranked again"):  # other weights: the file is not theirs
+        DerivedFamily(model=resnet(20, seed=1), input_shape=INPUT_SHAPE, cache=cache).ranked()
+    with pytest.raises(AssertionError, match="ranked again"):  # as many blocks, ranked on other inputs
+        DerivedFamily(model=resnet(20, seed=0), input_shape=INPUT_SHAPE, cache=cache, calibration_size=8).ranked()
+
+
 def test_a_teacher_holding_the_stored_cuts_rebuilds_them_not_its_own_ranking():
     """What ``search.pick.bundle.architecture`` does: the cuts decided on the trained weights, set on an untrained
     teacher, give the same student architecture, whatever that teacher's own ranking and norms say."""
