@@ -151,6 +151,15 @@ def _type_error(key: str, value: Any, default: Any) -> str | None:
     return None
 
 
+def _searched_list(key: str) -> bool:
+    """Whether ``key`` takes a list of its values, searched per trial (``distill.temperature=[2,4,8]``:
+    ``Distillation.SEARCHABLE``)."""
+    from .pipeline import Distillation
+
+    section, _, name = key.rpartition(".")
+    return section == "distill" and name in Distillation.SEARCHABLE
+
+
 def _takes_text(base: DictConfig, key: str) -> bool:
     """Whether the constructor ``key``'s section names (its ``_target_``) declares ``key`` may be a string as well
     as what its default is: ``hardware.host_lock`` is true, false or a lock file path (``bool | str``)."""
@@ -186,7 +195,11 @@ def compose_checked(overrides: Sequence[str]) -> DictConfig:
         base = _compose(groups)
         for o in values:
             default = OmegaConf.select(base, o.key_or_group, default=None)
-            why = _type_error(o.key_or_group, o.value(), default)
+            value = o.value()
+            if isinstance(value, (list, tuple)) and _searched_list(o.key_or_group) and value:
+                why = next(filter(None, (_type_error(o.key_or_group, v, default) for v in value)), None)
+            else:
+                why = _type_error(o.key_or_group, value, default)
             if why and isinstance(o.value(), str) and _takes_text(base, o.key_or_group):
                 why = None
             if why:

@@ -49,32 +49,46 @@ class Distillation:
     """How a student trial trains from the teacher (``distill.*`` in the config; ``search/training/loops.py: distill``).
 
     The budget is ``steps`` batches, or ``epochs`` passes over the training split when ``steps`` is None.
-    ``temperature`` and ``alpha`` are numbers, or lists of choices the search samples per student trial
-    (``distill.temperature``, ``distill.alpha``).
+    ``temperature``, ``alpha``, ``epochs`` and ``steps`` are numbers, or lists of choices the search samples per
+    student trial (``distill.<key>``: a student's budget is then a searched setting, its cost in time weighed by
+    the sampler against what it buys).
     """
 
-    epochs: float = 1.0
-    steps: int | None = None
+    epochs: float | tuple[float, ...] = 1.0
+    steps: int | tuple[int, ...] | None = None
     lr: float = 0.1
     batch_size: int = 128
     temperature: float | tuple[float, ...] = 4.0
     alpha: float | tuple[float, ...] = 0.7
     seed: int = 0
 
+    SEARCHABLE = ("temperature", "alpha", "epochs", "steps")
+
     def __post_init__(self) -> None:
-        for key in ("temperature", "alpha"):
+        for key in self.SEARCHABLE:
             value = getattr(self, key)
             if isinstance(value, (list, tuple)):
+                if not value:
+                    raise ValueError(f"distill.{key} must be a number or a non-empty list of numbers, got []")
+                if key == "steps":
+                    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+                    if bad:
+                        raise ValueError(f"distill.steps: {bad} not integers >= 1 (a list of step budgets)")
+                    object.__setattr__(self, key, tuple(int(v) for v in value))
+                    continue
+                if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+                    raise ValueError(f"distill.{key} must be a number or a list of numbers, got {list(value)!r}")
                 object.__setattr__(self, key, tuple(float(v) for v in value))
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            elif key != "steps" and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"distill.{key} must be a number or a list of numbers, got {value!r}")
-        if not self.choices("temperature") or min(self.choices("temperature")) <= 0:
+        if min(self.choices("temperature")) <= 0:
             raise ValueError(f"distill.temperature must be > 0, got {self.temperature!r}")
-        if not self.choices("alpha") or any(not 0 <= a <= 1 for a in self.choices("alpha")):
+        if any(not 0 <= a <= 1 for a in self.choices("alpha")):
             raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha!r}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"distill.steps must be an integer >= 1 or null, got {self.steps!r}")
-        if self.steps is None and (not isinstance(self.epochs, (int, float)) or self.epochs <= 0):
+        if not isinstance(self.steps, tuple) and self.steps is not None and (
+                isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"distill.steps must be an integer >= 1, a list of them, or null, got {self.steps!r}")
+        if self.steps is None and min(self.choices("epochs")) <= 0:
             raise ValueError(f"distill.epochs must be > 0 (or set distill.steps), got {self.epochs!r}")
         if self.lr <= 0 or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"distill: need lr > 0 and batch_size >= 1, got lr={self.lr!r}, batch_size={self.batch_size!r}")
@@ -84,15 +98,25 @@ class Distillation:
         return tuple(value) if isinstance(value, tuple) else (float(value),)
 
     def searched(self) -> dict[str, tuple[float, ...]]:
-        """The settings given as lists: the search samples them (``distill.<key>``)."""
-        return {k: getattr(self, k) for k in ("temperature", "alpha") if isinstance(getattr(self, k), tuple)}
+        """The settings given as lists: the search samples them (``distill.<key>``); ``epochs`` only where no
+        ``steps`` overrides it."""
+        return {k: getattr(self, k) for k in self.SEARCHABLE if isinstance(getattr(self, k), tuple)
+                and not (k == "epochs" and self.steps is not None)}
+
+    def chosen(self, key: str, params: Mapping[str, Any]) -> Any:
+        """A trial's setting: its sampled value when searched, else the configured one."""
+        return params[f"distill.{key}"] if isinstance(getattr(self, key), tuple) else getattr(self, key)
 
     def value(self, key: str, params: Mapping[str, Any]) -> float:
-        """A trial's temperature or alpha: its sampled value when searched, else the configured one."""
-        return float(params[f"distill.{key}"]) if isinstance(getattr(self, key), tuple) else float(getattr(self, key))
+        """A trial's temperature or alpha (``chosen``, as a float)."""
+        return float(self.chosen(key, params))
 
-    def total_steps(self, n_train: int) -> int:
-        return self.steps if self.steps is not None else max(1, round(self.epochs * n_train / self.batch_size))
+    def total_steps(self, n_train: int, params: Mapping[str, Any] | None = None) -> int:
+        """A trial's budget in batches (``params``: its sampled settings, where the budget is searched)."""
+        steps = self.chosen("steps", params or {})
+        if steps is not None:
+            return int(steps)
+        return max(1, round(float(self.chosen("epochs", params or {})) * n_train / self.batch_size))
 
 
 @dataclass
@@ -171,7 +195,7 @@ class Pipeline:
     def train_student(self, model: nn.Module, params: Mapping[str, Any], monitor: Monitor | None = None) -> float:
         """Distill the student in place; returns the seconds it took. ``monitor`` scores it at its checkpoints."""
         d, s = self.distillation, self.splits
-        total = d.total_steps(len(s.train_x))
+        total = d.total_steps(len(s.train_x), params)
         checkpoints: dict[int, float] = monitor.rule.steps(total) if monitor is not None else {}
         subset = Accuracy(images=s.val_x[: monitor.rule.val_subset], labels=s.val_y[: monitor.rule.val_subset]) \
             if monitor is not None else None
@@ -252,7 +276,7 @@ class Pipeline:
                 self.measure(structural, Outcome(untrained, early), values, extra)
             if monitor is not None:
                 monitor.start(values={o.name: values[o.name] for o in structural},
-                              total_steps=self.distillation.total_steps(len(self.splits.train_x)))
+                              total_steps=self.distillation.total_steps(len(self.splits.train_x), params))
         with stage("build"):
             model = self.build(params, monitor, seconds)
         with stage("materialize"):

@@ -30,6 +30,7 @@ def run_cli(tmp_path: Path, env: dict[str, str], *overrides: str) -> subprocess.
         (["study.constraints.max_accuracy_drop=5"], ["study.constraints.max_accuracy_drop", "5", "[0, 1)"]),
         (["space=all", "distill.alpha=1.5"], ["distill.alpha", "1.5", "[0, 1]"]),
         (["space=all", "distill.steps=0"], ["distill.steps", "0"]),
+        (["space=all", "distill.steps=[200,0]"], ["distill.steps", "[0]", "integers >= 1"]),
         (["space=all", "space.arch=[teacher,pupil]"], ["space.arch", "pupil", "'student'"]),
         (["space=all", "space.student.knobs=[bits,nope]"], ["space.student.knobs", "nope", "bits"]),
         (["space=all", "model.student=null"], ["model.student", "cnn", "space.student.family"]),
@@ -112,6 +113,8 @@ WRONG = [
     (["space=ful"], ["space=ful", "full", "compress"]),
     (["study.seed=1.5"], ["study.seed=1.5", "integer"]),
     (["hardware.isolate=/tmp/x"], ["hardware.isolate=/tmp/x", "true or false"]),
+    (["distill.temperature=[2,hot]"], ["distill.temperature=hot", "number"]),
+    (["distill.steps=[200,0.5]"], ["distill.steps=0.5", "integer"]),
 ]
 
 
@@ -126,6 +129,14 @@ def test_a_wrong_override_is_one_line_naming_key_value_and_what_is_allowed(overr
     assert exc.value.code == 2 and ran == [] and len(err) == 1, err
     for word in expected:
         assert word in err[0], (word, err[0])
+
+
+def test_a_searched_distillation_setting_takes_a_list_of_its_values():
+    from search.cli import compose_checked
+
+    # the documented python -m search space=all 'distill.temperature=[2,4,8]' was refused: "must be a number"
+    cfg = compose_checked(["experiment=smoke", "distill.temperature=[2,4,8]", "distill.steps=[200,500]"])
+    assert list(cfg.distill.temperature) == [2, 4, 8] and list(cfg.distill.steps) == [200, 500]
 
 
 def test_a_key_whose_constructor_takes_a_string_takes_one_beside_its_default():

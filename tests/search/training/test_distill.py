@@ -92,9 +92,22 @@ def test_distillation_settings_are_checked_and_lists_are_searched():
     assert d.value("temperature", {"distill.temperature": 2.0}) == 2.0 and d.value("alpha", {}) == 0.5
     for kw, key in (({"alpha": 1.5}, "distill.alpha"), ({"temperature": 0}, "distill.temperature"),
                     ({"steps": 0}, "distill.steps"), ({"epochs": -1}, "distill.epochs"),
-                    ({"temperature": "hot"}, "distill.temperature")):
+                    ({"temperature": "hot"}, "distill.temperature"), ({"steps": [100, 0]}, r"distill.steps: \[0\]"),
+                    ({"steps": [100.5]}, "distill.steps"), ({"epochs": [1, 0]}, "distill.epochs"),
+                    ({"epochs": []}, "distill.epochs")):
         with pytest.raises(ValueError, match=key):
             Distillation(**kw)
+
+
+def test_a_students_budget_may_be_searched_in_steps_or_epochs():
+    d = Distillation(steps=[100, 400], batch_size=100)
+    assert d.searched() == {"steps": (100, 400)}
+    assert d.total_steps(1000, {"distill.steps": 400}) == 400 and d.total_steps(1000, {"distill.steps": 100}) == 100
+    e = Distillation(epochs=[0.5, 2], batch_size=100)
+    assert e.searched() == {"epochs": (0.5, 2.0)} and e.total_steps(1000, {"distill.epochs": 2.0}) == 20
+    assert Distillation(epochs=[0.5, 2], steps=7).searched() == {}  # steps win over epochs, as for numbers
+    with pytest.raises(KeyError):
+        d.total_steps(1000, {})  # a searched budget is the trial's: no default stands in for it
 
 
 def test_an_ensemble_averages_the_teachers_logits(tmp_path):
