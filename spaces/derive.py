@@ -10,7 +10,11 @@ the teacher's output (its logits) changes, relative to its norm, on a calibratio
 skipped; ``student.depth`` is the fraction of them dropped (the nearest whole number, halves up), least change first.
 
 Width: ``student.width`` of every channel group's channels removed (``spaces.knobs.channels``: Torch-Pruning's
-groups, lowest L2 norm first), after the blocks are dropped; the output layer keeps its classes.
+groups), after the blocks are dropped; the output layer keeps its classes. Which channels go is decided by their
+activations, as Minitron ranks neurons, heads and embedding channels: ``ActivationImportance``, the root mean square
+of each channel's output on the calibration inputs (at the group's normalisation layers where it has some: a
+BatchNorm's or LayerNorm's output is what the next layer reads; else at its convolutions' and Linears'), least
+first; a channel that no input excites goes before one with large weights that never fires.
 
 What the ranking and the norms decided is left on the built student, ``DROPPED`` ({Sequential fqn: positions of the
 children dropped}) and ``PRUNED``; a teacher that holds them (``search.pick.bundle``: the architecture rebuilt on
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ._layers import COMPRESSIBLE, example_input, output_layer, set_submodule
@@ -41,7 +46,7 @@ from .knobs._groups import channel_groups
 from .knobs.channels import prune_channels_
 from .students import PREFIX, ChoiceFamily
 
-__all__ = ["DerivedFamily", "DROPPED", "INITS", "IMPORTANCE_COLUMNS", "droppable_blocks", "block_importance"]
+__all__ = ["ActivationImportance", "DerivedFamily", "DROPPED", "INITS", "IMPORTANCE_COLUMNS", "droppable_blocks", "block_importance"]
 
 DROPPED = "dropped_blocks"  # attribute of a derived student: {Sequential fqn ('' = the model): child positions}
 INITS = ("inherit", "scratch")
@@ -121,6 +126,54 @@ def _fqns(model: nn.Module, positions: Mapping[str, Sequence[int]]) -> list[str]
             continue
         out += [f"{parent}.{names[i]}" if parent else names[i] for i in idxs if 0 <= int(i) < len(names)]
     return out
+
+
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+class ActivationImportance:
+    """A Torch-Pruning importance (a group -> one score per channel) from activations: each Conv2d, Linear and
+    normalisation layer's output on ``inputs``, reduced to its root mean square per output channel (dimension 1 of
+    a convolution's or a BatchNorm's output, the last of a Linear's or a LayerNorm's). A group scores its channels by
+    the mean of its normalisation layers' (else its convolutions' and Linears') values; a group none of whose layers
+    ran on the inputs scores by L2 norm of the weights."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        self.rms: dict[nn.Module, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(self._record) for m in model.modules()
+                 if isinstance(m, (*COMPRESSIBLE, *NORMS))]
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(inputs)
+        finally:
+            model.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        self.fallback = tp.importance.MagnitudeImportance(p=2)
+
+    def _record(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+            return
+        x = output.detach().float()
+        channels = x.movedim(1, 0) if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)) \
+            else x.movedim(-1, 0)
+        self.rms[module] = channels.reshape(channels.shape[0], -1).pow(2).mean(1).sqrt()
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor:
+        norms, layers = [], []
+        for i, (dep, idxs) in enumerate(group):
+            rms = self.rms.get(dep.layer)  # Torch-Pruning's out-channel functions: each layer type's prune_out_channels
+            if getattr(dep.pruning_fn, "__name__", "") != "prune_out_channels" or rms is None or max(idxs, default=-1) >= len(rms):
+                continue
+            scores = torch.zeros(len(group[0].root_idxs)).index_add_(
+                0, torch.as_tensor(group[i].root_idxs), rms[torch.as_tensor(idxs)])
+            (norms if isinstance(dep.layer, NORMS) else layers).append(scores)
+        found = norms or layers
+        if not found:
+            return self.fallback(group)
+        return torch.stack(found).mean(0)
 
 
 def reinitialise_(model: nn.Module, seed: int) -> None:
@@ -232,7 +285,8 @@ class DerivedFamily(ChoiceFamily):
         if arch["width"] > 0:
             out = output_layer(student)
             roots = [r for r in channel_groups(student, self.input_shape, self.input_dtype).roots if r != out]
-            prune_channels_(student, dict.fromkeys(roots, arch["width"]), self.input_shape, self.input_dtype)
+            prune_channels_(student, dict.fromkeys(roots, arch["width"]), self.input_shape, self.input_dtype,
+                            importance=ActivationImportance(student, self.calibration))
         setattr(student, DROPPED, _positions(self.teacher, dropped))
         if self.init == "scratch":
             reinitialise_(student, self.seed)

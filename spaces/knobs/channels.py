@@ -8,7 +8,7 @@ it leaves the others out.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -29,8 +29,9 @@ PRUNED = "pruned_channels"  # attribute of a pruned model: {group root fqn: the 
 
 
 def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int],
-                    dtype: str = "float32") -> None:
-    """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first, or the ones
+                    dtype: str = "float32", importance: Callable[[Any], torch.Tensor] | None = None) -> None:
+    """Remove ``ratios[fqn]`` of each group's channels from ``model`` in place (lowest L2 norm first, or lowest
+    ``importance``: a Torch-Pruning importance, a callable from a group to a score per channel; or the ones
     ``model``'s ``PRUNED`` attribute names); the indices removed are left in that attribute. Each group is pruned
     through the graph of the module that holds it (``_groups``: the model's, or a block's where Torch-Pruning cannot
     trace the model whole)."""
@@ -38,12 +39,14 @@ def prune_channels_(model: nn.Module, ratios: Mapping[str, float], input_shape: 
     if not any(r > 0 for r in ratios.values()):
         return
     with single_thread():  # traces of one input: a second thread costs more than it saves
-        setattr(model, PRUNED, _pruned(model, ratios, input_shape, dict(getattr(model, PRUNED, None) or {}), dtype))
+        setattr(model, PRUNED, _pruned(model, ratios, input_shape, dict(getattr(model, PRUNED, None) or {}), dtype,
+                                       importance))
 
 
 def _pruned(model: nn.Module, ratios: Mapping[str, float], input_shape: Sequence[int],
-            given: Mapping[str, list[int]], dtype: str = "float32") -> dict[str, list[int]]:
-    importance = tp.importance.MagnitudeImportance(p=2)
+            given: Mapping[str, list[int]], dtype: str = "float32",
+            importance: Callable[[Any], torch.Tensor] | None = None) -> dict[str, list[int]]:
+    importance = importance or tp.importance.MagnitudeImportance(p=2)
     found = channel_groups(model, input_shape, dtype)
     todo = {scope: (cuts, [r for r in roots if ratios.get(r, 0.0) > 0])
             for scope, (cuts, roots) in found.scopes.items()}

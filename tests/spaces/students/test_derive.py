@@ -11,6 +11,8 @@ from torch import nn
 from search.models import ResNet, SmallCNN, torchvision_model
 from search.models.transformers import TextTransformer, ViT
 from spaces import DROPPED, PRUNED, DerivedFamily
+from spaces.derive import ActivationImportance
+from spaces.knobs.channels import prune_channels_
 
 INPUT_SHAPE = (1, 1, 28, 28)
 
@@ -96,6 +98,24 @@ def test_width_removes_channels_in_every_group_and_keeps_the_classes():
     assert student.fc.out_features == 10 and student.conv1.out_channels == 4
     assert sum(p.numel() for p in student.parameters()) < 0.3 * sum(p.numel() for p in teacher.parameters())
     assert getattr(student, PRUNED) and student(torch.randn(2, *INPUT_SHAPE[1:])).shape == (2, 10)
+
+
+def test_width_removes_the_channels_the_calibration_inputs_excite_least_not_the_smallest_weights():
+    """Two channels of features.4 with the largest weights but a BatchNorm that silences them (gamma = beta = 0):
+    the L2 norm of the weights keeps them, the activations (Minitron's importance) remove them first."""
+    teacher = randomized(SmallCNN(widths=(8, 16, 32), hidden=32), 0)
+    with torch.no_grad():
+        teacher.features[4].weight[[3, 11]] *= 100
+        teacher.features[5].weight[[3, 11]] = 0.0
+        teacher.features[5].bias[[3, 11]] = 0.0
+    student = DerivedFamily(model=teacher, input_shape=INPUT_SHAPE).build(params(width=0.25))
+    removed = getattr(student, PRUNED)["features.4"]
+    assert len(removed) == 4 and {3, 11} <= set(removed), removed
+    by_norm = copy.deepcopy(teacher)
+    prune_channels_(by_norm, {"features.4": 0.25}, INPUT_SHAPE)
+    assert not {3, 11} & set(getattr(by_norm, PRUNED)["features.4"])  # what the weights alone would keep
+    scores = ActivationImportance(teacher, torch.randn(8, *INPUT_SHAPE[1:]))
+    assert float(scores.rms[teacher.features[5]][3]) == 0.0 and float(scores.rms[teacher.features[4]][3]) > 0
 
 
 def test_scratch_has_the_inherited_architecture_and_other_weights():
