@@ -105,25 +105,27 @@ class TTLinear(nn.Module):
         super().__init__()
         self.cores = nn.ParameterList(nn.Parameter(c.detach().clone()) for c in cores)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        self.out_modes, self.in_modes = (tuple(c.shape[i] for c in cores) for i in (1, 2))
+        # the shapes as plain ints: the forward pass reads no tensor's shape but the input's, so torch.fx traces it
+        # (conv+BN folding) and the ONNX graph holds the modes as constants
+        self.shapes = tuple(tuple(int(d) for d in c.shape) for c in cores)
+        self.out_modes, self.in_modes = (tuple(s[i] for s in self.shapes) for i in (1, 2))
         self.out_features, self.in_features = math.prod(self.out_modes), math.prod(self.in_modes)
 
     @property
     def ranks(self) -> tuple[int, ...]:
-        return (*(c.shape[0] for c in self.cores), 1)
+        return (*(s[0] for s in self.shapes), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # t: (batch, outputs so far n_1..n_{k-1}, r_{k-1}, inputs still to read m_k..m_d)
         t, done, rest = x.reshape(-1, 1, 1, self.in_features), 1, self.in_features
-        for core in self.cores:
-            r, n, m, s = core.shape
+        for k, (r, n, m, s) in enumerate(self.shapes):
             rest //= m
             t = t.reshape(-1, done, r, m, rest).permute(0, 1, 4, 2, 3).reshape(-1, r * m)
-            t = t @ core.permute(0, 2, 1, 3).reshape(r * m, n * s)
+            t = t @ self.cores[k].permute(0, 2, 1, 3).reshape(r * m, n * s)
             t = t.reshape(-1, done, rest, n, s).permute(0, 1, 3, 4, 2)
             done *= n
             t = t.reshape(-1, done, s, rest)
-        y = t.reshape(*x.shape[:-1], self.out_features)
+        y = t.reshape(x.shape[:-1] + (self.out_features,))
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
