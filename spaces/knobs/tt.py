@@ -128,6 +128,16 @@ class TTLinear(nn.Module):
         y = t.reshape(x.shape[:-1] + (self.out_features,))
         return y if self.bias is None else y + self.bias
 
+    def multiply_accumulates(self, x: torch.Tensor) -> int:
+        """The matmuls' multiply-accumulates on ``x`` (``objectives.count_macs`` reads them): each core meets every
+        (output so far, input still to read) pair of every row."""
+        rows, done, rest, total = x.numel() // self.in_features, 1, self.in_features, 0
+        for r, n, m, s in self.shapes:
+            rest //= m
+            total += rows * done * rest * r * m * n * s
+            done *= n
+        return total
+
     def extra_repr(self) -> str:
         modes = "x".join(map(str, self.in_modes)), "x".join(map(str, self.out_modes))
         return f"{modes[0]} -> {modes[1]}, ranks={self.ranks}, bias={self.bias is not None}"
