@@ -49,7 +49,8 @@ def layers_of(model: nn.Module, fqn: str) -> list[tuple[str, nn.Module]]:
     The layer keeps its teacher fqn through every phase: channel pruning leaves it in place with fewer channels (read
     shapes from the layer, not from the teacher), masks and quantizers change it in place, and a factorization
     (``rank``, ``tucker``) puts an ``nn.Sequential`` of two or three layers there, each of which is returned
-    (``("fc1.0", Linear), ("fc1.1", Linear)``): ``model.get_submodule(fqn).weight`` fails on such a layer.
+    (``("fc1.0", Linear), ("fc1.1", Linear)``): ``model.get_submodule(fqn).weight`` fails on such a layer. A layer
+    held as tensor-train cores (``tt``) has none: later knobs leave it alone.
     """
     module = model.get_submodule(fqn)
     if isinstance(module, COMPRESSIBLE):

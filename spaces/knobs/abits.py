@@ -87,6 +87,6 @@ class ActivationBitsKnob(BitWidthKnob):
                     quantize_(layer, inputs=ActFakeQuant(int(bits), dynamic=fqn in self.dynamic))
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
-        layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        layer = next((m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)  # none: a TT layer
         act = getattr(layer, "act", None)
         return str(act.bits) if act is not None else ""

@@ -90,6 +90,6 @@ class BitsKnob(BitWidthKnob):
         return {"uniform_int8": {"bits": 8, "abits": 8}, "uniform_w4a8": {"bits": 4, "abits": 8}}
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
-        layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        layer = next((m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)  # none: a TT layer
         wq = getattr(layer, "wq", None)
         return str(wq.bits) if isinstance(wq, LinearQuantizer) else ""

@@ -132,6 +132,7 @@ class ChannelKnob(BaseKnob):
         return {"channels_50": {"channels": 0.5}, "channels_50_int8": {"channels": 0.5, "bits": 8, "abits": 8}}
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
-        out_now = [m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1].weight.shape[0]
+        layers = [m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        out_now = layers[-1].weight.shape[0] if layers else getattr(built, "out_features", reference.weight.shape[0])
         out_then = reference.weight.shape[0]
         return f"{1 - out_now / out_then:.0%}" if out_now != out_then else ""

@@ -142,6 +142,6 @@ class KMeansKnob(BitWidthKnob):
         return {"uniform_kmeans4": {"kmeans": 4}}
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
-        layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        layer = next((m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)  # none: a TT layer
         wq = getattr(layer, "wq", None)
         return f"{2**wq.bits} values" if isinstance(wq, KMeansQuantizer) else ""

@@ -84,5 +84,4 @@ class SparsityKnob(BaseKnob):
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
         layers = [m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         zeros = sum(int((m.weight_mask == 0).sum()) for m in layers if getattr(m, "weight_mask", None) is not None)
-        share = zeros / sum(m.weight.numel() for m in layers)
-        return f"{share:.0%}" if zeros else ""
+        return f"{zeros / sum(m.weight.numel() for m in layers):.0%}" if zeros else ""
