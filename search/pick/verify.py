@@ -16,8 +16,10 @@
   a mismatch, not noise, since a slow spell of the machine hits both alike. *Recorded figure*: the bundle's
   latency as a share of the uncompressed model's, against the share the search recorded, within 3 x the
   root-mean-square gap between two readings of one model taken apart in this study (``between_readings``: the
-  baselines timed when they ran and again together at the end, ``remeasured.csv``), at least 10%: on a shared
-  2-core VM readings of one model taken minutes apart moved by up to 50%. Where the study's models are not at
+  baselines timed when they ran and again together at the end, ``remeasured.csv``) combined with the relative
+  spread of the two readings taken now (``noise_now``: a machine busy at pick reads wider), at least 10%: on a
+  shared 2-core VM readings of one model taken minutes apart moved by up to 50%. A rejection on latency says
+  whether the machine was busy (its load average against its cores, ``machine`` in the report). Where the study's models are not at
   hand (a re-check of a moved bundle, a study without artifacts), the median must fall inside recorded +-
   max(3 x the recorded interquartile range, 10% of the recorded value). A failing reading is taken once more
   before it counts; a failure names the figure that missed, by how much, and the noise allowed.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -185,12 +188,14 @@ def latency(folder: Path, *, cost_model: BaseCostModel, input_shape: tuple[int, 
                                     "allowed": max(tol.latency_rel, tol.latency_spreads * noise)})
         if "uncompressed" in t and c.uncompressed_ms:
             u = t["uncompressed"]
+            now = float(np.hypot(m.spread_ms / m.value_ms, u.spread_ms / u.value_ms))  # the readings' own noise
             out["together"].update({
                 "uncompressed_ms": u.value_ms, "uncompressed_recorded_ms": c.uncompressed_ms,
                 "share_now": m.value_ms / u.value_ms, "share_recorded": recorded / c.uncompressed_ms,
                 "share_apart": (m.value_ms / u.value_ms) / (recorded / c.uncompressed_ms) - 1,
-                "share_allowed": max(tol.latency_rel, tol.latency_spreads * (c.between_rel or 0.0)),
-                "between_readings": c.between_rel})
+                "share_allowed": max(tol.latency_rel, tol.latency_spreads * float(np.hypot(c.between_rel or 0.0, now))),
+                "between_readings": c.between_rel, "noise_now": now})
+        out["machine"] = machine_load()
         if not _latency_reasons(out, tol):
             break
     return out
@@ -239,6 +244,19 @@ def _runtime_accuracy_reasons(report: dict[str, Any], tol: Tolerances) -> list[s
             f"{ref:.4f} ({gap:.2f} points apart, allowed {tol.accuracy_points})"]
 
 
+def machine_load() -> dict[str, float]:
+    """The machine's load while it timed: the 1-minute load average against its cores."""
+    return {"load_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count() or 1}
+
+
+def busy(machine: dict[str, float] | None) -> str:
+    """What a latency rejection adds about the machine: busy (a load average above its cores) or not."""
+    if not machine:
+        return ""
+    state = "busy" if machine["load_1min"] > machine["cores"] else "not busy"
+    return f" (the machine was {state}: load {machine['load_1min']:.1f} on {machine['cores']:.0f} cores)"
+
+
 def _latency_reasons(lat: dict[str, Any], tol: Tolerances) -> list[str]:
     """What the latency check finds wrong (``latency``'s report): the figures timed together where they are
     there, else the recorded band."""
@@ -261,8 +279,9 @@ def _latency_reasons(lat: dict[str, Any], tol: Tolerances) -> list[str]:
                        f"together now ({lat['measured']:.3f} of {t['uncompressed_ms']:.3f} ms), the search recorded "
                        f"{t['share_recorded']:.3f} ({lat['recorded']:.3f} of {t['uncompressed_recorded_ms']:.3f} ms): "
                        f"{t['share_apart']:+.0%} apart, more than the {t['share_allowed']:.0%} allowed (3 x the "
-                       "study's gap between two readings of one model, at least 10%)")
-        return out
+                       "study's gap between two readings of one model and the spread of these readings, at least "
+                       "10%)")
+        return [r + busy(lat.get("machine")) for r in out]
     if lat["recorded"] is None:
         return []
     lo, hi = tol.latency_band(lat["recorded"], lat["recorded_spread"])

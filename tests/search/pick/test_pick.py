@@ -237,6 +237,8 @@ def test_a_bundle_is_timed_together_with_the_model_the_search_timed(picked):
     t = lat["together"]
     assert t["searched_ms"] > 0 and t["uncompressed_ms"] > 0 and t["allowed"] >= 0.1
     assert t["same_bytes"], t  # the bundle's model.onnx is, byte for byte, the model the search timed
+    assert t["noise_now"] >= 0 and lat["machine"]["cores"] >= 1  # the noise and load of the readings taken now
+    assert t["share_allowed"] == pytest.approx(max(0.1, 3 * np.hypot(t["between_readings"] or 0, t["noise_now"])))
     assert t["share_recorded"] == pytest.approx(lat["recorded"] / t["uncompressed_recorded_ms"])
     assert not [r for r in picked.report["reasons"] if "is not the model the search measured" in r]
 
@@ -267,6 +269,17 @@ def test_identical_files_timed_apart_by_noise_are_not_called_another_model():
     lat = {"recorded": 1.0, "measured": 1.185, "measured_spread": 0.05, "together": t}
     assert "not the model the search measured" in _latency_reasons(lat, Tolerances())[0]
     assert _latency_reasons({**lat, "together": {**t, "same_bytes": True}}, Tolerances()) == []
+
+
+def test_the_share_band_widens_with_the_noise_of_the_readings_taken_now_and_a_rejection_says_if_the_machine_was_busy():
+    from search.pick.verify import Tolerances, _latency_reasons, busy
+
+    assert busy({"load_1min": 3.5, "cores": 2}) == " (the machine was busy: load 3.5 on 2 cores)"
+    assert busy({"load_1min": 0.4, "cores": 2}).startswith(" (the machine was not busy") and busy(None) == ""
+    t = {"uncompressed_ms": 12.0, "uncompressed_recorded_ms": 12.0, "share_now": 0.45, "share_recorded": 0.4,
+         "share_apart": 0.125, "share_allowed": 0.11, "between_readings": 0.03}
+    lat = {"recorded": 4.8, "measured": 5.4, "together": t, "machine": {"load_1min": 3.5, "cores": 2}}
+    assert _latency_reasons(lat, Tolerances())[0].endswith("(the machine was busy: load 3.5 on 2 cores)")
 
 
 def test_between_readings_is_the_rms_gap_of_shares_timed_apart(tmp_path):
