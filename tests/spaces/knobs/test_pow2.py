@@ -121,3 +121,26 @@ def test_onnx_runs_the_layer_in_float_with_exactly_the_decoded_weights(small_cnn
     assert {n.op_type for n in graph.node}.isdisjoint({"QuantizeLinear", "DequantizeLinear"})
     assert any(np.array_equal(v, decoded) or np.array_equal(v, decoded.T) for v in stored)
     assert _is_signed_power_of_two(torch.from_numpy(decoded))
+
+
+def test_the_sensitivity_sweep_covers_it_through_the_knob_api_with_exactly_its_bytes():
+    from objectives import Accuracy
+    from objectives.hardware import AnalyticCostModel
+    from search.sensitivity.sweep import Measurer, Sweep, sweep_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 10)).eval()
+    x = torch.randn(200, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    space = JointSpace([spaces.BitsKnob(model=model), Pow2Knob(model=model)])
+    cost = AnalyticCostModel(device="toy", peak_tops={"fp32": 0.1, "int8": 0.2}, memory_gbs=8.0, batch_size=8)
+    measurer = Measurer(teacher=model, space=space, accuracy=Accuracy(images=x, labels=y), calibration=x[:64],
+                        input_shape=(1, 20), cost_model=cost, sweep=Sweep(subset=200, latency=False))
+    table = sweep_table(measurer, log=lambda _: None)
+    rows = table[table["knob"] == "pow2"]
+    assert sorted(set(rows["choice"])) == [3, 4, 5, 32] and set(rows["layer"]) == {"0", "2"}
+    # layer 0 at 4 bits: 800 float32 weights (3,200 B) become an int16 exponent and 800 codes of 4 bits (402 B);
+    # its header entry reads "b":4 for "b":32 (one character less) and adds ,"c":"pow2" (11 more)
+    row = rows[(rows["layer"] == "0") & (rows["choice"] == 4)].iloc[0]
+    assert row["bytes_saved"] == 3200 - 402 + 1 - 11
