@@ -45,15 +45,16 @@ def exponents(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def pow2_round(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """(``w`` with every weight at ``sign * 2**e`` or zero, ``emax``): ``e = round(log2|w|)`` from frexp (exact, no
-    logarithm), kept where it lies in the window of ``exponents(bits)`` below ``emax``. Powers of two are exact in
-    float64 and cast to ``w``'s dtype as ``np.ldexp`` in the decoder does, so the two agree bit for bit."""
+def pow2_round(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``w`` with every weight at ``sign * 2**e`` or zero, ``emax`` as a 0-d tensor, -inf where every weight is
+    zero): ``e = round(log2|w|)`` from frexp (exact, no logarithm), kept where it lies in the window of
+    ``exponents(bits)`` below ``emax``. Powers of two are exact in float64 and cast to ``w``'s dtype as ``np.ldexp``
+    in the decoder does, so the two agree bit for bit. No value leaves the device (no sync in training)."""
     x = w.detach().double()
     mantissa, exponent = torch.frexp(x)
     e = (exponent - 1 + (mantissa.abs() >= HALF_OCTAVE).int()).double()
     nonzero = x != 0
-    emax = int(e[nonzero].max()) if bool(nonzero.any()) else 0
+    emax = torch.where(nonzero, e, -math.inf).max() if x.numel() else torch.tensor(-math.inf)
     kept = nonzero & (e > emax - exponents(bits))
     q = torch.where(kept, torch.ldexp(torch.sign(x), e), torch.zeros((), dtype=x.dtype))
     return q.to(w.dtype), emax
@@ -144,5 +145,8 @@ class Pow2Knob(BitWidthKnob):
         if not isinstance(wq, Pow2Quantizer):
             return ""
         with torch.no_grad():
-            _, emax = pow2_round(layer.effective_weight(), wq.bits)
+            _, top = pow2_round(layer.effective_weight(), wq.bits)
+        if not math.isfinite(float(top)):
+            return "all zero"
+        emax = int(top)
         return f"±2^[{emax - exponents(wq.bits) + 1}, {emax}]"

@@ -36,11 +36,12 @@ def test_rounding_is_in_the_log_domain_within_a_window_below_the_largest_exponen
     # log2|w|: 3 (the largest), 1.49 -> 1, 1.51 -> 2, 0.49 -> 0, -0.51 -> -1
     w = torch.tensor([8.0, 2 * s * 0.99, -2 * s * 1.01, s * 0.99, -(2**-0.51), 0.0])
     q, emax = pow2_round(w, 3)  # 3 bits: exponents 3, 2, 1
-    assert emax == 3
+    assert float(emax) == 3
     assert q.tolist() == [8.0, 2.0, -4.0, 0.0, 0.0, 0.0]
     q, _ = pow2_round(w, 4)  # 4 bits: exponents 3 .. -3
     assert q.tolist() == [8.0, 2.0, -4.0, 1.0, -0.5, 0.0]
     assert [exponents(b) for b in (2, 3, 4, 5)] == [1, 3, 7, 15]
+    assert torch.equal(pow2_round(torch.zeros(3), 4)[0], torch.zeros(3))  # a layer all zero stays so
 
 
 def test_every_weight_is_a_signed_power_of_two_and_pruned_weights_stay_zero(small_cnn):
