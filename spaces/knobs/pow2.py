@@ -140,7 +140,7 @@ class Pow2Knob(BitWidthKnob):
         return {"uniform_pow2_4": {"pow2": 4}}
 
     def describe(self, reference: nn.Module, built: nn.Module) -> str:
-        layer = next(m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        layer = next((m for m in built.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)  # none: a TT layer
         wq = getattr(layer, "wq", None)
         if not isinstance(wq, Pow2Quantizer):
             return ""

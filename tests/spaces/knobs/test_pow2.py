@@ -15,7 +15,7 @@ from spaces import JointSpace, SparsityKnob
 from spaces.knobs.pow2 import Pow2Knob, Pow2Quantizer, exponents, pow2_round
 from spaces.materialize import packed_tensors
 from spaces.packing import unpack
-from tests.spaces.knob_contract import KnobContract
+from tests.spaces.knob_contract import KnobContract, build_knob
 
 INPUT_SHAPE = (1, 1, 28, 28)
 
@@ -145,3 +145,13 @@ def test_the_sensitivity_sweep_covers_it_through_the_knob_api_with_exactly_its_b
     # its header entry reads "b":4 for "b":32 (one character less) and adds ,"c":"pow2" (11 more)
     row = rows[(rows["layer"] == "0") & (rows["choice"] == 4)].iloc[0]
     assert row["bytes_saved"] == 3200 - 402 + 1 - 11
+
+
+def test_a_tt_layer_keeps_float_cores_and_is_described_as_untouched(small_cnn):
+    space = JointSpace([build_knob("tt", small_cnn), build_knob("pow2", small_cnn)])
+    built = space.apply(small_cnn, space.with_values(tt={"tt.fc1": 0.5}, pow2=space["pow2"].uniform(4)))
+    assert not any(hasattr(m, "wq") for m in built.fc1.modules())
+    assert space["pow2"].describe(small_cnn.fc1, built.fc1) == ""
+    assert space["pow2"].describe(small_cnn.fc2, built.fc2).startswith("±2^[")
+    decoded, plain = unpack(spaces.pack(packed_tensors(built))), spaces.to_plain(built).state_dict()
+    assert all(torch.equal(decoded[k], v.float()) for k, v in plain.items() if not k.endswith("num_batches_tracked"))
