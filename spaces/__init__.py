@@ -15,7 +15,8 @@ A knob written in another package (``+space.knobs.<name>._target_=mypkg.MyKnob``
 from . import knobs
 from ._base import BaseFamily, BaseKnob, Phase
 from ._compressed import (
-    ActFakeQuant, LinearQuantizer, WeightQuantizer, calibrate, mask_, quantize_, to_plain, weight_mask, weight_quantizer,
+    ActFakeQuant, Float16Quantizer, LinearQuantizer, WeightQuantizer, calibrate, mask_, quantize_, to_plain,
+    weight_mask, weight_quantizer,
 )
 from ._layers import layers_of, one_line
 from .derive import DROPPED, DerivedFamily
@@ -23,14 +24,14 @@ from .fold import fold_batchnorm
 from .joint import JointSpace
 from .knobs import *  # noqa: F403 - every knob class, by the knob modules' own __all__
 from .materialize import INT4_CHOICES, Artifact, materialize
-from .packing import FLOAT_BITS, Codec, PackedTensor, pack, register_codec, unpack
+from .packing import FLOAT_BITS, HALF_BITS, Codec, PackedTensor, pack, register_codec, unpack
 from .probe import probe
 from .students import ARCH, FIXED_ARCH, STUDENT, TEACHER, StudentFamily, StudentSpace
 
 __all__ = [
     "BaseKnob", "BaseFamily", "Phase", "JointSpace", "StudentSpace", "StudentFamily", "DerivedFamily", "DROPPED",
-    "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "ActFakeQuant",
-    "Artifact", "materialize", "INT4_CHOICES", "pack", "unpack", "register_codec", "Codec", "calibrate", "to_plain",
-    "fold_batchnorm", "FLOAT_BITS", "probe", "layers_of", "mask_", "quantize_", "weight_mask", "weight_quantizer",
-    "PackedTensor", "one_line", *knobs.__all__,
+    "ARCH", "FIXED_ARCH", "STUDENT", "TEACHER", "WeightQuantizer", "LinearQuantizer", "Float16Quantizer",
+    "ActFakeQuant", "Artifact", "materialize", "INT4_CHOICES", "pack", "unpack", "register_codec", "Codec", "calibrate",
+    "to_plain", "fold_batchnorm", "FLOAT_BITS", "HALF_BITS", "probe", "layers_of", "mask_", "quantize_", "weight_mask",
+    "weight_quantizer", "PackedTensor", "one_line", *knobs.__all__,
 ]

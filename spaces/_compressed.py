@@ -2,8 +2,8 @@
 
 The swap is done by class (``layer.__class__ = CompressedConv2d``) on a model the caller already copied, so
 fqns and parameter names stay those of the teacher. ``effective_weight`` is exactly what the packed
-artifact stores: masked, then quantized by the layer's ``WeightQuantizer`` (a knob's, e.g. linear per-channel
-or k-means weight sharing), which also says how the weight is packed and whether ONNX runs it on int8 kernels.
+artifact stores: masked, then quantized by the layer's ``WeightQuantizer`` (a knob's, e.g. linear per-channel,
+float16 or k-means weight sharing), which also says how the weight is packed and whether ONNX runs it on int8 kernels.
 Knobs set them with ``mask_`` and ``quantize_`` (public: a knob written outside this package needs no more).
 """
 from __future__ import annotations
@@ -16,15 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .packing import FLOAT_BITS, PackedTensor, dequantize_weight, quantize_weight
+from .packing import FLOAT_BITS, HALF_BITS, PackedTensor, dequantize_weight, quantize_weight
+
+HALF_MAX = float(torch.finfo(torch.float16).max)  # 65504: a larger weight is stored as this, not as inf
+
+
+def straight_through(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` (the stored values of ``w``) in the forward pass, the identity's gradient to ``w`` in the backward
+    (quantization-aware fine-tuning); ``q`` itself where no gradient is wanted."""
+    if not (w.requires_grad and torch.is_grad_enabled()):
+        return q  # bit-exact with what the packed file decodes to
+    return w + (q - w).detach()
 
 
 def fake_quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Quantize-dequantize with a straight-through gradient (quantization-aware fine-tuning)."""
-    q = dequantize_weight(*quantize_weight(w, bits))
-    if not (w.requires_grad and torch.is_grad_enabled()):
-        return q  # bit-exact with what the packed file decodes to
-    return w + (q - w).detach()
+    return straight_through(w, dequantize_weight(*quantize_weight(w, bits)))
 
 
 class WeightQuantizer(nn.Module, abc.ABC):
@@ -64,6 +71,23 @@ class LinearQuantizer(WeightQuantizer):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
+
+
+class Float16Quantizer(WeightQuantizer):
+    """Weight-only float16: each weight rounded to the nearest float16 (ties to even, as IEEE casts do; beyond
+    float16's range, its largest value) and run in float32, trained straight through. Stored as 2 bytes a kept
+    weight (``packing``, bits 16); in ONNX a float16 initializer and a ``Cast`` to float32, which ONNX Runtime folds
+    when the session starts, so the layer runs the float kernel on exactly these values (``materialize``). Not an
+    int8 form: the ``abits`` knob leaves such a layer in float."""
+
+    int8 = False
+    bits = HALF_BITS
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return straight_through(w, w.detach().clamp(-HALF_MAX, HALF_MAX).half().to(w.dtype))
+
+    def packed(self, name: str, w: torch.Tensor, mask: torch.Tensor | None) -> PackedTensor:
+        return PackedTensor(name, self.forward(w).detach(), bits=self.bits, mask=mask)
 
 
 class ActFakeQuant(nn.Module):

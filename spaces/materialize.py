@@ -2,7 +2,8 @@
 
 The artifact is two byte strings: the packed weights file (its length is the size objective) and an
 ONNX model for ONNX Runtime (int8 QDQ on the layers quantized to <= 8 bits with 8-bit inputs, float
-elsewhere). Removed channels and factorized layers are simply absent from both.
+elsewhere; float16 weights, ``Float16Quantizer``, as float16 initializers cast to float32). Removed channels and
+factorized layers are simply absent from both.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from ._compressed import LinearQuantizer, WeightQuantizer, _Compressed, to_plain
+from ._compressed import Float16Quantizer, LinearQuantizer, WeightQuantizer, _Compressed, to_plain
 from .packing import FLOAT_BITS, PackedTensor, pack, quantize_weight
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -327,13 +328,56 @@ def int4_weights(model_bytes: bytes, codes: dict[str, tuple[np.ndarray, np.ndarr
     return proto.SerializeToString()
 
 
+def float16_layers(model: nn.Module) -> list[str]:
+    """Layers whose weights are stored as float16 (``Float16Quantizer``)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, _Compressed) and isinstance(m.wq, Float16Quantizer)]
+
+
+def float16_weights(model_bytes: bytes, layers: Sequence[str]) -> bytes:
+    """The model with the weights of ``layers`` (``float16_layers``) stored as float16 initializers
+    (``<fqn>.weight_float16``), each read through a ``Cast`` to float32 under the weight's own name: the file holds
+    2 bytes a weight, and ONNX Runtime folds the ``Cast`` when the session starts, so the layer runs its float kernel
+    on exactly the weights PyTorch ran. A weight the exporter changed on the way (a BatchNorm it folded into a
+    convolution: the search folds them first, a knob applied alone does not) is no longer float16 and stays
+    float32."""
+    from onnx import helper, numpy_helper
+
+    if not layers:  # most trials: no parse of the model
+        return model_bytes
+    proto = onnx.load_from_string(model_bytes)
+    inits = {i.name: i for i in proto.graph.initializer}
+    chosen = set(_weighted_nodes(proto, layers))
+    weights = {n.input[1]: scope_fqn(n.name) for n in proto.graph.node if n.name in chosen}
+    casts = []
+    for name, fqn in weights.items():
+        init = inits.get(name)
+        if init is None or init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        w = numpy_helper.to_array(init)
+        if not np.array_equal(w.astype(np.float16).astype(np.float32), w):
+            continue
+        half = f"{fqn if fqn in layers else name}.weight_float16"
+        init.CopyFrom(numpy_helper.from_array(w.astype(np.float16), half))
+        casts.append(helper.make_node("Cast", [half], [name], name=f"{half}/Cast", to=onnx.TensorProto.FLOAT))
+    nodes = casts + list(proto.graph.node)  # the casts first: nodes stay in topological order
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto.SerializeToString()
+
+
 def onnx_weights(onnx_bytes: bytes) -> dict[str, str]:
-    """How the ONNX model stores each quantized layer's weight, by layer: "int4" or "int8" (a layer missing here
-    is stored as float)."""
+    """How the ONNX model stores each quantized layer's weight, by layer: "int4", "int8" or "float16" (a layer
+    missing here is stored as float32)."""
     kinds = {onnx.TensorProto.UINT4: "int4", onnx.TensorProto.INT4: "int4", onnx.TensorProto.INT8: "int8",
              onnx.TensorProto.UINT8: "int8"}
-    return {i.name.removesuffix(".weight_quantized"): kinds.get(i.data_type, "int8")
-            for i in onnx.load_from_string(onnx_bytes).graph.initializer if i.name.endswith(".weight_quantized")}
+    out = {}
+    for i in onnx.load_from_string(onnx_bytes).graph.initializer:
+        if i.name.endswith(".weight_quantized"):
+            out[i.name.removesuffix(".weight_quantized")] = kinds.get(i.data_type, "int8")
+        elif i.name.endswith(".weight_float16"):
+            out[i.name.removesuffix(".weight_float16")] = "float16"
+    return out
 
 
 def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np.ndarray,
@@ -350,6 +394,7 @@ def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np
         onnx_bytes = int4_weights(quantize_onnx(onnx_bytes, static, calibration, weighted_only=bool(dynamic)), codes)
     if dynamic:
         onnx_bytes = quantize_onnx_dynamic(onnx_bytes, weight_codes(model, dynamic))
+    onnx_bytes = float16_weights(onnx_bytes, float16_layers(model))
     return Artifact(
         packed=pack(packed_tensors(model)), onnx=onnx_bytes,
         int8_layers=tuple(layers), input_shape=tuple(input_shape),
@@ -359,4 +404,4 @@ def materialize(model: nn.Module, *, input_shape: Sequence[int], calibration: np
 
 __all__ = ["Artifact", "materialize", "packed_tensors", "export_onnx", "adaptive_avg_pool", "quantize_onnx",
            "quantize_onnx_dynamic", "input_dtype_of", "as_input", "dynamic_layers", "int4_codes", "int4_weights",
-           "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]
+           "float16_layers", "float16_weights", "onnx_weights", "INT4_CHOICES", "FLOAT_BITS"]

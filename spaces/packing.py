@@ -4,6 +4,8 @@ Layout: ``b"CPZ1"``, a little-endian u32 header length, a compact JSON header li
 (name, shape, bits, sparse encoding), then each tensor's payload back to back:
 
 - float tensors (bits 32): kept values as float32;
+- float16 tensors (bits 16): kept values as IEEE float16 (2 bytes each; exact for values float16 holds, as
+  ``Float16Quantizer`` makes them);
 - quantized weights (bits b <= 8): per output channel float32 scale and uint8 zero point, then the
   kept values' integer codes packed at b bits;
 - sparse tensors: before the values, either a bitmask (1 bit per weight) or the kept positions'
@@ -25,13 +27,15 @@ import torch
 
 MAGIC = b"CPZ1"
 FLOAT_BITS = 32  # "bits = 32" means the tensor stays float32
+HALF_BITS = 16  # "bits = 16": the tensor is stored as float16 (weight-only: it runs in float32)
 
 
 @dataclass(frozen=True)
 class PackedTensor:
     """One tensor as the packed file stores it (what ``WeightQuantizer.packed`` returns for a layer's weight).
 
-    ``bits`` 32 with no ``codec``: float32 values; ``bits`` <= 8 with no ``codec``: affine per-output-channel codes
+    ``bits`` 32 with no ``codec``: float32 values; ``bits`` 16: float16 values (rounded to nearest, so exact for
+    values float16 holds); ``bits`` <= 8 with no ``codec``: affine per-output-channel codes
     of ``values`` (exact only for values on that grid, as ``LinearQuantizer`` makes them); a registered ``codec``
     (``register_codec``): the codec's own encoding of the kept values. ``mask`` (1 = kept) stores only the kept
     values and where they are.
@@ -41,7 +45,7 @@ class PackedTensor:
     values: torch.Tensor  # float values before quantization (masked weights, biases, ranges)
     bits: int = FLOAT_BITS
     mask: torch.Tensor | None = None  # 1 = kept; None = dense
-    codec: str | None = None  # None: float (bits 32) or linear per-channel (bits <= 8); else a registered codec
+    codec: str | None = None  # None: float (bits 32 or 16) or linear per-channel (bits <= 8); else a registered codec
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ def unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
     return (bits.reshape(count, width).astype(np.uint64) * weights).sum(axis=1)
 
 
+def float_format(bits: int) -> str | None:
+    """The numpy dtype a tensor of ``bits`` stores its kept values as (float32 or float16), None for codes."""
+    return "<f4" if bits >= FLOAT_BITS else "<f2" if bits == HALF_BITS else None
+
+
 def nbytes(count: int, width: int) -> int:
     return math.ceil(count * width / 8)
 
@@ -134,8 +143,8 @@ def _encode(t: PackedTensor) -> tuple[dict, bytes]:
         extra, payload = _codec(t.codec).encode(values.reshape(-1)[flat_mask], t.bits)
         head.update({"c": t.codec, **extra})
         parts.append(payload)
-    elif t.bits >= FLOAT_BITS:
-        parts.append(values.reshape(-1)[flat_mask].numpy().astype("<f4").tobytes())
+    elif float_format(t.bits) is not None:
+        parts.append(values.reshape(-1)[flat_mask].numpy().astype(float_format(t.bits)).tobytes())
     else:
         codes, scale, zp = quantize_weight(values, t.bits)
         parts.append(scale.numpy().astype("<f4").tobytes())
@@ -187,11 +196,12 @@ def _unpack(data: bytes) -> dict[str, torch.Tensor]:
         if "c" in h:
             kept_values, pos = _codec(h["c"]).decode(data, pos, h, kept)
             flat[torch.from_numpy(mask)] = kept_values
-        elif bits >= FLOAT_BITS:
+        elif float_format(bits) is not None:
+            end = pos + np.dtype(float_format(bits)).itemsize * kept
             flat[torch.from_numpy(mask)] = torch.from_numpy(
-                np.frombuffer(data[pos : pos + 4 * kept], "<f4").copy()
+                np.frombuffer(data[pos:end], float_format(bits)).astype(np.float32)
             )
-            pos += 4 * kept
+            pos = end
         else:
             rows = shape[0]
             scale = torch.from_numpy(np.frombuffer(data[pos : pos + 4 * rows], "<f4").copy())
