@@ -12,6 +12,7 @@ from torch import nn
 
 import spaces
 from spaces import ChannelKnob, JointSpace, BitsKnob, ActivationBitsKnob, RankKnob, SparsityKnob
+from spaces.materialize import onnx_weights
 
 INPUT_SHAPE = (1, 1, 28, 28)
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -306,3 +307,72 @@ def test_adaptive_pooling_the_onnx_exporter_refuses_is_exported_as_matrix_produc
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
     assert "forward" not in vars(model[1])
+
+
+def _float16(model: nn.Module, params: dict[str, int]) -> nn.Module:
+    """``model`` through the joint space of ``bits`` (16 among its choices) and ``abits``, BN folded before the
+    weights are quantized; ``params`` over the identity."""
+    space = JointSpace([BitsKnob(model=model, choices=(8, 16, 32)), ActivationBitsKnob(model=model)])
+    return space.apply(model, {**space.identity(), **params})
+
+
+def _optimized_ops(onnx_bytes: bytes, tmp_path) -> set[str]:
+    """The operators ONNX Runtime runs after its graph optimizations."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level, opts.optimized_model_filepath = 3, str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+
+
+def test_float16_weights_are_float16_initializers_cast_to_float32(small_cnn, batch, tmp_path):
+    built = _float16(small_cnn, {"bits.features.4": 16, "bits.fc1": 16, "abits.fc1": 8, "bits.fc2": 8, "abits.fc2": 8})
+    artifact = spaces.materialize(built, input_shape=INPUT_SHAPE, calibration=batch.numpy())
+    g, decoded = Graph(artifact.onnx), spaces.unpack(artifact.packed)
+    for fqn in ("features.4", "fc1"):
+        weight = g.layers[fqn].input[1]
+        cast = g.producer[weight]
+        assert cast.op_type == "Cast" and cast.input[0] == f"{fqn}.weight_float16"
+        stored = g.init[cast.input[0]]
+        assert stored.data_type == onnx.TensorProto.FLOAT16 and weight not in g.init
+        # the packed file, ONNX and PyTorch hold the same float16 values, bit for bit
+        values = numpy_helper.to_array(stored)
+        assert np.array_equal(values.astype(np.float32), decoded[f"{fqn}.weight"].numpy())
+        assert torch.equal(built.get_submodule(fqn).effective_weight(), decoded[f"{fqn}.weight"])
+    assert g.weight("features.8")[1].data_type == onnx.TensorProto.FLOAT  # float32 layers as they were
+    assert onnx_weights(artifact.onnx) == {
+        "features.4": "float16", "fc1": "float16", "fc2": "int8"}
+    assert artifact.int8_layers == ("fc2",)
+    y = _torch(built, batch)
+    np.testing.assert_allclose(_run(artifact.onnx, batch), y, rtol=0, atol=0.1 * np.abs(y).max())  # fc2 runs int8
+    assert "Cast" not in _optimized_ops(artifact.onnx, tmp_path)  # folded when the session starts
+
+
+def test_float16_onnx_computes_what_pytorch_computes(small_cnn, batch):
+    built = _float16(small_cnn, {"bits.features.0": 16, "bits.features.4": 16, "bits.fc1": 16})
+    artifact = spaces.materialize(built, input_shape=INPUT_SHAPE, calibration=batch.numpy())
+    y = _torch(built, batch)
+    np.testing.assert_allclose(_run(artifact.onnx, batch), y, rtol=0, atol=1e-5 * max(1.0, np.abs(y).max()))
+
+
+def test_float16_matmul_weights_of_a_transformer(vit, tmp_path):
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain = spaces.materialize(vit, input_shape=INPUT_SHAPE, calibration=x.numpy())
+    knob = BitsKnob(model=vit, choices=(16, 32))
+    built = knob.apply(vit, knob.uniform(16))
+    artifact = spaces.materialize(built, input_shape=INPUT_SHAPE, calibration=x.numpy())
+    stored = onnx_weights(artifact.onnx)
+    assert set(stored) == set(knob.layers) and set(stored.values()) == {"float16"}  # MatMul's transposed copies too
+    weights = sum(vit.get_submodule(f).weight.numel() for f in knob.layers)
+    assert 2 * weights - 2000 < len(plain.onnx) - len(artifact.onnx) <= 2 * weights
+    y = _torch(built, x)
+    np.testing.assert_allclose(_run(artifact.onnx, x), y, rtol=0, atol=1e-5 * max(1.0, np.abs(y).max()))
+
+
+def test_a_weight_the_exporter_changed_stays_float32(small_cnn, batch):
+    knob = BitsKnob(model=small_cnn, choices=(16, 32))  # alone: BatchNorm not folded, the exporter folds it
+    built = knob.apply(small_cnn, {**knob.identity(), "bits.features.4": 16, "bits.fc1": 16})
+    artifact = spaces.materialize(built, input_shape=INPUT_SHAPE, calibration=batch.numpy())
+    assert onnx_weights(artifact.onnx) == {"fc1": "float16"}
+    y = _torch(built, batch)
+    np.testing.assert_allclose(_run(artifact.onnx, batch), y, rtol=0, atol=1e-4 * max(1.0, np.abs(y).max()))

@@ -1,7 +1,7 @@
 """The packed weights file: its size is hand-computable and it decodes to the plain model bit-exactly.
 
 Layout (spaces/packing.py): b"CPZ1" + u32 header length + JSON header + payloads; float tensors are
-4 bytes per kept value; quantized weights are 4-byte scale + 1-byte zero point per output channel,
+4 bytes per kept value (float16 ones 2); quantized weights are 4-byte scale + 1-byte zero point per output channel,
 then the kept codes at ``bits`` bits; sparse weights first say which are kept, by bitmask (n bits)
 or by index (ceil(log2 n) bits each), whichever is smaller.
 """
@@ -36,7 +36,7 @@ class Net(nn.Module):
 
 
 def _compress(model: nn.Module, *, sparsity: float = 0.0, bits: int = 32, abits: int = 32) -> nn.Module:
-    space = JointSpace([SparsityKnob(model=model), BitsKnob(model=model, choices=(2, 3, 4, 8, 32)), ActivationBitsKnob(model=model)])
+    space = JointSpace([SparsityKnob(model=model), BitsKnob(model=model, choices=(2, 3, 4, 8, 16, 32)), ActivationBitsKnob(model=model)])
     return space.apply(model, {"sparsity.fc": sparsity, "bits.fc": bits, "abits.fc": abits})
 
 
@@ -97,6 +97,44 @@ def test_4bit_dense_linear(tmp_path):
         {"n": "fc.bias", "s": [3], "b": 32, "e": "dense"},
     ]
     _check_size(model, payload, header, tmp_path)
+
+
+def test_float16_dense_linear_is_2_bytes_a_weight(tmp_path):
+    model = _compress(Net(4, 3).eval(), bits=16)
+    header = [
+        {"n": "fc.weight", "s": [3, 4], "b": 16, "e": "dense"},
+        {"n": "fc.bias", "s": [3], "b": 32, "e": "dense"},
+    ]
+    packed = _check_size(model, 12 * 2 + 3 * 4, header, tmp_path)  # float16 weights, float32 bias
+    _, head = _split(packed)
+    start = 8 + len(json.dumps(head, separators=(",", ":")))
+    stored = np.frombuffer(packed[start : start + 24], "<f2").reshape(3, 4)
+    assert np.array_equal(stored, model.fc.weight.detach().numpy().astype(np.float16))  # rounded to nearest
+
+
+def test_float16_with_8_bit_inputs_stays_float_and_stores_no_range(tmp_path):
+    model = _compress(Net(4, 3).eval(), bits=16, abits=8)  # not an int8 form: abits leaves the layer alone
+    assert model.fc.act is None and _materialize(model).int8_layers == ()
+    header = [{"n": "fc.weight", "s": [3, 4], "b": 16, "e": "dense"}, {"n": "fc.bias", "s": [3], "b": 32, "e": "dense"}]
+    _check_size(model, 12 * 2 + 3 * 4, header, tmp_path)
+
+
+def test_sparse_bitmask_float16(tmp_path):
+    model = _compress(Net(16, 4).eval(), sparsity=0.5, bits=16)  # 64 weights, 32 kept
+    payload = 64 // 8 + 32 * 2 + 4 * 4  # mask bits, two bytes per kept weight, float32 bias
+    header = [
+        {"n": "fc.weight", "s": [4, 16], "b": 16, "e": "bitmask"},
+        {"n": "fc.bias", "s": [4], "b": 32, "e": "dense"},
+    ]
+    _check_size(model, payload, header, tmp_path)
+
+
+def test_float16_beyond_its_range_is_stored_as_its_largest_value():
+    w = torch.tensor([[1e5, -1e5, 65504.0, 1e-8, 0.1]])
+    q = spaces.Float16Quantizer()(w)
+    assert q.tolist()[0][:3] == [65504.0, -65504.0, 65504.0] and q[0, 3] == float(np.float16(1e-8))
+    got = unpack(pack([spaces.Float16Quantizer().packed("w", w, None)]))["w"]
+    assert torch.equal(got, q) and float(q[0, 4]) == float(np.float16(0.1)) != 0.1
 
 
 def test_int8_layer_also_stores_its_activation_range(tmp_path):
