@@ -65,6 +65,8 @@ class KnobContract:
     active: ClassVar[Any]  # a value that really changes a layer
     bad: ClassVar[list[Any]]  # values ``check`` must refuse
     context: ClassVar[tuple[str, ...]] = ()  # other knobs an active value needs to have an effect (abits: bits)
+    min_change: ClassVar[float] = 1e-3  # how far an active value at least moves the outputs (float16: rounding only)
+    settings: ClassVar[dict[str, Any]] = {}  # over the knob's config file, as a user's overrides (bits: 16 in choices)
 
     @pytest.fixture(params=["small_cnn", "resnet8"])
     def model(self, request) -> nn.Module:
@@ -72,11 +74,12 @@ class KnobContract:
 
     @pytest.fixture
     def space(self, model) -> BaseKnob:
-        return build_knob(self.knob, model)
+        return build_knob(self.knob, model, **self.settings)
 
     def joint(self, model: nn.Module) -> JointSpace:
         """The knob with the knobs its active value needs."""
-        return JointSpace([build_knob(n, model) for n in (*self.context, self.knob)])
+        return JointSpace([build_knob(n, model, **(self.settings if n == self.knob else {}))
+                           for n in (*self.context, self.knob)])
 
     def active_params(self, joint: JointSpace) -> dict[str, Any]:
         overrides = {n: joint[n].uniform(ACTIVE_CONTEXT_VALUES[n]) for n in self.context}
@@ -147,7 +150,7 @@ class KnobContract:
         base = joint.with_values(**{n: joint[n].uniform(ACTIVE_CONTEXT_VALUES[n]) for n in self.context})
         y_base = _forward(joint.apply(model, base), batch)
         y = _forward(joint.apply(model, self.active_params(joint)), batch)
-        assert y.shape == y_base.shape and (y - y_base).abs().max() > 1e-3
+        assert y.shape == y_base.shape and (y - y_base).abs().max() > self.min_change
 
     def test_identity_keeps_outputs(self, space, model, batch):
         expected = _forward(copy.deepcopy(model), batch)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,46 @@ def test_act_bits_install_a_quantizer_only_where_weights_are_quantized(small_cnn
     assert int8_layers(out) == ["features.4"]
 
 
+
+
+class TestFloat16BitsKnob(TestBitsKnob):
+    """16 = weight-only float16, configured as a user adds it (it is no default choice)."""
+
+    active = 16
+    settings = {"choices": [2, 3, 4, 6, 8, 16, 32]}
+    bad = [1, 12, 64, "16"]
+    min_change = 1e-6  # float16 rounds each weight by at most 2**-11 of it: outputs move in their 4th digit
+
+
+@pytest.mark.parametrize("choices", [[4, 12, 32], [16, 24]])
+def test_a_bit_width_float16_is_not_is_refused_naming_key_value_and_allowed(small_cnn, choices):
+    with pytest.raises(ValueError) as err:
+        BitsKnob(model=small_cnn, choices=choices)
+    msg = str(err.value)
+    bad = next(b for b in choices if b not in (4, 16, 32))
+    assert "\n" not in msg and "space.knobs.bits.choices" in msg and f"bit-width {bad} " in msg
+    assert "allowed: [2, 3, 4, 5, 6, 7, 8, 16, 32]" in msg
+
+
+def test_float16_weights_are_rounded_to_nearest_and_trained_straight_through(small_cnn):
+    knob = BitsKnob(model=small_cnn, choices=(16, 32))
+    built = knob.apply(small_cnn, {**knob.identity(), "bits.fc1": 16}).train()
+    w = built.fc1.effective_weight()
+    assert torch.equal(w.detach(), small_cnn.fc1.weight.detach().half().float())
+    assert not torch.equal(w.detach(), small_cnn.fc1.weight.detach())  # rounding did something
+    assert knob.describe(small_cnn.fc1, built.fc1) == "16"
+    (w * torch.arange(w.numel()).reshape(w.shape)).sum().backward()  # straight through: d(loss)/d(weight) as float
+    assert torch.equal(built.fc1.weight.grad, torch.arange(w.numel(), dtype=torch.float32).reshape(w.shape))
+
+
+def test_8_bit_inputs_leave_a_float16_layer_in_float(small_cnn):
+    space = JointSpace([BitsKnob(model=small_cnn, choices=(8, 16, 32)), ActivationBitsKnob(model=small_cnn)])
+    out = space.apply(small_cnn, {**space.identity(), "bits.fc1": 16, "abits.fc1": 8, "bits.fc2": 8, "abits.fc2": 8})
+    assert out.fc1.act is None and layer_bits(out.fc1) == (16, 32)
+    assert int8_layers(out) == ["fc2"]
+
+
+def test_the_knob_table_row_of_bits_mentions_16():
+    doc = Path(__file__).resolve().parents[3] / "docs" / "guides" / "search-space.md"
+    row = next(line for line in doc.read_text().splitlines() if line.startswith("| `bits` "))
+    assert "16" in row and "float16" in row
