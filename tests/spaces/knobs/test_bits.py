@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +107,61 @@ def test_the_knob_table_row_of_bits_mentions_16():
     doc = Path(__file__).resolve().parents[3] / "docs" / "guides" / "search-space.md"
     row = next(line for line in doc.read_text().splitlines() if line.startswith("| `bits` "))
     assert "16" in row and "float16" in row
+
+
+@pytest.fixture(scope="module")
+def fashion_cnn():
+    """A SmallCNN trained for 150 Adam steps on 6,400 Fashion-MNIST images (about 80% accuracy: the accuracy of a
+    trained model, so a 0.05-point gap means something), with 2,000 validation images."""
+    from search.data import fashion_mnist
+    from search.models import SmallCNN
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    splits = fashion_mnist.load(val_size=2000, seed=0, train_size=6400)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        i = torch.randint(0, len(splits.train_x), (64,))
+        loss = F.cross_entropy(model(splits.train_x[i]), splits.train_y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    return model.eval(), splits.val_x, splits.val_y
+
+
+def test_float16_weights_halve_their_bytes_and_keep_the_accuracy(fashion_cnn):
+    model, x, y = fashion_cnn
+    space = JointSpace([BitsKnob(model=model, choices=(8, 16, 32)), ActivationBitsKnob(model=model)])
+    layers = ["features.4", "features.8", "fc1"]
+    weights = sum(model.get_submodule(f).weight.numel() for f in layers)
+    out = {}
+    for bits in (32, 16):
+        built = space.apply(model, {**space.identity(), **{f"bits.{f}": bits for f in layers},
+                                    **{f"abits.{f}": 8 for f in layers}})  # 8-bit inputs: no effect on float16
+        artifact = spaces.materialize(built, input_shape=INPUT_SHAPE, calibration=x[:64].numpy())
+        with torch.no_grad():
+            logits = built(x)
+        out[bits] = artifact, logits, float((logits.argmax(1) == y).float().mean())
+    (a32, logits32, acc32), (a16, logits16, acc16) = out[32], out[16]
+    assert acc32 > 0.7  # trained enough to mean something
+    # the packed file: exactly 2 bytes less a weight (4 -> 2), the headers of the same length
+    assert len(a32.packed) - len(a16.packed) == 2 * weights
+    # model.onnx: the float16 initializers hold 2 bytes a weight, less about 100 bytes a layer for its Cast node
+    assert 2 * weights - 200 * len(layers) < len(a32.onnx) - len(a16.onnx) <= 2 * weights
+    assert a16.int8_layers == a32.int8_layers == ()
+    assert abs(acc16 - acc32) <= 0.0005  # within 0.05 points of accuracy
+    assert (logits16 - logits32).abs().max() < 1e-2 * logits32.abs().max()
+    decoded = spaces.unpack(a16.packed)
+    for f in layers:
+        stored = decoded[f"{f}.weight"]
+        assert torch.equal(stored, stored.half().float())  # float16 values, bit for bit
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(a16.onnx, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x[:256].numpy()})[0]
+    np.testing.assert_allclose(got, logits16[:256].numpy(), rtol=0, atol=1e-4 * float(logits16.abs().max()))
+    print(f"float16 on {layers} ({weights} weights): packed {len(a32.packed)} -> {len(a16.packed)} bytes, "
+          f"model.onnx {len(a32.onnx)} -> {len(a16.onnx)}, accuracy {acc32:.4f} -> {acc16:.4f}")
