@@ -4,7 +4,8 @@ Each node costs ``max(operations / peak[precision], bytes moved / bandwidth) + o
 operations are 2 x the multiply-accumulates of Conv/Gemm/MatMul (0 for the others), bytes are the
 node's inputs, weights and outputs at their stored width (1 byte where the QDQ graph quantizes a
 tensor, 4 for float), and a node runs at ``int8`` peak when both its input and its weight come
-through DequantizeLinear. QuantizeLinear/DequantizeLinear nodes are free (ONNX Runtime fuses them
+through DequantizeLinear (float16 weights, an initializer cast to float32, count as float32: runtimes fold the
+cast before they run). QuantizeLinear/DequantizeLinear nodes are free (ONNX Runtime fuses them
 into the int8 kernels) except where a float tensor enters an int8 region (a QuantizeLinear), which
 moves it once. The device is described in ``conf/hardware/analytic*.yaml``.
 """
@@ -113,7 +114,8 @@ class AnalyticCostModel(BaseCostModel):
                 precision = "int8"
                 if n.op_type == "QuantizeLinear" and getattr(producer.get(data), "op_type", "") not in _HEAVY:
                     nbytes = numel(data) * 5
-            elif n.op_type in ("Identity", "Flatten", "Reshape", "Shape", "Constant", "Squeeze", "Unsqueeze"):
+            elif n.op_type in ("Identity", "Flatten", "Reshape", "Shape", "Constant", "Squeeze", "Unsqueeze") \
+                    or (n.op_type == "Cast" and n.input[0] in inits):  # a constant's cast (float16 weights): folded
                 precision = self.float_precision
             elif n.op_type in _FUSED_ACTIVATIONS and getattr(producer.get(n.input[0]), "op_type", "") in _HEAVY:
                 precision = self.float_precision  # fused into the convolution or GEMM before it

@@ -49,6 +49,17 @@ def test_analytic_narrow_layers_fill_part_of_the_vector_width_and_activations_fu
         AnalyticCostModel(**base).latency_ms(artifact_of(8)).value_ms + 0.5)
 
 
+def test_analytic_float16_weights_cost_what_float32_ones_do():
+    """ONNX Runtime folds the Cast of a float16 weight when the session starts and runs the float kernel."""
+    model = toy(8)
+    knob = spaces.BitsKnob(model=model, choices=[16, 32])
+    half = spaces.materialize(knob.apply(model, knob.uniform(16)).eval(), input_shape=SHAPE,
+                              calibration=np.zeros((4, *SHAPE[1:]), dtype=np.float32))
+    cm = AnalyticCostModel(device="d", peak_tops={"fp32": 0.1}, memory_gbs=10.0, batch_size=BATCH)
+    assert [layer["op"] for layer in cm.layers(half.onnx)].count("Cast") == 3
+    assert cm.latency_ms(half).value_ms == pytest.approx(cm.latency_ms(artifact_of(8)).value_ms)
+
+
 def test_analytic_charges_an_int8_pool_that_starts_an_int8_region_at_its_own_bandwidth():
     model = toy(8)
     space = spaces.JointSpace([spaces.BitsKnob(model=model, choices=[8, 32]), spaces.ActivationBitsKnob(model=model)])
