@@ -12,8 +12,9 @@ then trained by the search's own distillation (``distill.*``: SGD, one-cycle, T 
 cached logits) for the same ``--steps`` (default: ``distill.epochs`` of the training split), its batch order and the
 scratch weights under each seed. Each is scored on the test split (and the validation split), its BatchNorm folded
 and written as the engine's artifact (``size_bytes``: its packed file), and the artifacts of one teacher are timed
-together by the configured cost model (``latency_ms``, interleaved). The default CNN has no block whose input and
-output shapes match, so its "shallower" student drops nothing (``blocks_dropped`` says so).
+together by the configured cost model (``latency_ms``, interleaved). A student that removes what the teacher or an
+earlier student removes is skipped: the default CNN has no block whose input and output shapes match, so its
+"shallower" student would be the teacher and "both" the "narrower" one; only "narrower" runs for it.
 
 ``results/benchmarks/students.csv``: ``teacher``, ``student``, ``depth``, ``width``, ``init``, ``seed``, ``steps``,
 ``accuracy`` (test), ``val_accuracy``, ``size_bytes``, ``latency_ms``, ``params``, ``blocks_dropped``, ``seconds``
@@ -59,7 +60,15 @@ def one_teacher(name: str, seeds: list[int], steps: int | None, overrides: list[
                                    choices={"depth": sorted({v[0] for v in STUDENTS.values()}),
                                             "width": sorted({v[1] for v in STUDENTS.values()})},
                                    init=init, seed=seed, calibration=calibration)
+            seen = set()
             for student, (depth, width) in STUDENTS.items():
+                cut = (int(depth * len(family.blocks) + 0.5), width)  # what it removes: blocks, channel share
+                if cut in seen or cut == (0, 0.0):
+                    if seed == seeds[0] and init == INITS[0]:
+                        print(f"{name} {student}: {cut[0]} of {len(family.blocks)} blocks and {width:.0%} of the "
+                              "channels, the teacher itself or a student already run: skipped", flush=True)
+                    continue
+                seen.add(cut)
                 model = family.build({"student.depth": depth, "student.width": width}).train()
                 started = time.perf_counter()
                 distill(model, s.train_x, s.train_y, p.pipeline.teacher_logits, steps=steps, lr=d.lr,
